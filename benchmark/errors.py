@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every error a researcher can cause with bad input derives from :class:`BenchmarkError`.
+The command line prints these as one clear message (no traceback) and exits with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class BenchmarkError(Exception):
+    """Bad input or an unavailable resource; the message names the problem and the fix."""
+
+
+class ConfigError(BenchmarkError):
+    """An unknown or ill-typed configuration key, preset or value."""
+
+
+class DataError(BenchmarkError):
+    """A dataset that cannot be found, read or split as asked."""
+
+
+class MetricError(BenchmarkError):
+    """A metric that cannot be computed on the given samples (it says why)."""
+
+
+class TrainingError(BenchmarkError):
+    """Training cannot go on (for example a non-finite loss)."""

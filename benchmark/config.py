@@ -77,6 +77,9 @@ class TrainConfig:
     tf32: bool = True
     compile: bool = False
     channels_last: bool = False
+    init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
+    # per-method batch sizes, e.g. ("cbdm=48",) for the official CBDM runs; others use batch_size
+    method_batch_size: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.errors import BenchmarkError
+from benchmark.report import leaderboards, make_report
+from benchmark.results import COLUMNS, append_cell, read_results
+
+
+def cell_rows(method, seed, fid, recall, *, dataset="digits", imbalance=0.1, protocol="p", counts=(100, 30, 10)):
+    rows = []
+    base = dict(dataset=dataset, profile="exp", imbalance=imbalance, split_fingerprint="abc", method=method,
+                seed=seed, train_steps=10, protocol=protocol, sampler="ddim", sampler_steps=10, guidance=1.0,
+                reference="test", feature_space="classifier", n_gen=10, n_ref=20, note="")  # fmt: skip
+    for group, scale in [("all", 1.0), ("many", 0.8), ("medium", 1.0), ("few", 1.5)]:
+        rows.append({**base, "metric": "fid", "group": group, "class": np.nan, "value": fid * scale})
+        rows.append({**base, "metric": "recall", "group": group, "class": np.nan, "value": recall / scale})
+    for k, n in enumerate(counts):
+        rows.append({**base, "metric": "fid", "group": "class", "class": k, "value": fid * (1 + k)})
+        rows.append({**base, "metric": "recall", "group": "class", "class": k, "value": recall / (1 + k)})
+        rows.append({**base, "metric": "train_count", "group": "class", "class": k, "value": float(n)})
+    return pd.DataFrame(rows)[COLUMNS]
+
+
+@pytest.fixture
+def table_dir(tmp_path):
+    path = tmp_path / "results.csv"
+    for seed in (0, 1, 2):
+        append_cell(path, cell_rows("ddpm", seed, 10.0 + seed, 0.5))
+        append_cell(path, cell_rows("cbdm", seed, 5.0 + seed, 0.5 + 0.001 * seed))
+        append_cell(path, cell_rows("real", seed, 1.0, 0.9))
+    return tmp_path
+
+
+def test_append_is_once_per_cell(tmp_path):
+    path = tmp_path / "results.csv"
+    assert append_cell(path, cell_rows("ddpm", 0, 10.0, 0.5))
+    assert not append_cell(path, cell_rows("ddpm", 0, 99.0, 0.5))
+    table = read_results(path)
+    assert len(table) == len(cell_rows("ddpm", 0, 10.0, 0.5))
+    assert table[table.metric == "fid"]["value"].max() < 99
+    assert append_cell(path, cell_rows("ddpm", 0, 99.0, 0.5), replace=True)
+    assert len(read_results(path)) == len(table)
+
+
+def test_leaderboard_marks_best_and_ties(table_dir):
+    table = read_results(table_dir)
+    [(key, display, marks)] = leaderboards(table)
+    assert list(display.index) == ["cbdm", "ddpm", "real data (floor)"]
+    assert display.loc["cbdm", "FID"] == "6.00 ± 1.00"
+    assert display.loc["ddpm", "seeds"] == "3"
+    assert marks.loc["cbdm", "FID"] == "best"  # gap 5 > spread 1
+    assert marks.loc["cbdm", "Rec"] == "tie"  # gap 0.001 within spread
+    assert marks.loc["real data (floor)"].eq("").all()  # the floor never competes
+
+
+def test_published_rows_only_for_matching_protocol():
+    table = pd.concat([cell_rows("ddpm", 0, 9.0, 0.5, dataset="cifar10", imbalance=0.01, protocol="ddim")])
+    [(_, display, _)] = leaderboards(table)
+    assert display.loc["DDPM (published)", "FID"] == "10.70"
+    table = cell_rows("ddpm", 0, 9.0, 0.5, dataset="cifar10", imbalance=0.01, protocol="cpu")
+    [(_, display, _)] = leaderboards(table)
+    assert not any("published" in i for i in display.index)
+
+
+def test_report_regenerates_identical_tables(table_dir):
+    paths = make_report(table_dir, plots=True)
+    first = {p.name: p.read_bytes() for p in paths if p.suffix in (".md", ".tex", ".csv")}
+    assert (table_dir / "plots").is_dir()
+    pngs = list((table_dir / "plots").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 1000 for p in pngs)
+    make_report(table_dir, plots=False)
+    second = {name: (table_dir / name).read_bytes() for name in first}
+    assert first == second
+
+
+def test_report_on_missing_table_is_clear(tmp_path):
+    with pytest.raises(BenchmarkError, match="no results table"):
+        make_report(tmp_path)

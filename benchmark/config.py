@@ -28,7 +28,7 @@ class DataConfig:
     imbalance: float = 0.01  # n_min / n_max; 0.01 is "IR 100"
     counts_file: str | None = None  # per-class counts (profile "file")
     split_seed: int = 0  # seed of the LDAM selection (0 in all papers)
-    n_max: int | None = None  # head-class size; None = the largest class of the pool
+    n_max: int | None = None  # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
     groups: str = "auto"  # thresholds | thirds | auto (the dataset's own rule)
     many_threshold: int = 100  # many: count > this
     few_threshold: int = 20  # few: count < this

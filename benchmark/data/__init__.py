@@ -1,0 +1,69 @@
+"""Data layer: image sources, LDAM-identical long-tailed subsets, class groups.
+
+Typical use::
+
+    from benchmark.config import DataConfig
+    from benchmark.data import build_dataset, data_table
+
+    ds = build_dataset(DataConfig(dataset="fashion-mnist", imbalance=0.01))
+    print(data_table(ds), ds.fingerprint)
+
+For your own pipeline, the label-array functions ``class_counts``, ``select_longtail``,
+``split_fingerprint`` and ``assign_groups`` need nothing else.  New datasets register a
+loader in ``DATASETS`` (see :mod:`benchmark.data.sources`) or use ``imagefolder:PATH``.
+Environment: ``$LTGEN_DATA_ROOT`` (default data root), ``$LTGEN_OFFLINE=1`` (never download).
+"""
+
+from . import builtin, imagefolder  # noqa: F401  (register the built-in sources)
+from .dataset import LongTailDataset, build_dataset, data_table, describe_groups
+from .longtail import (
+    GROUP_NAMES,
+    GROUP_RULES,
+    PROFILES,
+    assign_groups,
+    check_imbalance,
+    class_counts,
+    read_counts_file,
+    select_longtail,
+    smallest_valid_imbalance,
+    split_fingerprint,
+)
+from .sources import (
+    DATASETS,
+    RESIZE_METHODS,
+    ImageSet,
+    RawSource,
+    SourceData,
+    balanced_holdout,
+    clear_source_cache,
+    default_data_root,
+    get_source,
+    resize_images,
+)
+
+__all__ = [
+    "DATASETS",
+    "GROUP_NAMES",
+    "GROUP_RULES",
+    "PROFILES",
+    "RESIZE_METHODS",
+    "ImageSet",
+    "LongTailDataset",
+    "RawSource",
+    "SourceData",
+    "assign_groups",
+    "balanced_holdout",
+    "build_dataset",
+    "check_imbalance",
+    "class_counts",
+    "clear_source_cache",
+    "data_table",
+    "default_data_root",
+    "describe_groups",
+    "get_source",
+    "read_counts_file",
+    "resize_images",
+    "select_longtail",
+    "smallest_valid_imbalance",
+    "split_fingerprint",
+]

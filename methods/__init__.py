@@ -1,0 +1,17 @@
+"""Methods for long-tailed generation: one small module per method, all in the METHODS registry.
+
+To add a method: subclass :class:`methods.base.Method`, override the pieces it changes, decorate
+it with ``@METHODS.register("name")`` in a new module and import that module below.
+"""
+
+from . import cbdm, ddpm, resample, reweight  # noqa: F401  (registration happens on import)
+from .base import Method, ddpm_loss, mse_per_sample
+from .cbdm import cbdm_loss
+from .registry import METHODS, Composite, get_method, get_method_class
+from .resample import resample_probs
+from .reweight import class_weights
+
+__all__ = [
+    "METHODS", "Method", "Composite", "get_method", "get_method_class", "ddpm_loss", "cbdm_loss", "mse_per_sample",
+    "class_weights", "resample_probs",
+]

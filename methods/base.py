@@ -1,0 +1,86 @@
+"""The method interface: a method supplies pieces the one training loop asks for, never a loop.
+
+A method is built from the training set's class counts and the shared ``MethodConfig`` and may
+override, each optionally:
+
+* ``class_probs(step, total_steps)`` -> a probability per class that the loop draws the class of
+  every batch element from (then an instance of that class uniformly), or ``None`` for uniform
+  sampling over training instances (what plain training does);
+* ``sample_weights(y)`` -> a per-sample loss weight for the true labels ``y``, or ``None``;
+* ``loss_terms(model, diffusion, x0, y, cond, generator)`` -> ``{name: per-sample loss}``.  The
+  loop multiplies every term by the sample weights, takes the batch mean of each, sums them and
+  logs each name.  Term weights (such as CBDM's gamma) are applied inside the term, so the
+  objective is always the plain sum of the logged means.
+
+``y`` handed to ``loss_terms`` already carries the null label (``model.num_classes``) where the
+label was dropped for guidance.  ``cond`` is a Python bool when the whole batch is conditional
+or not (the official whole-batch drop; no device sync needed to branch on it), or a bool tensor
+[B] for per-sample dropping.  All randomness must come from ``generator``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmark.config import MethodConfig
+from benchmark.diffusion import GaussianDiffusion
+
+Cond = bool | torch.Tensor
+
+
+def mse_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every dimension but the batch one."""
+    return (a.float() - b.float()).square().flatten(1).mean(1)
+
+
+def ddpm_loss(
+    model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, y: torch.Tensor,
+    t: torch.Tensor, noise: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The epsilon-prediction loss ||eps_theta(x_t, t, y) - eps||^2 per sample, as {'ddpm': [B]}."""
+    x_t = diffusion.q_sample(x0, t, noise)
+    return {"ddpm": mse_per_sample(model(x_t, t, y), noise)}
+
+
+def draw_t_noise(
+    diffusion: GaussianDiffusion, x0: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    t = diffusion.sample_t(x0.shape[0], generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return t, noise
+
+
+class Method:
+    name: str = "base"
+    official_guidance: float = 0.8  # omega of the method's published evaluation
+    term_names: tuple[str, ...] = ("ddpm",)
+
+    def __init__(self, *, class_counts: np.ndarray, options: MethodConfig) -> None:
+        self.class_counts = np.asarray(class_counts, dtype=np.int64)
+        self.options = options
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+    def class_probs(self, step: int, total_steps: int) -> torch.Tensor | None:
+        return None
+
+    def sample_weights(self, y: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def loss_terms(
+        self, model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, y: torch.Tensor,
+        cond: Cond, generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        t, noise = draw_t_noise(diffusion, x0, generator)
+        return ddpm_loss(model, diffusion, x0, y, t, noise)
+
+    def describe(self) -> str:
+        return self.name
+
+
+def overrides(cls: type[Method], attr: str) -> bool:
+    """Whether method class ``cls`` supplies its own ``attr`` (used to compose methods)."""
+    return getattr(cls, attr) is not getattr(Method, attr)

@@ -1,0 +1,50 @@
+"""Loss re-weighting by class: inverse frequency, or the "effective number" of Cui et al. (2019).
+
+w_c proportional to 1/n_c (``inverse``) or (1 - beta)/(1 - beta^n_c) (``effective``), normalised
+so the weights average to 1 over the training samples (sum_c n_c w_c = N), which keeps the
+loss scale of plain training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmark.errors import ConfigError
+
+from .base import Method
+from .registry import METHODS
+
+SCHEMES = ("inverse", "effective")
+
+
+def class_weights(counts: np.ndarray, *, scheme: str = "inverse", beta: float = 0.999) -> np.ndarray:
+    """Per-class weights (0 for empty classes), averaging to 1 over the training samples."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    if scheme == "inverse":
+        w[present] = 1.0 / counts[present]
+    elif scheme == "effective":
+        if not 0 < beta < 1:
+            raise ConfigError(f"method.reweight_beta={beta} must lie in (0, 1), e.g. 0.999")
+        w[present] = (1 - beta) / (1 - beta ** counts[present])
+    else:
+        raise ConfigError(f"method.reweight_scheme={scheme!r} is unknown; use one of {', '.join(SCHEMES)}")
+    return w * counts.sum() / (w * counts).sum()
+
+
+@METHODS.register("reweight")
+class Reweight(Method):
+    name = "reweight"
+
+    def __init__(self, *, class_counts, options) -> None:
+        super().__init__(class_counts=class_counts, options=options)
+        w = class_weights(self.class_counts, scheme=options.reweight_scheme, beta=options.reweight_beta)
+        self.weights = torch.as_tensor(w, dtype=torch.float32)
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def sample_weights(self, y: torch.Tensor) -> torch.Tensor:
+        if y.device not in self._on:
+            self._on[y.device] = self.weights.to(y.device)
+        return self._on[y.device][y]

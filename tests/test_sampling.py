@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+import benchmark.sampling as sampling
+from benchmark.backbone import build_unet
+from benchmark.config import SampleConfig
+from benchmark.diffusion import GaussianDiffusion
+from benchmark.sampling import balanced_labels, generate_eval_set, sample_images, sample_seeds
+from engine_helpers import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval()
+
+
+DIFF = GaussianDiffusion(T=20)
+
+
+def test_labels_and_seeds():
+    labels = balanced_labels(3, 4)
+    assert torch.bincount(labels).tolist() == [4, 4, 4]
+    assert len(set(sample_seeds(0, 10).tolist()) | set(sample_seeds(1, 10).tolist())) == 20
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.7), ("ddpm", 0.0)])
+def test_same_images_for_any_batch_size(model, sampler, eta):
+    labels, seeds = balanced_labels(3, 2), sample_seeds(5, 6)
+    kw = dict(labels=labels, seeds=seeds, sampler=sampler, steps=4, eta=eta, guidance=1.5)
+    a = sample_images(model, DIFF, batch_size=6, **kw)
+    b = sample_images(model, DIFF, batch_size=4, **kw)
+    c = sample_images(model, DIFF, batch_size=1, **kw)
+    assert a.shape == (6, 1, 8, 8) and a.dtype == torch.uint8
+    assert torch.equal(a, b) and torch.equal(a, c)
+    # an image depends on its own seed only: permuting the set permutes the images
+    perm = torch.tensor([5, 0, 3, 1, 4, 2])
+    d = sample_images(model, DIFF, batch_size=3, **{**kw, "labels": labels[perm], "seeds": seeds[perm]})
+    assert torch.equal(d, a[perm])
+
+
+def test_ddim_eta0_deterministic_and_seed_dependent(model):
+    labels = balanced_labels(3, 1)
+    run = lambda s: sample_images(model, DIFF, labels=labels, seeds=sample_seeds(s, 3), steps=5, guidance=None)
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+def test_generate_eval_set_is_atomic_and_resumes(model, tmp_path, monkeypatch):
+    cfg = SampleConfig(steps=3, guidance=None, n_per_class=3, batch_size=2)
+    out = tmp_path / "samples.npz"
+    kw = dict(num_classes=3, n_per_class=3, cfg=cfg, seed=0, out_path=out, device="cpu", progress=False, chunk_size=4)
+    with pytest.raises(Exception, match="guidance"):
+        generate_eval_set(model, DIFF, **kw)
+    images, labels = generate_eval_set(model, DIFF, guidance=0.8, **kw)
+    assert images.shape == (9, 1, 8, 8) and torch.bincount(labels).tolist() == [3, 3, 3]
+    with np.load(out) as data:
+        assert np.array_equal(data["images"], images.numpy()) and np.array_equal(data["labels"], labels.numpy())
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "samples.npz.parts").exists()
+
+    # interrupted run: the first two chunks exist, only the last one is generated again
+    out2 = tmp_path / "again.npz"
+    parts = tmp_path / "again.npz.parts"
+    calls = []
+    real = sampling.sample_images
+
+    def flaky(*a, **k):
+        calls.append(len(k["labels"]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sampling, "sample_images", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        generate_eval_set(model, DIFF, guidance=0.8, **{**kw, "out_path": out2})
+    assert len(list(parts.glob("chunk_*.npz"))) == 2 and not out2.exists()
+    calls.clear()
+    again, _ = generate_eval_set(model, DIFF, guidance=0.8, **{**kw, "out_path": out2})
+    assert calls == [1]
+    assert torch.equal(again, images)

@@ -1,0 +1,114 @@
+"""evaluate_set / real_floor_rows / load_samples on tiny data with the classifier feature space."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.config import EvalConfig
+from benchmark.errors import DataError
+from benchmark.evaluate import COLUMNS, evaluate_set, floor_split, load_samples, real_floor_rows
+
+from fake_eval_data import fake_dataset, make_images
+
+CPU = torch.device("cpu")
+CFG = EvalConfig(feature_space="classifier", classifier_epochs=6, kid_subsets=5, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return fake_dataset(num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def gen_set(ds, per_class=15, seed=9):
+    labels = np.repeat(np.arange(ds.num_classes), per_class)
+    return make_images(labels, resolution=ds.resolution, channels=ds.channels, seed=seed), torch.from_numpy(labels)
+
+
+def test_evaluate_set_rows(ds, cache):
+    images, labels = gen_set(ds)
+    frame = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=False,
+                         progress=False)
+    assert list(frame.columns) == COLUMNS
+    metrics = {"fid", "kid", "precision", "recall", "density", "coverage", "label_acc", "evaluator_acc"}
+    assert set(frame.metric) == metrics
+    fid = frame[frame.metric == "fid"]
+    assert set(fid.group) == {"all", "many", "medium", "few", "class"}
+    assert fid[fid.group == "all"].n_gen.item() == 60 and fid[fid.group == "all"].n_ref.item() == 120
+    assert all("reference=test" in n for n in fid.note)
+    assert frame.feature_space.iloc[0].startswith("classifier:")
+    assert frame[(frame.metric == "label_acc") & (frame.group == "all")].value.item() > 0.5
+    again = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=False,
+                         progress=False)
+    assert again.equals(frame)  # features and evaluator come from the cache
+    assert len(list((cache / "features").glob("*.npz"))) == 2
+
+
+def test_evaluate_set_with_downstream_and_bad_input(ds, cache):
+    images, labels = gen_set(ds, per_class=8)
+    frame = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=True,
+                         progress=False)
+    assert {"cas_acc", "aug_acc", "real_acc"} <= set(frame.metric)
+    assert (frame[frame.metric == "cas_acc"].feature_space == "none").all()
+    with pytest.raises(DataError, match="uint8"):
+        evaluate_set(images.float(), labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, progress=False)
+    with pytest.raises(DataError, match="labels must lie"):
+        evaluate_set(images, labels + 4, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, progress=False)
+
+
+def test_tiny_class_never_scores_zero(ds, cache):
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 10 + [3])  # one image for the last class
+    images = make_images(labels, resolution=ds.resolution, seed=3)
+    frame = evaluate_set(images, torch.from_numpy(labels), dataset=ds, cfg=CFG, cache_dir=cache, device=CPU,
+                         downstream=False, progress=False)
+    last = frame[(frame.group == "class") & (frame["class"] == 3)]
+    for metric in ("fid", "kid", "precision", "recall"):
+        row = last[last.metric == metric].iloc[0]
+        assert math.isnan(row.value) and row.note.startswith("skipped:") and row.n_gen == 1
+
+
+def test_real_floor_is_cached_and_held_out(ds, cache):
+    held, rest, capped = floor_split(ds.source.test.labels.numpy(), 10, seed=0)
+    assert len(set(held) & set(rest)) == 0 and len(held) == 40 and capped == 0
+    frame = real_floor_rows(ds, CFG, 10, cache_dir=cache, device=CPU, progress=False)
+    assert list(frame.columns) == COLUMNS
+    row = frame[(frame.metric == "fid") & (frame.group == "all")].iloc[0]
+    assert row.n_gen == 40 and row.n_ref == 80 and "real_floor" in row.note
+    again = real_floor_rows(ds, CFG, 10, cache_dir=cache, device=CPU, progress=False)
+    assert np.allclose(again.value.to_numpy(float), frame.value.to_numpy(float), equal_nan=True)
+    assert again["class"].tolist() == frame["class"].tolist()
+
+
+def test_load_samples_npz_and_folders(tmp_path):
+    labels = np.array([0, 1, 1])
+    nchw = np.random.default_rng(0).integers(0, 256, (3, 3, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "a.npz", images=nchw, labels=labels)
+    np.savez(tmp_path / "b.npz", images=nchw.transpose(0, 2, 3, 1), labels=labels)
+    for name in ("a.npz", "b.npz"):
+        images, lab = load_samples(tmp_path / name)
+        assert torch.equal(images, torch.from_numpy(nchw)) and lab.tolist() == [0, 1, 1]
+    for c in (0, 1):
+        (tmp_path / "dir" / str(c)).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 10 * c, np.uint8)).save(tmp_path / "dir" / str(c) / "x.png")
+    images, lab = load_samples(tmp_path / "dir")
+    assert images.shape == (2, 1, 8, 8) and lab.tolist() == [0, 1] and images[1].max() == 10
+    np.savez(tmp_path / "f.npz", images=nchw.astype(np.float32), labels=labels)
+    with pytest.raises(DataError, match="uint8"):
+        load_samples(tmp_path / "f.npz")
+    np.savez(tmp_path / "n.npz", x=nchw)
+    with pytest.raises(DataError, match="labels"):
+        load_samples(tmp_path / "n.npz")
+    with pytest.raises(DataError, match="does not exist"):
+        load_samples(tmp_path / "missing")
+    (tmp_path / "dir" / "cat").mkdir()
+    with pytest.raises(DataError, match="class index"):
+        load_samples(tmp_path / "dir")

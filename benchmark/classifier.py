@@ -163,29 +163,36 @@ def predict(net: nn.Module, images: torch.Tensor, *, device: torch.device, batch
     return p, (np.concatenate(feats) if features else None)
 
 
-def balanced_pool(labels: np.ndarray, *, seed: int) -> np.ndarray:
-    """Indices of a class-balanced subset (every class cut to the smallest class) of a pool."""
+def balanced_pool(labels: np.ndarray, *, seed: int, per_class: int | None = None) -> np.ndarray:
+    """Indices of a class-balanced subset (every class cut to the smallest class, or to
+    ``per_class`` when that is smaller) of a pool."""
     counts = np.bincount(labels)
     present = counts[counts > 0]
-    if len(present) and present.min() == present.max():
+    size = int(present.min()) if len(present) else 0
+    if per_class is not None:
+        size = min(size, int(per_class))
+    if len(present) and present.min() == present.max() == size:
         return np.arange(len(labels))
     rng = np.random.RandomState(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[: present.min()] for c in np.flatnonzero(counts)]
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:size] for c in np.flatnonzero(counts)]
     return np.sort(np.concatenate(keep))
 
 
-def evaluator_fingerprint(*, source_id: str, resolution: int, seed: int, epochs: int, arch: str) -> str:
-    blob = json.dumps(dict(source=source_id, resolution=resolution, seed=seed, epochs=epochs, arch=arch, **RECIPE),
+def evaluator_fingerprint(*, source_id: str, resolution: int, seed: int, epochs: int, arch: str,
+                          per_class: int | None = None) -> str:
+    extra = {} if per_class is None else {"per_class": int(per_class)}  # old fingerprints stay valid
+    blob = json.dumps(dict(source=source_id, resolution=resolution, seed=seed, epochs=epochs, arch=arch, **RECIPE,
+                           **extra),
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_or_train_evaluator(source, *, seed: int, epochs: int, cache_dir: Path, device: torch.device,
-                            progress: bool = False) -> tuple[nn.Module, dict]:
+                            progress: bool = False, per_class: int | None = None) -> tuple[nn.Module, dict]:
     """The domain evaluator of a source: trained once on its balanced train pool, cached by fingerprint."""
     arch = arch_for(channels=source.channels, resolution=source.resolution)
     fp = evaluator_fingerprint(source_id=source.source_id, resolution=source.resolution, seed=seed,
-                               epochs=epochs, arch=arch)
+                               epochs=epochs, arch=arch, per_class=per_class)
     path = Path(cache_dir) / f"evaluator-{fp}.pt"
     num_classes = len(source.class_names)
     if path.exists():
@@ -193,7 +200,7 @@ def load_or_train_evaluator(source, *, seed: int, epochs: int, cache_dir: Path, 
         net = build_net(arch, channels=source.channels, num_classes=num_classes)
         net.load_state_dict(blob["state_dict"])
         return net.to(device).eval(), dict(blob["info"])
-    pool = balanced_pool(source.train.labels.numpy(), seed=seed)
+    pool = balanced_pool(source.train.labels.numpy(), seed=seed, per_class=per_class)
     net = train_classifier(source.train.images[pool], source.train.labels[pool], num_classes=num_classes,
                            epochs=epochs, seed=seed, device=device, hflip=bool(source.hflip), arch=arch,
                            progress=progress, desc="evaluator")

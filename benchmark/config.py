@@ -120,7 +120,9 @@ class EvalConfig:
     real_floor: bool = True
     downstream: bool = True
     batch_size: int = 256
-    classifier_epochs: int = 10
+    classifier_epochs: int = 10  # the domain evaluator (classifier feature space)
+    classifier_per_class: int | None = None  # cap on the evaluator's balanced training pool (None: all)
+    downstream_epochs: int = 10  # CAS / augmentation / real-LT classifiers
 
 
 @dataclass(frozen=True)

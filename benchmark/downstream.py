@@ -114,8 +114,12 @@ def real_rows(*, dataset, epochs: int, seed: int, device: torch.device, cache_di
 
 
 def downstream_rows(gen_images, gen_labels, *, dataset, epochs: int, seed: int, device, cache_dir=None,
-                    progress: bool = False) -> pd.DataFrame:
+                    progress: bool = False, include_real: bool = True) -> pd.DataFrame:
+    """CAS and augmentation rows (and, with ``include_real``, the real-LT baseline; the grid keeps that
+    baseline in its own ``real`` cell so a method's rows hold only what its samples produced)."""
     rows = cas_rows(gen_images, gen_labels, dataset=dataset, epochs=epochs, seed=seed, device=device, progress=progress)
     rows += aug_rows(gen_images, gen_labels, dataset=dataset, epochs=epochs, seed=seed, device=device, progress=progress)
-    rows += real_rows(dataset=dataset, epochs=epochs, seed=seed, device=device, cache_dir=cache_dir, progress=progress)
+    if include_real:
+        rows += real_rows(dataset=dataset, epochs=epochs, seed=seed, device=device, cache_dir=cache_dir,
+                          progress=progress)
     return pd.DataFrame(rows)

@@ -86,8 +86,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
                                 space_id=space.identity, extra_note=f"reference={cfg.reference}")
     parts = [frame, pd.DataFrame(_evaluator_row(space, len(ref_labels)))]
     if downstream and cfg.downstream:
-        down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.classifier_epochs, seed=seed,
-                               device=device, cache_dir=cache_dir, progress=progress)
+        down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.downstream_epochs, seed=seed,
+                               device=device, cache_dir=cache_dir, progress=progress, include_real=False)
         down.insert(0, "feature_space", "none")
         parts.append(down)
     frame = pd.concat([p for p in parts if len(p)], ignore_index=True)[COLUMNS]

@@ -206,7 +206,8 @@ class ClassifierSpace(FeatureSpace):
     def __init__(self, *, dataset, cfg: EvalConfig, cache_dir: Path, device: torch.device, seed: int = 0,
                  progress: bool = False) -> None:
         self.net, self.info = load_or_train_evaluator(dataset.source, seed=seed, epochs=cfg.classifier_epochs,
-                                                      cache_dir=cache_dir, device=device, progress=progress)
+                                                      cache_dir=cache_dir, device=device, progress=progress,
+                                                      per_class=cfg.classifier_per_class)
         self.device, self.batch_size = device, cfg.batch_size
         self.resolution, self.channels = dataset.source.resolution, dataset.source.channels
         self.identity = f"classifier:{self.info['fingerprint']}"

@@ -33,7 +33,8 @@ def _save(fig, path_stem: Path) -> list[Path]:
 
 
 def _slug(key: dict) -> str:
-    return f"{key['dataset']}_{key['profile']}-{float(key['imbalance']):g}_{key['protocol']}_{key['feature_space']}"
+    space = str(key["feature_space"]).split(":")[0]  # the weights id stays in the table, not the file name
+    return f"{key['dataset']}_{key['profile']}-{float(key['imbalance']):g}_{key['protocol']}_{space}"
 
 
 def per_class_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
@@ -155,7 +156,10 @@ def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 
 
 
 def write_plots(table: pd.DataFrame, out: Path) -> list[Path]:
+    from .report import attach_feature_free_rows
+
     folder = Path(out) / "plots"
+    table = attach_feature_free_rows(table)
     paths = []
     for key_values, block in table.groupby(TABLE_KEY, dropna=False):
         key = dict(zip(TABLE_KEY, key_values))

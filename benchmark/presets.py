@@ -88,15 +88,19 @@ def _smoke() -> Config:
 def _demo_config() -> Config:
     return Config(
         preset="demo",
-        protocol="cpu-ddim25-g1",
+        protocol="cpu-ddim20-g1",
         device="auto",
         data=DataConfig(dataset="fashion-mnist", resolution=16, profile="exp", imbalance=0.01),
-        model=ModelConfig(ch=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), num_res_blocks=1, dropout=0.0),
+        # 0.63M parameters; a high learning rate and a short EMA because the budget is 1000 steps
+        model=ModelConfig(ch=24, ch_mult=(1, 2, 2), attn_resolutions=(8,), num_res_blocks=1, dropout=0.0),
         train=TrainConfig(
-            steps=800, batch_size=128, lr=1e-3, warmup=50, ema_decay=0.995, ckpt_every=100, log_every=25
+            steps=1000, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, ckpt_every=100, log_every=25,
+            channels_last=True,
         ),
-        sample=SampleConfig(sampler="ddim", steps=25, guidance=1.0, n_per_class=100, batch_size=500),
-        eval=EvalConfig(feature_space="classifier", reference="test", kid_subsets=50, classifier_epochs=4),
+        sample=SampleConfig(sampler="ddim", steps=20, guidance=1.0, n_per_class=100, batch_size=500),
+        eval=EvalConfig(
+            feature_space="classifier", reference="test", kid_subsets=50, classifier_epochs=3, downstream_epochs=5
+        ),
         grid=GridConfig(methods=PAPER_METHODS, imbalances=(0.01,), seeds=(0,)),
     )
 

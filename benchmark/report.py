@@ -69,9 +69,23 @@ PUBLISHED = {
 TABLE_KEY = ["dataset", "profile", "imbalance", "protocol", "feature_space", "reference"]
 
 
+def attach_feature_free_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Downstream accuracies use no feature space (recorded as 'none'); show them in every table
+    of the same data, protocol and reference instead of a table of their own."""
+    free = table["feature_space"].astype(str) == "none"
+    if not free.any():
+        return table
+    keys = ["dataset", "profile", "imbalance", "protocol", "reference"]
+    spaces = table.loc[~free, keys + ["feature_space"]].drop_duplicates()
+    moved = table[free].drop(columns="feature_space").merge(spaces, on=keys, how="left")
+    moved["feature_space"] = moved["feature_space"].fillna("none")
+    return pd.concat([table[~free], moved[table.columns]], ignore_index=True)
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Long summary: one row per (table key, method, metric, group) with mean, std, n seeds."""
-    agg = table[table["group"] != "class"]
+    agg = attach_feature_free_rows(table)
+    agg = agg[agg["group"] != "class"]
     agg = agg[agg["metric"].isin({c.metric for c in COLUMNS})]
     per_seed = agg.groupby(TABLE_KEY + ["method", "metric", "group", "seed"], dropna=False)["value"].mean()
     grouped = per_seed.groupby(level=list(range(len(TABLE_KEY) + 3)), dropna=False)

@@ -12,7 +12,7 @@ from benchmark.config import Config, DiffusionConfig, ModelConfig, SampleConfig,
 
 # The engine tests use tensors of a few KB: one thread is faster, and on a shared 2-core machine
 # two OpenMP threads spinning against other processes made these tests 5-10x slower.
-torch.set_num_threads(1)
+
 
 TINY_MODEL = ModelConfig(ch=8, ch_mult=(1, 2), attn_resolutions=(4,), num_res_blocks=1, dropout=0.1)
 

@@ -1,0 +1,252 @@
+"""Command line: ``run`` (default), ``report``, ``data``, ``evaluate``, ``list``.
+
+``python run_benchmark.py`` with no arguments runs the default preset into results/demo/.
+Exit status: 0 success, 1 some grid cell failed (the others finished), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from . import __version__
+from .config import Config, apply_overrides, to_json
+from .errors import BenchmarkError, ConfigError
+from .presets import DEFAULT_PRESET, PRESETS, PROTOCOLS, get_preset, preset_doc
+
+EPILOG = "Run `%(prog)s COMMAND --help` for the options of one command."
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.01,0.1, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `list`")
+    p.add_argument("--protocol", default=None, help="evaluation protocol to apply on top of the preset: "
+                   + ", ".join(PROTOCOLS.names()))  # fmt: skip
+    p.add_argument("--dataset", default=None, help="fashion-mnist | mnist | cifar10 | cifar100 | digits | imagefolder:PATH")
+    p.add_argument("--data-root", default=None, help="folder holding (or receiving) dataset files")
+    p.add_argument("--inception-weights", default=None,
+                   help="path to weights-inception-2015-12-05-6726825d.pth (else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache)")  # fmt: skip
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set train.steps=2000 (repeatable; --dry-run lists keys)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltgen-bench",
+        description="LTGen-Bench: train, sample and evaluate generative models on long-tailed data. "
+        "Without a command, runs the default preset (demo) into results/demo/.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"ltgen-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a grid: dataset x imbalance x method x seed")
+    _add_config_options(run)
+    run.add_argument("--methods", default=None, help="comma-separated method names; compose with '+', e.g. cbdm+resample")
+    run.add_argument("--imbalance", type=_floats, default=None, help="comma-separated n_min/n_max values, e.g. 0.01,0.1")
+    run.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
+    run.add_argument("--out", default=None, help="results folder (default results/<preset>)")
+    run.add_argument("--force", action="store_true", help="redo cells that already finished")
+    run.add_argument("--dry-run", action="store_true", help="print the resolved config and grid, then exit")
+    run.add_argument("--no-report", action="store_true", help="skip leaderboards and plots at the end")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rep = sub.add_parser("report", help="redraw leaderboards and plots from DIR/results.csv alone")
+    rep.add_argument("dir", help="a results folder holding results.csv")
+    rep.add_argument("--no-plots", action="store_true", help="tables only")
+
+    data = sub.add_parser("data", help="show a long-tailed split: per-class counts, groups, fingerprint")
+    data.add_argument("--dataset", default="fashion-mnist")
+    data.add_argument("--imbalance", type=float, default=0.01, help="n_min / n_max, in (0, 1]")
+    data.add_argument("--profile", default="exp", help="exp | step | none | file")
+    data.add_argument("--counts-file", default=None, help="per-class counts (profile file)")
+    data.add_argument("--n-max", type=int, default=None, help="head-class size (default: the smallest class of the pool, i.e. the balanced class size)")
+    data.add_argument("--split-seed", type=int, default=0)
+    data.add_argument("--groups", default="auto", help="auto | thresholds | thirds")
+    data.add_argument("--resolution", type=int, default=None)
+    data.add_argument("--data-root", default=None)
+    data.add_argument("--format", choices=["table", "csv"], default="table")
+
+    ev = sub.add_parser("evaluate", help="score class-labelled samples from any model with the benchmark protocol")
+    _add_config_options(ev)
+    ev.add_argument("--samples", required=True, help=".npz with images and labels, or a folder with one subfolder per class")
+    ev.add_argument("--name", required=True, help="method name for the rows (e.g. my-model)")
+    ev.add_argument("--imbalance", type=float, default=None, help="the imbalance the model was trained at")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation (downstream classifiers, KID subsets)")
+    ev.add_argument("--force", action="store_true", help="replace rows already written under this name and seed")
+    ev.add_argument("--out", default=None, help="results folder (default results/<preset>)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sub.add_parser("list", help="list presets, protocols, methods, datasets and feature spaces")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    cfg = get_preset(args.preset, args.protocol)
+    if getattr(args, "dataset", None):
+        cfg = replace(cfg, data=replace(cfg.data, dataset=args.dataset))
+    if getattr(args, "data_root", None):
+        cfg = replace(cfg, data=replace(cfg.data, data_root=args.data_root))
+    if getattr(args, "inception_weights", None):
+        cfg = replace(cfg, eval=replace(cfg.eval, inception_weights=args.inception_weights))
+    if getattr(args, "device", None):
+        cfg = replace(cfg, device=args.device)
+    grid = cfg.grid
+    if getattr(args, "methods", None):
+        grid = replace(grid, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
+    if getattr(args, "imbalance", None) and isinstance(args.imbalance, tuple):
+        grid = replace(grid, imbalances=args.imbalance)
+    if getattr(args, "seeds", None):
+        grid = replace(grid, seeds=args.seeds)
+    cfg = apply_overrides(replace(cfg, grid=grid), args.overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check names and ranges up front, before any cell starts."""
+    from methods import get_method_class
+
+    for name in cfg.grid.methods:
+        get_method_class(name)
+    for imbalance in cfg.grid.imbalances:
+        if not 0 < imbalance <= 1:
+            raise ConfigError(f"imbalance {imbalance} is outside (0, 1]; it is n_min/n_max, e.g. 0.01 for IR 100")
+    if not cfg.grid.methods or not cfg.grid.seeds or not cfg.grid.imbalances:
+        raise ConfigError("the grid is empty: give at least one method, one seed and one imbalance")
+    if cfg.sample.sampler not in ("ddim", "ddpm"):
+        raise ConfigError(f"sample.sampler must be ddim or ddpm, got {cfg.sample.sampler!r}")
+    if cfg.sample.n_per_class < 2:
+        raise ConfigError("sample.n_per_class must be at least 2 (metrics need two or more images per class)")
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ConfigError("train.steps and train.batch_size must be positive")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .grid import expand_grid, run_grid, summarize
+
+    cfg = resolve_config(args)
+    out = Path(args.out) if args.out else Path("results") / cfg.preset
+    cells = expand_grid(cfg)
+    if args.dry_run:
+        print(to_json(cfg))
+        print(f"\n{len(cells)} cells into {out}/runs/:")
+        for cell in cells:
+            print(f"  {cell.name}  ->  {cell.folder(out)}")
+        return 0
+    outcomes = run_grid(cfg, out, force=args.force, progress=not args.no_progress)
+    if not args.no_report and (out / "results.csv").exists():
+        from .report import make_report
+
+        make_report(out)
+    print(summarize(outcomes, out))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    paths = make_report(Path(args.dir), plots=not args.no_plots)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .data import build_dataset, data_table
+
+    cfg = DataConfig(
+        dataset=args.dataset, imbalance=args.imbalance, profile=args.profile, counts_file=args.counts_file,
+        n_max=args.n_max, split_seed=args.split_seed, groups=args.groups, resolution=args.resolution,
+        data_root=args.data_root,
+    )  # fmt: skip
+    ds = build_dataset(cfg)
+    table = data_table(ds)
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False))
+        return 0
+    print(table.to_string(index=False))
+    print(f"\ntotal {int(ds.counts.sum())} images, {ds.num_classes} classes, profile {ds.profile}, "
+          f"imbalance {ds.imbalance}, {ds.channels}x{ds.resolution}x{ds.resolution}")  # fmt: skip
+    for group in ("many", "medium", "few"):
+        classes = ds.group_classes(group)
+        print(f"{group:>6}: {len(classes)} classes" + ("" if classes else "  (empty)"))
+    print(f"fingerprint {ds.fingerprint}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .byos import evaluate_external
+
+    cfg = resolve_config(args)
+    if args.imbalance is not None:
+        cfg = replace(cfg, data=replace(cfg.data, imbalance=args.imbalance))
+    out = Path(args.out) if args.out else Path("results") / cfg.preset
+    rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
+                             progress=not args.no_progress, force=args.force)  # fmt: skip
+    print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
+    from .report import make_report
+
+    make_report(out, plots=True)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from methods import METHODS
+
+    from .data import DATASETS
+    from .features import FEATURE_SPACES
+
+    print("presets:")
+    for name in PRESETS.names():
+        print(f"  {name:<12} {preset_doc(name)}")
+    print("protocols:")
+    for name in PROTOCOLS.names():
+        print(f"  {name:<12} {' '.join((PROTOCOLS.get(name).__doc__ or '').split())}")
+    print("methods (compose with '+', e.g. cbdm+resample):")
+    for name, cls in METHODS.items():
+        print(f"  {name:<12} {' '.join((cls.__doc__ or '').split()).split('. ')[0]}")
+    print("datasets:")
+    for name in DATASETS.names():
+        print(f"  {name}")
+    print("  imagefolder:PATH  (one subfolder per class)")
+    print("feature spaces:")
+    for name in FEATURE_SPACES.names():
+        print(f"  {name}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "data": cmd_data, "evaluate": cmd_evaluate, "list": cmd_list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not argv or argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130

@@ -1,0 +1,135 @@
+"""The stages of one grid cell: train -> sample -> evaluate, each skipped when done.
+
+Returns the cell's tidy rows (the results.csv schema).  The pseudo-method ``real`` scores
+real held-out images (what a perfect generator would reach at the same sample size) and the
+downstream classifier trained on the real long-tailed set alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from .config import Config
+
+log = logging.getLogger("ltgen")
+
+REAL = "real"
+
+
+def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> dict:
+    from .features import resolve_feature_space_name
+
+    is_real = cell.method == REAL
+    return {
+        "dataset": _dataset_name(cell.dataset),
+        "profile": cell.profile,
+        "imbalance": cell.imbalance,
+        "split_fingerprint": dataset.fingerprint,
+        "method": cell.method,
+        "seed": cell.seed,
+        "train_steps": 0 if is_real else cfg.train.steps,
+        "protocol": cfg.protocol,
+        "sampler": "real" if is_real else cfg.sample.sampler,
+        "sampler_steps": 0 if is_real else cfg.sample.steps,
+        "guidance": math.nan if is_real or guidance is None else float(guidance),
+        "reference": cfg.eval.reference,
+        "feature_space_default": resolve_feature_space_name(cfg.eval.feature_space, dataset),
+    }
+
+
+def _dataset_name(spec: str) -> str:
+    from .grid import dataset_slug
+
+    return dataset_slug(spec)
+
+
+def count_rows(dataset) -> pd.DataFrame:
+    """The class sizes of the split, so plots can put metrics against them from the table alone."""
+    groups = dataset.groups
+    return pd.DataFrame(
+        {
+            "metric": "train_count",
+            "group": "class",
+            "class": list(range(dataset.num_classes)),
+            "n_gen": 0,
+            "n_ref": 0,
+            "value": [float(c) for c in dataset.counts],
+            "note": [f"group={g}" for g in groups],
+        }
+    )
+
+
+def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame:
+    from .results import COLUMNS
+
+    default_space = ident.pop("feature_space_default")
+    counts = count_rows(dataset)
+    counts["feature_space"] = metric_rows["feature_space"].iloc[0] if len(metric_rows) else default_space
+    rows = pd.concat([metric_rows, counts], ignore_index=True)
+    for key, value in ident.items():
+        rows[key] = value
+    rows["note"] = rows["note"].fillna("")
+    return rows[COLUMNS]
+
+
+def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame:
+    from .data import build_dataset
+    from .evaluate import evaluate_set, real_floor_rows
+
+    dataset = build_dataset(cfg.data)
+    log.info("data %s: %d images, fingerprint %s", cell.dataset, int(dataset.counts.sum()), dataset.fingerprint)
+    if cell.method == REAL:
+        ident = identity_columns(cfg, cell, dataset, guidance=None)
+        parts = []
+        if cfg.eval.real_floor:
+            parts.append(real_floor_rows(
+                dataset, cfg=cfg.eval, n_per_class=cfg.sample.n_per_class, cache_dir=cache_dir, device=device,
+                seed=cell.seed, progress=progress,
+            ))  # fmt: skip
+        if cfg.eval.downstream:
+            from .downstream import real_rows
+
+            real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
+                                          device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
+            real.insert(0, "feature_space", "none")
+            parts.append(real)
+        return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
+
+    from methods import get_method
+
+    from .backbone import build_unet  # noqa: F401  (the trainer builds the model from cfg.model)
+    from .diffusion import GaussianDiffusion
+    from .sampling import generate_eval_set
+    from .trainer import load_model, train
+
+    method = get_method(cell.method, class_counts=dataset.counts, options=cfg.method)
+    guidance = cfg.sample.guidance if cfg.sample.guidance is not None else method.official_guidance
+    ident = identity_columns(cfg, cell, dataset, guidance=guidance)
+
+    log.info("stage train (%d steps)", cfg.train.steps)
+    model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
+                       progress=progress)  # fmt: skip
+    model, _info = load_model(model_path, device)
+    diffusion = GaussianDiffusion(T=cfg.diffusion.T, beta_1=cfg.diffusion.beta_1, beta_T=cfg.diffusion.beta_T)
+
+    log.info("stage sample (%d per class, %s %d steps, guidance %s)", cfg.sample.n_per_class, cfg.sample.sampler,
+             cfg.sample.steps, guidance)  # fmt: skip
+    # every method of a cell seed draws from the same initial noise: a paired comparison
+    images, labels = generate_eval_set(
+        model, diffusion, num_classes=dataset.num_classes, n_per_class=cfg.sample.n_per_class,
+        cfg=replace(cfg.sample, guidance=guidance), seed=cell.seed, out_path=folder / "samples.npz",
+        device=device, progress=progress,
+    )  # fmt: skip
+    del model
+
+    log.info("stage evaluate")
+    rows = evaluate_set(
+        images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
+        downstream=cfg.eval.downstream, progress=progress,
+    )  # fmt: skip
+    return finish_rows(rows, ident, dataset)

@@ -1,0 +1,66 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_prints_config_and_grid(capsys, tmp_path):
+    code = main(["run", "--preset", "smoke", "--methods", "ddpm,cbdm+resample", "--seeds", "0,1",
+                 "--imbalance", "0.1,0.5", "--out", str(tmp_path), "--set", "train.steps=7", "--dry-run"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    config = json.loads(out[: out.index("\n\n")])
+    assert config["train"]["steps"] == 7
+    assert config["grid"]["methods"] == ["ddpm", "cbdm+resample"]
+    # (real + 2 methods) x 2 seeds x 2 imbalances
+    assert "12 cells" in out
+    assert "runs/digits/exp-0.5/cbdm_resample/seed1" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["run", "--preset", "smoke", "--set", "train.stepss=3", "--dry-run"], "Did you mean train.steps"),
+        (["run", "--preset", "smoke", "--set", "train.steps=many", "--dry-run"], "expects int"),
+        (["run", "--preset", "nosuch", "--dry-run"], "Valid presets"),
+        (["run", "--preset", "smoke", "--methods", "ddpmm", "--dry-run"], "ddpm"),
+        (["run", "--preset", "smoke", "--imbalance", "1.5", "--dry-run"], "outside (0, 1]"),
+        (["data", "--dataset", "nosuchdata"], "digits"),
+        (["data", "--dataset", "digits", "--imbalance", "0"], "imbalance"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, fragment, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err
+    assert "Traceback" not in err
+
+
+def test_list_names_everything(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "smoke", "cifar100lt", "ddpm1000", "cbdm", "resample", "reweight", "fashion-mnist",
+                 "digits", "classifier", "inception"):  # fmt: skip
+        assert name in out
+
+
+def test_data_command_csv(capsys):
+    assert main(["data", "--dataset", "digits", "--imbalance", "0.1", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "class,name,count,group"
+    assert len(lines) == 11
+
+
+def test_console_entry_runs_as_script():
+    proc = subprocess.run([sys.executable, str(ROOT / "run_benchmark.py"), "run", "--help"], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0
+    for option in ("--preset", "--methods", "--imbalance", "--seeds", "--out", "--set", "--dry-run", "--force"):
+        assert option in proc.stdout

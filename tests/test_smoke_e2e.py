@@ -1,0 +1,113 @@
+"""End to end on the smoke preset: the whole pipeline, resume after a kill, reruns, failures."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.results import COLUMNS, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"ddpm", "cbdm", "reweight", "resample"}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    code = main(["run", "--preset", "smoke", "--out", str(out), "--no-progress"])
+    return out, code
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    keys = ["method", "seed", "metric", "group", "class", "feature_space"]
+    return table.sort_values(keys, na_position="first").reset_index(drop=True)
+
+
+def test_results_table_has_every_method_group_and_metric(smoke):
+    out, code = smoke
+    assert code == 0
+    table = read_results(out)
+    assert list(table.columns) == COLUMNS
+    assert set(table.method) == METHODS | {"real"}
+    gen = table[table.method.isin(METHODS)]
+    for method in METHODS:
+        rows = gen[gen.method == method]
+        fid = rows[rows.metric == "fid"]
+        assert set(fid.group) == {"all", "many", "medium", "few", "class"}
+        assert sorted(fid[fid.group == "class"]["class"].astype(int)) == list(range(10))
+        assert {"kid", "precision", "recall", "density", "coverage", "label_acc", "cas_acc", "aug_acc",
+                "train_count"} <= set(rows.metric)  # fmt: skip
+        assert (fid.value > 0).all() and np.isfinite(fid.value).all()
+        assert (rows.n_gen[rows.metric == "fid"] > 0).all() and (rows.n_ref[rows.metric == "fid"] > 0).all()
+    real = table[table.method == "real"]
+    assert {"fid", "recall", "real_acc"} <= set(real.metric)
+    # one split for all: every row carries the same fingerprint
+    assert table.split_fingerprint.nunique() == 1
+
+
+def test_leaderboards_and_plots_exist(smoke):
+    out, _ = smoke
+    for name in ("leaderboard.md", "leaderboard.tex", "leaderboard.csv"):
+        assert (out / name).stat().st_size > 200
+    board = (out / "leaderboard.md").read_text()
+    for method in METHODS:
+        assert f"| {method} |" in board
+    plots = {p.name.split("_")[0] for p in (out / "plots").glob("*.png") if p.stat().st_size > 1000}
+    assert {"per", "groups", "samples"} <= plots
+
+
+def test_rerun_skips_finished_cells_and_report_is_identical(smoke, capsys):
+    out, _ = smoke
+    before = (out / "results.csv").read_bytes()
+    board = (out / "leaderboard.md").read_bytes()
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    assert "5 already finished" in capsys.readouterr().out
+    assert (out / "results.csv").read_bytes() == before
+    assert main(["report", str(out), "--no-plots"]) == 0
+    assert (out / "leaderboard.md").read_bytes() == board
+
+
+def test_resume_after_kill_matches_uninterrupted_run(smoke, tmp_path):
+    out, _ = smoke
+    killed = tmp_path / "killed"
+    ckpts = killed / "runs" / "digits" / "exp-0.1" / "cbdm" / "seed0" / "checkpoints"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LTGEN_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_benchmark.py"), "run", "--preset", "smoke", "--out", str(killed),
+         "--no-progress", "--no-report"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("*.pt")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.kill()
+    proc.wait()
+    assert not (ckpts.parent / "model.pt").exists()  # killed mid-training
+    assert main(["run", "--preset", "smoke", "--out", str(killed), "--no-progress"]) == 0
+    a, b = _sorted(read_results(out)), _sorted(read_results(killed))
+    assert len(a) == len(b)
+    pd.testing.assert_frame_equal(a.drop(columns="value"), b.drop(columns="value"))
+    np.testing.assert_allclose(a.value.to_numpy(float), b.value.to_numpy(float), rtol=1e-6, atol=1e-9)
+
+
+def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, capsys):
+    out = tmp_path / "fail"
+    base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods",
+            "ddpm,reweight", "--set", "train.steps=3", "--set", "eval.downstream=false", "--set", "eval.real_floor=false"]  # fmt: skip
+    code = main(base + ["--set", "method.reweight_scheme=nonsense"])
+    text = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED" in text and "reweight" in text and "nonsense" in text
+    assert set(read_results(out).method) == {"ddpm"}
+    # the same folder with a different training budget: refused, with the fix named
+    code = main(base[:-6] + ["--methods", "ddpm", "--set", "train.steps=4", "--set", "eval.downstream=false",
+                             "--set", "eval.real_floor=false"])  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 1 and "different config" in text and "--force" in text

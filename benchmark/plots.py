@@ -131,6 +131,7 @@ def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 
         images, labels = data["images"], data["labels"]
         counts = table[(table["metric"] == "train_count") & (table["dataset"] == c["dataset"])
                        & (table["imbalance"] == c["imbalance"])].groupby("class")["value"].first()  # fmt: skip
+        counts.index = counts.index.astype(int)
         classes = list(counts.sort_values(ascending=False).index) if len(counts) else sorted(set(labels.tolist()))
         if len(classes) > max_classes:
             classes = [classes[int(i)] for i in np.linspace(0, len(classes) - 1, max_classes)]

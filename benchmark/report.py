@@ -167,6 +167,7 @@ def _title(key: dict) -> str:
 LEGEND = (
     "Mean ± std over seeds. **Bold**: best method in the column, separated from the runner-up by more "
     "than the seed spread; *italic~*: best mean but within the seed spread of the runner-up (not separable). "
+    "With a single seed the spread is unknown, so bold then marks only the best mean. "
     "FID/KID: lower is better; the rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
     "images at the same sample size (a perfect generator's score); its CAS/Aug columns are empty and its "
     "downstream baseline (classifier on the real long-tailed set alone) is in the CSV as real_acc."

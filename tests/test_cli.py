@@ -64,3 +64,10 @@ def test_console_entry_runs_as_script():
     assert proc.returncode == 0
     for option in ("--preset", "--methods", "--imbalance", "--seeds", "--out", "--set", "--dry-run", "--force"):
         assert option in proc.stdout
+
+
+def test_readme_cli_reference_is_in_step_with_help():
+    from benchmark.clidoc import current_block, render
+
+    readme = (ROOT / "README.md").read_text()
+    assert current_block(readme) == render(), "README CLI reference is stale: run `python -m benchmark.clidoc`"

@@ -4,14 +4,16 @@ To add a method: subclass :class:`methods.base.Method`, override the pieces it c
 it with ``@METHODS.register("name")`` in a new module and import that module below.
 """
 
-from . import cbdm, ddpm, resample, reweight  # noqa: F401  (registration happens on import)
+from . import cbdm, coral, ddpm, resample, reweight, t2h  # noqa: F401  (registration happens on import)
 from .base import Method, ddpm_loss, mse_per_sample
 from .cbdm import cbdm_loss
-from .registry import METHODS, Composite, get_method, get_method_class
+from .coral import coral_lambda, coral_loss
+from .registry import METHODS, Composite, fine_tuner, get_method, get_method_class
 from .resample import resample_probs
 from .reweight import class_weights
+from .t2h import t2h_probs, t2h_targets
 
 __all__ = [
     "METHODS", "Method", "Composite", "get_method", "get_method_class", "ddpm_loss", "cbdm_loss", "mse_per_sample",
-    "class_weights", "resample_probs",
+    "class_weights", "resample_probs", "t2h_probs", "t2h_targets", "coral_loss", "coral_lambda", "fine_tuner",
 ]

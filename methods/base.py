@@ -12,6 +12,18 @@ override, each optionally:
   logs each name.  Term weights (such as CBDM's gamma) are applied inside the term, so the
   objective is always the plain sum of the logged means.
 
+Two further hooks, for methods that need them:
+
+* ``trainable_modules(model)`` -> ``{name: nn.Module}``: trainable modules the method owns (such
+  as CORAL's projection head), built for this backbone.  The trainer calls it once, before it
+  builds the optimiser; it moves them to the device, optimises them with the model, clips their
+  gradients with the model's and keeps their state in every checkpoint, but not in ``model.pt``:
+  they are dropped at sampling time.  Default: none.
+* ``init_from_method`` (class attribute) and ``fine_tune_config(cfg)``: a method that fine-tunes
+  another method's model names that method; the grid runs that method's cell of the same dataset,
+  imbalance and seed first and starts this one from its ``model.pt`` with the cell config
+  ``fine_tune_config`` returns (CBDM's fine-tune protocol, ``cbdm-ft``).
+
 ``y`` handed to ``loss_terms`` already carries the null label (``model.num_classes``) where the
 label was dropped for guidance.  ``cond`` is a Python bool when the whole batch is conditional
 or not (the official whole-batch drop; no device sync needed to branch on it), or a bool tensor
@@ -22,8 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
-from benchmark.config import MethodConfig
+from benchmark.config import Config, MethodConfig
 from benchmark.diffusion import GaussianDiffusion
 
 Cond = bool | torch.Tensor
@@ -55,6 +68,7 @@ class Method:
     name: str = "base"
     official_guidance: float = 0.8  # omega of the method's published evaluation
     term_names: tuple[str, ...] = ("ddpm",)
+    init_from_method: str | None = None  # fine-tuning methods: the method whose finished model they start from
 
     def __init__(self, *, class_counts: np.ndarray, options: MethodConfig) -> None:
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
@@ -76,6 +90,16 @@ class Method:
     ) -> dict[str, torch.Tensor]:
         t, noise = draw_t_noise(diffusion, x0, generator)
         return ddpm_loss(model, diffusion, x0, y, t, noise)
+
+    def trainable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Trainable modules owned by the method, built once for ``model`` (see the module docstring)."""
+        return {}
+
+    @classmethod
+    def fine_tune_config(cls, cfg: Config) -> Config:
+        """The cell config of a fine-tuning run (read only when ``init_from_method`` is set; the grid
+        then sets ``train.init_from`` itself)."""
+        return cfg
 
     def describe(self) -> str:
         return self.name

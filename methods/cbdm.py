@@ -10,11 +10,14 @@ For a conditional sample with label y, timestep t and noise eps (x_t = sqrt(abar
 
 y' is drawn per sample from the training class frequencies (``prior='train'``, what the
 official code does from scratch) or uniformly (``prior='uniform'``, its fine-tune mode; pair
-it with ``train.init_from``).  Unconditional (label-dropped) samples get no regulariser.  The
-two evaluations (y and y') share ONE batched forward pass over [x_t; x_t].
+it with ``train.init_from``, or use ``cbdm-ft``, which the grid starts from its ``ddpm`` cell).
+Unconditional (label-dropped) samples get no regulariser.  The two evaluations (y and y') share
+ONE batched forward pass over [x_t; x_t].
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -55,6 +58,8 @@ def cbdm_loss(
 
 @METHODS.register("cbdm")
 class CBDM(Method):
+    """CBDM (Qin et al., CVPR 2023): distribution-adjustment regulariser towards a prior y' (method.cbdm_prior)."""
+
     name = "cbdm"
     official_guidance = 1.6
     term_names = ("ddpm", "reg", "com")
@@ -80,3 +85,27 @@ class CBDM(Method):
         y_prime = self.draw_y_prime(x0.shape[0], generator=generator, device=x0.device)
         o = self.options
         return cbdm_loss(model, diffusion, x0, y, t, noise, y_prime, tau=o.cbdm_tau, gamma=o.cbdm_gamma, cond=cond)
+
+
+@METHODS.register("cbdm-ft")
+class CBDMFineTune(CBDM):
+    """CBDM's fine-tune protocol: the grid's finished ddpm model of the same data and seed, fine-tuned
+    with the CBDM regulariser and uniform y' for method.cbdm_ft_steps steps."""
+
+    name = "cbdm-ft"
+    init_from_method = "ddpm"
+
+    def __init__(self, *, class_counts, options) -> None:
+        # y' is uniform in the fine-tune protocol whatever method.cbdm_prior says (the grid sets it too)
+        super().__init__(class_counts=class_counts, options=replace(options, cbdm_prior="uniform"))
+
+    @classmethod
+    def fine_tune_config(cls, cfg):
+        """method.cbdm_ft_steps steps (default a tenth of train.steps), warmup at most a tenth of
+        those, uniform y'."""
+        t, o = cfg.train, cfg.method
+        steps = o.cbdm_ft_steps if o.cbdm_ft_steps is not None else max(1, t.steps // 10)
+        return replace(
+            cfg, train=replace(t, steps=steps, warmup=min(t.warmup, steps // 10)),
+            method=replace(o, cbdm_prior="uniform"),
+        )

@@ -13,5 +13,7 @@ from .registry import METHODS
 
 @METHODS.register("ddpm")
 class DDPM(Method):
+    """Class-conditional DDPM with label drop for classifier-free guidance: the baseline."""
+
     name = "ddpm"
     official_guidance = 0.8

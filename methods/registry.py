@@ -47,6 +47,9 @@ class Composite(Method):
         owner = self._owner.get("loss_terms", self.parts[0])
         return owner.loss_terms(model, diffusion, x0, y, cond, generator)
 
+    def trainable_modules(self, model):
+        return {k: m for p in self.parts for k, m in p.trainable_modules(model).items()}
+
 
 def _split(name: str) -> list[str]:
     names = [n.strip() for n in name.split("+")]
@@ -81,6 +84,17 @@ def get_method_class(name: str) -> type[Method]:
         return classes[0]
     check_composable(classes)
     return Composite
+
+
+def fine_tuner(name: str) -> type[Method] | None:
+    """The part of method ``name`` that fine-tunes another method's model (``init_from_method``), or None."""
+    tuners = [c for c in (METHODS.get(n) for n in _split(name)) if c.init_from_method]
+    if len(tuners) > 1:
+        raise ConfigError(
+            f"method {name!r} combines several fine-tuning methods ({', '.join(c.name for c in tuners)}); "
+            "a model starts from one parent, so use one of them"
+        )
+    return tuners[0] if tuners else None
 
 
 def get_method(name: str, *, class_counts: np.ndarray, options: MethodConfig | None = None) -> Method:

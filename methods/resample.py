@@ -25,6 +25,8 @@ def resample_probs(counts, q: float) -> torch.Tensor:
 
 @METHODS.register("resample")
 class Resample(Method):
+    """Class-sampling probability proportional to n_c^q (method.resample_q, method.resample_schedule)."""
+
     name = "resample"
 
     def __init__(self, *, class_counts, options) -> None:

@@ -36,6 +36,8 @@ def class_weights(counts: np.ndarray, *, scheme: str = "inverse", beta: float = 
 
 @METHODS.register("reweight")
 class Reweight(Method):
+    """Per-sample loss weight by class: inverse frequency or effective number (method.reweight_scheme)."""
+
     name = "reweight"
 
     def __init__(self, *, class_counts, options) -> None:

@@ -1,0 +1,265 @@
+"""T2H, CORAL and cbdm-ft: each against a direct transcription of its formula, plus the trainer
+hook for method-owned modules and the grid's fine-tuning dependency."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.backbone import build_unet
+from benchmark.checkpoint import latest_checkpoint, load
+from benchmark.config import Config, GridConfig, MethodConfig
+from benchmark.diffusion import GaussianDiffusion
+from benchmark.errors import ConfigError
+from benchmark.trainer import _seeds, train
+from engine_helpers import TINY_MODEL, tiny_config, tiny_data
+from methods import coral_lambda, coral_loss, get_method, t2h_probs, t2h_targets
+from methods.coral import coral_terms, projection_head
+
+COUNTS = np.array([12, 6, 2])
+
+
+# ---------------------------------------------------------------- T2H
+
+
+def _t2h_batch():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(8, 1, 2, 2, generator=g) * 2 - 1  # 4 pixels: swaps are likely at moderate t
+    noise = torch.randn(8, 1, 2, 2, generator=g)
+    t = torch.tensor([999, 950, 800, 600, 400, 250, 100, 3])
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
+    u = torch.rand(8, generator=g)
+    return x0, noise, t, y, u
+
+
+def _t2h_by_hand(x0, noise, t, y, u, diffusion, gate, cond=None):
+    """REFERENCE.md section 4, one sample at a time."""
+    B = len(t)
+    p = torch.as_tensor(COUNTS / COUNTS.sum())
+    abar = diffusion.table("cpu")["alphas_bar"].double()
+    cond = [True] * B if cond is None else cond.tolist()
+    targets, js = [], []
+    for i in range(B):
+        a = abar[t[i]]
+        var = 1 / a - 1
+        xhat = x0[i].double() + var.sqrt() * noise[i].double()
+        x_t = a.sqrt() * x0[i].double() + (1 - a).sqrt() * noise[i].double()
+        weights = []
+        for j in range(B):
+            allowed = j == i or cond[j]
+            weights.append(math.exp(-((xhat - x0[j].double()) ** 2).sum().item() / (2 * var.item())) if allowed else 0.0)
+        total, acc, j = sum(weights), 0.0, B - 1
+        for k, w in enumerate(weights):
+            acc += w / total
+            if acc > u[i].item():
+                j = k
+                break
+        if not cond[i]:
+            j = i
+        if gate == "t2h" and not p[y[j]] >= p[y[i]]:
+            j = i
+        if gate == "h2t" and not p[y[j]] <= p[y[i]]:
+            j = i
+        targets.append((x_t - a.sqrt() * x0[j].double()) / (1 - a).sqrt())
+        js.append(j)
+    return torch.stack(targets).float(), torch.tensor(js)
+
+
+@pytest.mark.parametrize("gate", ["t2h", "h2t", "full"])
+def test_t2h_targets_match_the_formula(gate):
+    diffusion = GaussianDiffusion(T=1000)
+    x0, noise, t, y, u = _t2h_batch()
+    x_t = diffusion.q_sample(x0, t, noise)
+    freq = torch.tensor(COUNTS / COUNTS.sum(), dtype=torch.float32)
+    target, j = t2h_targets(x0, x_t, t, noise, y, diffusion, class_freq=freq, gate=gate, u=u)
+    ref_target, ref_j = _t2h_by_hand(x0, noise, t, y, u, diffusion, gate)
+    assert torch.equal(j, ref_j)
+    assert torch.allclose(target, ref_target, atol=1e-4)
+    assert not target.requires_grad
+    swapped = j != torch.arange(8)
+    assert torch.equal(target[~swapped], noise[~swapped])  # unswapped samples keep plain DDPM's target
+    if gate == "full":
+        assert swapped.sum() >= 2  # the batch really exercises the swap
+    else:  # the gate holds on every swap
+        p = freq[y]
+        assert (p[j][swapped] >= p[swapped]).all() if gate == "t2h" else (p[j][swapped] <= p[swapped]).all()
+
+
+def test_t2h_gates_differ_and_probs_are_a_posterior():
+    diffusion = GaussianDiffusion(T=1000)
+    x0, noise, t, y, u = _t2h_batch()
+    pi = t2h_probs(x0, t, noise, diffusion)
+    assert torch.allclose(pi.sum(1), torch.ones(8, dtype=pi.dtype))
+    assert pi[7, 7] > 0.999  # t = 3: x_t is x0 itself, no other image could have produced it
+    x_t = diffusion.q_sample(x0, t, noise)
+    freq = torch.tensor(COUNTS / COUNTS.sum(), dtype=torch.float32)
+    js = {g: t2h_targets(x0, x_t, t, noise, y, diffusion, class_freq=freq, gate=g, u=u)[1] for g in ("t2h", "h2t")}
+    assert not torch.equal(js["t2h"], js["h2t"])
+
+
+def test_t2h_unconditional_samples_keep_their_target():
+    diffusion = GaussianDiffusion(T=1000)
+    x0, noise, t, y, u = _t2h_batch()
+    x_t = diffusion.q_sample(x0, t, noise)
+    freq = torch.tensor(COUNTS / COUNTS.sum(), dtype=torch.float32)
+    target, j = t2h_targets(x0, x_t, t, noise, torch.full_like(y, 3), diffusion, class_freq=freq, gate="full",
+                            u=u, cond=False)  # fmt: skip
+    assert torch.equal(target, noise) and torch.equal(j, torch.arange(8))
+    cond = torch.tensor([True, False, True, True, False, True, True, True])
+    y_in = torch.where(cond, y, 3)
+    target, j = t2h_targets(x0, x_t, t, noise, y_in, diffusion, class_freq=freq, gate="full", u=u, cond=cond)
+    ref_target, ref_j = _t2h_by_hand(x0, noise, t, y, u, diffusion, "full", cond=cond)
+    assert torch.equal(j, ref_j) and torch.allclose(target, ref_target, atol=1e-4)
+    assert (j[~cond] == torch.arange(8)[~cond]).all() and cond[j[cond]].all()  # never a label-dropped source
+    with pytest.raises(ConfigError, match="t2h_gate"):
+        get_method("t2h", class_counts=COUNTS, options=MethodConfig(t2h_gate="tail"))
+
+
+# ---------------------------------------------------------------- CORAL
+
+
+def _supcon_by_hand(z, y, tau):
+    """Khosla et al. (2020), one view, anchors without a positive skipped (mean over the others)."""
+    losses = []
+    for i in range(len(y)):
+        pos = [p for p in range(len(y)) if p != i and y[p] == y[i]]
+        if not pos:
+            continue
+        denom = sum(math.exp(float(z[i] @ z[a]) / tau) for a in range(len(y)) if a != i)
+        losses.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / tau) / denom) for p in pos) / len(pos))
+    return sum(losses) / len(losses), len(losses)
+
+
+def test_coral_loss_matches_direct_computation():
+    g = torch.Generator().manual_seed(1)
+    z = F.normalize(torch.randn(7, 5, generator=g), dim=1)
+    y = torch.tensor([0, 1, 0, 2, 1, 0, 3])  # classes 2 and 3 have a single sample: no positive
+    per = coral_loss(z, y, temperature=0.1)
+    ref, n = _supcon_by_hand(z.double(), y, 0.1)
+    assert n == 5 and (per[[3, 6]] == 0).all() and (per[[0, 1, 2, 4, 5]] > 0).all()
+    assert math.isclose(float(per[per > 0].mean()), ref, rel_tol=1e-5)
+    # only the valid (conditional) samples are anchors or contrasted
+    valid = torch.tensor([True, True, True, False, True, False, True])
+    ref_valid, _ = _supcon_by_hand(z[valid].double(), y[valid], 0.1)
+    per_valid = coral_loss(z, y, temperature=0.1, valid=valid)
+    assert (per_valid[~valid] == 0).all()
+    assert math.isclose(float(per_valid[per_valid > 0].mean()), ref_valid, rel_tol=1e-5)
+    t = torch.tensor([0, 500, 999])
+    expect = 0.5 * np.mean(np.exp((1 - np.array([0, 500, 999]) / 1000) / 0.3))
+    assert math.isclose(float(coral_lambda(t, 1000, weight=0.5, time_scale=0.3)), expect, rel_tol=1e-6)
+
+
+def test_coral_terms_equal_the_pipeline_and_train_the_head():
+    torch.manual_seed(0)
+    model = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval()
+    head = projection_head(model.bottleneck_channels, 16)
+    diffusion = GaussianDiffusion(T=50)
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1, torch.randn(6, 1, 8, 8, generator=g)
+    t, y = torch.tensor([1, 10, 20, 30, 40, 49]), torch.tensor([0, 0, 1, 1, 2, 0])
+    terms = coral_terms(model, head, diffusion, x0, y, t, noise, weight=0.5, temperature=0.1, time_scale=0.3)
+    x_t = diffusion.q_sample(x0, t, noise)
+    eps, h = model(x_t, t, y, return_bottleneck=True)
+    z = F.normalize(head(h.mean(dim=(2, 3))), dim=1)
+    ref, _ = _supcon_by_hand(z.detach().double(), y, 0.1)
+    lam = 0.5 * torch.exp((1 - t.float() / 50) / 0.3).mean()
+    assert math.isclose(terms["supcon"].mean().item(), lam.item() * ref, rel_tol=1e-5)
+    assert torch.allclose(terms["ddpm"], ((eps - noise) ** 2).mean(dim=(1, 2, 3)), atol=1e-6)
+    terms["supcon"].mean().backward()
+    assert head.weight.grad.abs().sum() > 0 and model.mid1.block1[2].weight.grad.abs().sum() > 0
+    off = coral_terms(model, head, diffusion, x0, torch.full_like(y, 3), t, noise, cond=False)
+    assert (off["supcon"] == 0).all() and not off["supcon"].requires_grad  # no contrastive term unconditioned
+
+
+def test_coral_head_is_trained_checkpointed_resumed_and_not_in_model_pt(tmp_path):
+    from test_trainer import Interrupting
+
+    data = tiny_data()
+    cfg = tiny_config()
+
+    def run(folder, method=None):
+        method = method or get_method("coral", class_counts=data.counts, options=cfg.method)
+        return train(cfg=cfg, dataset=data, method=method, run_dir=folder, seed=0, device="cpu", progress=False)
+
+    full = run(tmp_path / "full")
+    assert set(load(full)) == {"ema", "model_kwargs", "info"}  # no head in model.pt
+    head = load(latest_checkpoint(tmp_path / "full" / "checkpoints"))["aux"]["coral_head"]
+    torch.manual_seed(_seeds(0)[0])  # the trainer builds the UNet, then the method's head, from this seed
+    channels = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).bottleneck_channels
+    init = projection_head(channels, cfg.method.coral_dim)
+    assert head["weight"].shape == init.weight.shape and not torch.equal(head["weight"], init.weight.detach())
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", Interrupting(get_method("coral", class_counts=data.counts), at=4))
+    fresh = get_method("coral", class_counts=data.counts)
+    run(tmp_path / "cut", fresh)
+    resumed = load(latest_checkpoint(tmp_path / "cut" / "checkpoints"))["aux"]["coral_head"]
+    assert all(torch.equal(head[k], resumed[k]) for k in head)  # exact resume includes the head
+    assert all(torch.equal(load(full)["ema"][k], v) for k, v in load(tmp_path / "cut" / "model.pt")["ema"].items())
+
+
+@pytest.mark.parametrize("name", ["t2h", "coral+resample"])
+def test_train_with_per_sample_label_drop(tmp_path, name):
+    data = tiny_data()
+    cfg = tiny_config(label_drop_mode="sample", label_drop=0.5)
+    method = get_method(name, class_counts=data.counts, options=cfg.method)
+    path = train(cfg=cfg, dataset=data, method=method, run_dir=tmp_path, seed=0, device="cpu", progress=False)
+    assert json.loads(load(path)["info"])["steps"] == 6
+    aux = load(latest_checkpoint(tmp_path / "checkpoints"))["aux"]
+    assert set(aux) == ({"coral_head"} if "coral" in name else set())
+
+
+# ---------------------------------------------------------------- cbdm-ft and the grid
+
+
+def test_grid_orders_and_adds_the_ddpm_dependency():
+    from benchmark.grid import cell_config, expand_grid, method_order, parent_cell
+
+    assert method_order(("cbdm-ft",)) == (["ddpm", "cbdm-ft"], ["ddpm"])
+    assert method_order(("cbdm-ft", "cbdm", "ddpm")) == (["ddpm", "cbdm-ft", "cbdm"], [])
+    cfg = replace(Config(), grid=GridConfig(methods=("cbdm-ft",), imbalances=(0.01, 0.1), seeds=(0, 1)))
+    cfg = replace(cfg, train=replace(cfg.train, steps=1000, warmup=500))
+    cells = [c for c in expand_grid(cfg) if c.method != "real"]
+    assert [c.method for c in cells] == ["ddpm", "ddpm", "cbdm-ft", "cbdm-ft"] * 2
+    ft = cells[-1]
+    assert parent_cell(ft) == replace(ft, method="ddpm") and parent_cell(cells[0]) is None
+    ccfg = cell_config(cfg, ft, "/tmp/res")
+    assert ccfg.train.init_from == str(parent_cell(ft).folder("/tmp/res").resolve() / "model.pt")
+    assert (ccfg.train.steps, ccfg.train.warmup, ccfg.method.cbdm_prior) == (100, 10, "uniform")
+    ccfg = cell_config(replace(cfg, method=MethodConfig(cbdm_ft_steps=7)), ft, "/tmp/res")
+    assert (ccfg.train.steps, ccfg.train.warmup) == (7, 0)
+    assert cell_config(cfg, cells[0]).train.init_from is None
+    m = get_method("cbdm-ft", class_counts=COUNTS)  # uniform y' even under the default prior option
+    assert torch.allclose(m.prior, torch.full((3,), 1 / 3)) and m.official_guidance == 1.6
+
+
+def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monkeypatch):
+    import benchmark.trainer as trainer
+    from benchmark.cli import main
+    from benchmark.results import read_results
+
+    loaded = []
+    real_load = trainer.load
+    monkeypatch.setattr(trainer, "load", lambda path: (loaded.append(path), real_load(path))[1])
+    out = tmp_path / "ft"
+    argv = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods", "cbdm-ft",
+            "--set", "train.steps=3", "--set", "method.cbdm_ft_steps=2", "--set", "eval.downstream=false",
+            "--set", "eval.real_floor=false"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "method 'ddpm' added" in text and text.index(" ddpm seed0") < text.index(" cbdm-ft seed0")
+    runs = out / "runs" / "digits" / "exp-0.1"
+    ddpm_model = (runs / "ddpm" / "seed0" / "model.pt").resolve()
+    config = json.loads((runs / "cbdm-ft" / "seed0" / "config.json").read_text())["config"]
+    assert config["train"]["init_from"] == str(ddpm_model) and config["train"]["steps"] == 2
+    assert config["method"]["cbdm_prior"] == "uniform"
+    assert ddpm_model in [p.resolve() for p in loaded]  # the fine-tune really loaded the ddpm model
+    info = json.loads(load(runs / "cbdm-ft" / "seed0" / "model.pt")["info"])
+    assert info["method"] == "cbdm-ft" and info["steps"] == 2
+    assert set(read_results(out).method) == {"ddpm", "cbdm-ft"}
+    # a rerun reuses both finished cells
+    assert main(argv) == 0
+    assert "2 already finished" in capsys.readouterr().out

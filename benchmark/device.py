@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """Under torchrun ``auto`` and ``cuda`` mean this process's GPU, cuda:LOCAL_RANK."""
+    if name in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

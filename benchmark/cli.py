@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and grid, then exit")
     run.add_argument("--no-report", action="store_true", help="skip leaderboards and plots at the end")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sc = run.add_argument_group("launchers (one run on several GPUs: torchrun --nproc_per_node N run_benchmark.py run ...)")
+    sc.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"], metavar="{local,slurm}",
+                    help="local: cells on this machine (default); slurm: one submitit job per cell")  # fmt: skip
+    sc.add_argument("--jobs", type=int, default=1, help="local launcher: cells at once, one GPU each when GPUs are present")
+    sc.add_argument("--slurm-partition", default=None, help="Slurm partition")
+    sc.add_argument("--slurm-time", default="24:00:00", help="time limit per job: minutes or [D-]HH:MM:SS (default 24:00:00)")
+    sc.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1; more train the cell with DDP; 0 for CPU)")
+    sc.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per task")
+    sc.add_argument("--slurm-mem", default=None, help="memory per node, e.g. 64G")
+    sc.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
+                    help="further sbatch option, e.g. account=proj or qos=high (repeatable)")  # fmt: skip
+    sc.add_argument("--wait", action="store_true", help="slurm: wait for every job, then write the report")
 
     rep = sub.add_parser("report", help="redraw leaderboards and plots from DIR/results.csv alone")
     rep.add_argument("dir", help="a results folder holding results.csv")
@@ -150,7 +162,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"  {cell.name}  ->  {cell.folder(out)}")
         return 0
-    outcomes = run_grid(cfg, out, force=args.force, progress=not args.no_progress)
+    from .distributed import current, init_from_env
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} must be at least 1")
+    d = init_from_env(cfg.device)
+    if d.world > 1 and (args.launcher != "local" or args.jobs > 1):
+        raise ConfigError("under torchrun every process runs the same cells: drop --launcher/--jobs, "
+                          "or submit with --launcher slurm --slurm-gpus N from a plain shell")  # fmt: skip
+    if args.launcher != "local":
+        from .launch import SlurmOptions, submit
+
+        opts = SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus,
+                            cpus=args.slurm_cpus, mem=args.slurm_mem, extra=tuple(args.slurm_extra), wait=args.wait)  # fmt: skip
+        outcomes = submit(cfg, out, kind=args.launcher, opts=opts, force=args.force)
+        if outcomes is None:
+            print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "
+                  "redraws the tables from what has finished; rerun this command to resubmit unfinished cells.")  # fmt: skip
+            return 0
+    elif args.jobs > 1:
+        from .launch import run_parallel
+
+        outcomes = run_parallel(cfg, out, jobs=args.jobs, force=args.force)
+    else:
+        outcomes = run_grid(cfg, out, force=args.force, progress=not args.no_progress)
+    if not current().main:
+        return 0
     if not args.no_report and (out / "results.csv").exists():
         from .report import make_report
 
@@ -225,7 +262,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {' '.join((cls.__doc__ or '').split()).split('. ')[0]}")
     print("datasets:")
     for name in DATASETS.names():
-        print(f"  {name}")
+        if name != "imagefolder":  # listed below with its PATH
+            print(f"  {name}")
     print("  imagefolder:PATH  (one subfolder per class)")
     print("feature spaces:")
     for name in FEATURE_SPACES.names():

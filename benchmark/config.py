@@ -93,6 +93,13 @@ class MethodConfig:
     reweight_beta: float = 0.999
     resample_q: float = 0.0  # class drawn with prob ~ n_c ** q
     resample_schedule: str = "fixed"  # fixed | progressive (q: 1 -> 0 over training)
+    # cbdm-ft: fine-tuning steps on top of the grid's ddpm model; None = a tenth of train.steps
+    cbdm_ft_steps: int | None = None
+    t2h_gate: str = "t2h"  # oriented calibration: t2h (swap towards more frequent classes) | h2t | full
+    coral_weight: float = 0.5  # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale))
+    coral_temperature: float = 0.1  # supervised contrastive temperature
+    coral_dim: int = 128  # width of the projection head on the UNet bottleneck
+    coral_time_scale: float = 0.3
 
 
 @dataclass(frozen=True)

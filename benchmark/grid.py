@@ -54,31 +54,81 @@ def dataset_slug(spec: str) -> str:
     return spec
 
 
+def method_order(methods: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The methods in run order, each fine-tuning method (``init_from_method``, e.g. cbdm-ft) after
+    the method it starts from; and the methods added to the grid for that reason."""
+    from methods import fine_tuner
+
+    order: list[str] = []
+    added: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in chain:
+            raise ConfigError(f"methods {' -> '.join((*chain, name))} fine-tune each other in a circle")
+        tuner = fine_tuner(name)
+        if tuner is not None:
+            if tuner.init_from_method not in methods and tuner.init_from_method not in added:
+                added.append(tuner.init_from_method)
+            visit(tuner.init_from_method, (*chain, name))
+        order.append(name)
+
+    for name in methods:
+        visit(name, ())
+    return order, added
+
+
 def expand_grid(cfg: Config) -> list[Cell]:
-    """Cells in run order; the real-data reference cells come first (they are shared)."""
+    """Cells in run order; the real-data reference cells come first (they are shared).  A method that
+    fine-tunes another's model runs after that method's cell, which is added when not asked for."""
     grid = cfg.grid
     cells = []
     imbalances = grid.imbalances if cfg.data.profile in ("exp", "step") else (1.0,)
+    methods, _added = method_order(grid.methods)
     for imbalance in imbalances:
         if cfg.eval.real_floor or cfg.eval.downstream:
             cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, REAL, s) for s in grid.seeds]
-        for method in grid.methods:
+        for method in methods:
             cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, method, s) for s in grid.seeds]
     return cells
 
 
-def cell_config(cfg: Config, cell: Cell) -> Config:
+def parent_cell(cell: Cell) -> Cell | None:
+    """The cell whose finished model ``cell`` fine-tunes (same dataset, imbalance, seed), or None.
+    Launchers that run cells in parallel must finish it first."""
+    if cell.method == REAL:
+        return None
+    from methods import fine_tuner
+
+    tuner = fine_tuner(cell.method)
+    return None if tuner is None else replace(cell, method=tuner.init_from_method)
+
+
+def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
+    """The config of one cell; ``out`` (the results folder) is needed for a fine-tuning cell, whose
+    ``train.init_from`` is its parent cell's model.pt."""
     batch = cfg.train.batch_size
     for item in cfg.train.method_batch_size:
         name, _, value = item.partition("=")
         if name == cell.method or name in cell.method.split("+"):
             batch = int(value)
-    return replace(
+    ccfg = replace(
         cfg,
         data=replace(cfg.data, dataset=cell.dataset, profile=cell.profile, imbalance=cell.imbalance),
         train=replace(cfg.train, batch_size=batch),
         grid=GridConfig(methods=(cell.method,), imbalances=(cell.imbalance,), seeds=(cell.seed,)),
     )
+    parent = parent_cell(cell)
+    if parent is None:
+        return ccfg
+    if out is None:
+        raise ValueError(f"cell_config needs the results folder for {cell.name}, which fine-tunes {parent.name}")
+    from methods import fine_tuner
+
+    ccfg = fine_tuner(cell.method).fine_tune_config(ccfg)
+    init = parent.folder(Path(out).resolve()) / "model.pt"
+    return replace(ccfg, train=replace(ccfg.train, init_from=str(init)))
 
 
 # keys that change how fast work runs, never what it computes
@@ -135,38 +185,57 @@ class CellOutcome:
 def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
     from .device import resolve_device
 
+    from .distributed import current
+
     device = resolve_device(cfg.device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
     outcomes = []
+    say = print if current().main else (lambda *a, **k: None)  # under torchrun rank 0 speaks
+    for name in method_order(cfg.grid.methods)[1]:
+        say(f"note: method {name!r} added to the grid: a method of the grid fine-tunes its models", flush=True)
     for i, cell in enumerate(cells, 1):
         folder = cell.folder(out)
-        print(f"[{i}/{len(cells)}] {cell.name}  ->  {folder}", flush=True)
+        say(f"[{i}/{len(cells)}] {cell.name}  ->  {folder}", flush=True)
         outcomes.append(run_cell(cfg, cell, out, device=device, force=force, progress=progress))
         status = outcomes[-1]
-        print(f"[{i}/{len(cells)}] {cell.name}: {status.status} in {status.seconds:.0f}s"
+        say(f"[{i}/{len(cells)}] {cell.name}: {status.status} in {status.seconds:.0f}s"
               + (f"  ERROR: {status.error}" if status.error else ""), flush=True)  # fmt: skip
     return outcomes
 
 
 def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False, progress: bool = True) -> CellOutcome:
+    from .distributed import broadcast, current
     from .stages import run_stages
 
     folder = cell.folder(out)
     start = time.time()
+    d = current()
+    if d.world > 1 and not d.main:  # torchrun: follow rank 0's decision, train and sample, write nothing
+        return _follow_cell(cfg, cell, out, device=device, progress=progress)
+    shared = d.world > 1 and cell.method != REAL  # real cells need no training: rank 0 alone runs them
+
+    def announce(decision: str) -> None:
+        nonlocal shared
+        if shared:
+            broadcast(decision)
+            shared = False
+
     if force and folder.exists():
         _clear_cell(folder)
-    ccfg = cell_config(cfg, cell)
+    ccfg = cell_config(cfg, cell, out)
     handler = None
     try:
         check_or_write_config(folder, ccfg, cell)
         if (folder / "done.json").exists():
+            announce("skip")
             rows = pd.read_csv(folder / "metrics.csv", dtype={"split_fingerprint": str, "note": str})
             append_cell(out / "results.csv", rows)  # no-op when present; heals a table lost or deleted
             return CellOutcome(cell, folder, "skipped", time.time() - start)
         handler = _attach_log(folder / "cell.log")
         log.info("cell %s, config %s", cell.name, folder / "config.json")
+        announce("run")
         rows = run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=progress)
         rows = rows[COLUMNS]
         rows.to_csv(folder / "metrics.csv.tmp", index=False)
@@ -177,6 +246,7 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # one failing cell must not lose the others
+        announce("skip")
         if isinstance(exc, BenchmarkError):
             message = str(exc)
         else:
@@ -191,10 +261,29 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
             handler.close()
 
 
+def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) -> CellOutcome:
+    """Ranks 1.. of a torchrun job: train and sample the cell with rank 0 when it runs it."""
+    from .distributed import broadcast
+    from .stages import run_stages
+
+    folder, start = cell.folder(out), time.time()
+    if cell.method == REAL or broadcast(None) != "run":
+        return CellOutcome(cell, folder, "skipped", 0.0)
+    try:
+        run_stages(cell_config(cfg, cell, out), cell, folder, device=device, cache_dir=out / "cache", progress=False)
+    except Exception as exc:  # rank 0 records the failure in the cell folder
+        return CellOutcome(cell, folder, "failed", time.time() - start, f"{type(exc).__name__}: {exc}")
+    return CellOutcome(cell, folder, "done", time.time() - start)
+
+
 def _clear_cell(folder: Path) -> None:
+    """Everything but the record and logs of the Slurm job that may be running this very cell."""
     import shutil
 
-    shutil.rmtree(folder)
+    for path in folder.iterdir():
+        if path.name in ("slurm.json", "submitit"):
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _attach_log(path: Path) -> logging.Handler:

@@ -25,7 +25,9 @@ from .registry import Registry
 PRESETS: Registry[Callable[[], Config]] = Registry("preset")
 PROTOCOLS: Registry[Callable[[Config], Config]] = Registry("protocol")
 
-PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")
+PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")  # the CPU presets' four
+# the GPU presets add the later methods; cbdm-ft fine-tunes the grid's ddpm models (a tenth of the steps)
+GPU_METHODS = (*PAPER_METHODS, "t2h", "coral", "cbdm-ft")
 DEFAULT_PRESET = "demo"
 
 
@@ -42,7 +44,7 @@ def get_preset(name: str, protocol: str | None = None) -> Config:
 @PROTOCOLS.register("ddpm1000")
 def _ddpm1000(cfg: Config) -> Config:
     """Protocol A: DDPM ancestral sampling over all T steps, each method's official guidance
-    (DDPM 0.8, CBDM 1.6), Inception features against the balanced train set."""
+    (DDPM 0.8, CBDM 1.6, T2H 1.5), Inception features against the balanced train set."""
     return replace(
         cfg,
         protocol="ddpm1000",
@@ -58,6 +60,17 @@ def _ddim(cfg: Config) -> Config:
         cfg,
         protocol="ddim",
         sample=replace(cfg.sample, sampler="ddim", steps=50, eta=0.0, guidance=1.5),
+        eval=replace(cfg.eval, reference="train-balanced"),
+    )
+
+
+@PROTOCOLS.register("ddim100")
+def _ddim100(cfg: Config) -> Config:
+    """T2H's official evaluation: DDIM 100 steps (eta 0), guidance 1.5, balanced train reference."""
+    return replace(
+        cfg,
+        protocol="ddim100",
+        sample=replace(cfg.sample, sampler="ddim", steps=100, eta=0.0, guidance=1.5),
         eval=replace(cfg.eval, reference="train-balanced"),
     )
 
@@ -127,7 +140,7 @@ def _paper(dataset: str, name: str) -> Config:
         train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",)),
         sample=SampleConfig(n_per_class=50_000 // (10 if dataset == "cifar10" else 100), batch_size=512),
         eval=EvalConfig(feature_space="inception", reference="train-balanced", pr_k=3),
-        grid=GridConfig(methods=PAPER_METHODS, imbalances=(0.01,), seeds=(0,)),
+        grid=GridConfig(methods=GPU_METHODS, imbalances=(0.01,), seeds=(0,)),
     )
     return _ddim(cfg)
 

@@ -157,8 +157,15 @@ def generate_eval_set(
     official strength when ``cfg.guidance`` is None.  Finished chunks are kept in
     ``<out_path>.parts/`` and reused when the same command runs again; a chunk written by a
     different configuration (sampler, steps, seeds, ...) is recomputed, never mixed in.
+
+    Under torchrun the chunks are dealt out to the ranks (rank r takes every world-th one);
+    rank 0 joins the chunk files into ``out_path``.  Images depend on their seeds alone, so the
+    set is the same for any number of processes.
     """
+    from .distributed import barrier, current
+
     out_path = Path(out_path)
+    d = current()
     if out_path.exists():
         with np.load(out_path) as data:
             return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
@@ -173,8 +180,20 @@ def generate_eval_set(
     parts = out_path.with_name(out_path.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     chunk = chunk_size or max(cfg.batch_size, 1024)
+    if d.world > 1:  # every rank gets work; whole sampling batches per chunk
+        share = -(-len(labels) // d.world)
+        chunk = min(chunk, -(-share // cfg.batch_size) * cfg.batch_size)
     images = []
     starts = range(0, len(labels), chunk)
+    if d.world > 1:
+        for s in starts[d.rank :: d.world]:
+            _sample_part(model, diffusion, parts / f"chunk_{s:08d}.npz", key, labels[s : s + chunk],
+                         seeds[s : s + chunk], cfg, w, device)  # fmt: skip
+        barrier()  # every part is on disk; rank 0 reads them below
+        if not d.main:
+            barrier()  # rank 0 writes out_path
+            return generate_eval_set(model, diffusion, num_classes=num_classes, n_per_class=n_per_class, cfg=cfg,
+                                     seed=seed, out_path=out_path, device=device, progress=False, guidance=guidance)  # fmt: skip
     for s in tqdm(starts, desc=f"generating {out_path.name}", disable=not progress):
         part = parts / f"chunk_{s:08d}.npz"
         if part.exists():
@@ -192,4 +211,17 @@ def generate_eval_set(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_savez(out_path, images=result.numpy(), labels=labels.numpy())
     shutil.rmtree(parts, ignore_errors=True)
+    if d.world > 1:
+        barrier()
     return result, labels
+
+
+def _sample_part(model, diffusion, part: Path, key: str, labels, seeds, cfg: SampleConfig, w: float, device) -> None:
+    """One chunk of a torchrun job's share, kept unless a finished file of the same config is there."""
+    if part.exists():
+        with np.load(part) as data:
+            if str(data["key"]) == key and len(data["images"]) == len(labels):
+                return
+    imgs = sample_images(model, diffusion, labels=labels, seeds=seeds, sampler=cfg.sampler, steps=cfg.steps,
+                         eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device)  # fmt: skip
+    _atomic_savez(part, images=imgs.numpy(), key=np.array(key))

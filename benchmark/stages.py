@@ -79,9 +79,12 @@ def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame
 
 def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame:
     from .data import build_dataset
+    from .distributed import current, main_first
     from .evaluate import evaluate_set, real_floor_rows
 
-    dataset = build_dataset(cfg.data)
+    # under torchrun rank 0 downloads / caches the data before the others read it (real cells: rank 0 alone)
+    with main_first(together=cell.method != REAL):
+        dataset = build_dataset(cfg.data)
     log.info("data %s: %d images, fingerprint %s", cell.dataset, int(dataset.counts.sum()), dataset.fingerprint)
     if cell.method == REAL:
         ident = identity_columns(cfg, cell, dataset, guidance=None)
@@ -111,7 +114,14 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     guidance = cfg.sample.guidance if cfg.sample.guidance is not None else method.official_guidance
     ident = identity_columns(cfg, cell, dataset, guidance=guidance)
 
-    log.info("stage train (%d steps)", cfg.train.steps)
+    if cfg.train.init_from and not Path(cfg.train.init_from).exists() and not (folder / "model.pt").exists():
+        from .errors import TrainingError
+
+        raise TrainingError(
+            f"{cell.method} starts from {cfg.train.init_from}, which does not exist: the cell that writes it "
+            "must finish training first (see that cell's cell.log if it failed), then rerun"
+        )
+    log.info("stage train (%d steps%s)", cfg.train.steps, f", from {cfg.train.init_from}" if cfg.train.init_from else "")
     model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
                        progress=progress)  # fmt: skip
     model, _info = load_model(model_path, device)
@@ -126,6 +136,8 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
         device=device, progress=progress,
     )  # fmt: skip
     del model
+    if not current().main:  # under torchrun rank 0 alone evaluates
+        return None
 
     log.info("stage evaluate")
     rows = evaluate_set(

@@ -27,6 +27,7 @@ from .backbone import UNet, build_unet, unet_kwargs
 from .checkpoint import TrainLog, atomic_save, latest_checkpoint, load, prune_checkpoints
 from .config import Config, to_json
 from .diffusion import GaussianDiffusion
+from .distributed import all_gather, average_grads, barrier, current, mean, shard_draws
 from .errors import DataError, TrainingError
 
 
@@ -53,7 +54,7 @@ class BatchDrawer:
                     "the method's class_probs must give one probability per class and none to a class "
                     "without training images; fix the method's class_probs()"
                 )
-            self._probs_src, self._probs_dev = probs, probs.to(device=device, dtype=torch.float32)
+            self._probs_src, self._probs_dev = probs, probs.to(device=device, dtype=torch.float32, non_blocking=True)
         c = torch.multinomial(self._probs_dev, batch, replacement=True, generator=gen)
         u = torch.rand(batch, generator=gen, device=device)
         j = torch.minimum((u * self.counts[c]).long(), self.counts[c] - 1)
@@ -92,6 +93,7 @@ def train(
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = tc.tf32
         torch.backends.cudnn.allow_tf32 = tc.tf32
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once (as edm does)
     init_seed, dev_seed, host_seed = _seeds(seed)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
     with torch.random.fork_rng(devices=devices):
@@ -113,7 +115,11 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    # trainable modules the method owns (CORAL's projection head): optimised, clipped and
+    # checkpointed with the model, but not part of model.pt (sampling never uses them)
+    aux = {k: m.to(device).train() for k, m in method.trainable_modules(model).items()}
+    model_params = [p for p in model.parameters() if p.requires_grad]
+    params = model_params + [p for m in aux.values() for p in m.parameters() if p.requires_grad]
     ema_params = list(ema.parameters())
     opt = torch.optim.Adam(params, lr=tc.lr, **({"fused": True} if cuda else {"foreach": True}))
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
@@ -134,6 +140,8 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
             )
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        for k, m in aux.items():
+            m.load_state_dict(state["aux"][k])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["gen_device"])
         host.set_state(state["gen_host"])
@@ -141,15 +149,31 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
         if cuda and state["rng_cuda"].numel():
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         step = int(state["step"])
+    d = current()
+    if d.world > 1 and not d.main:  # ranks 1.. own dropout streams; rank 0 continues the one-process stream
+        ranks = state.get("rng_cpu_ranks") if path is not None else None
+        if ranks is not None and len(ranks) == d.world:
+            torch.set_rng_state(ranks[d.rank].clone())  # a row of the stack: own its storage
+            if cuda and state["rng_cuda_ranks"][d.rank].numel():
+                torch.cuda.set_rng_state(state["rng_cuda_ranks"][d.rank].clone(), device)
+        else:  # a fresh run, or resumed on a different number of processes
+            torch.manual_seed(int(np.random.SeedSequence([seed, d.rank, step]).generate_state(1)[0]))
 
     images = dataset.train_images.to(device).contiguous()
     labels = dataset.train_labels.to(device=device, dtype=torch.int64)
     drawer = BatchDrawer(labels, dataset.num_classes)
     hflip = dataset.source.hflip if tc.hflip is None else tc.hflip
     null = dataset.num_classes
-    fmodel = torch.compile(model) if tc.compile else model
+    b = d.local_batch(tc.batch_size)  # this rank's share of the global batch
+    net = model
+    if d.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0] if cuda else None)
+    in_ddp = {id(p) for p in model.parameters()}
+    extra = [p for p in params if id(p) not in in_ddp]  # a method's own modules: averaged by hand
+    fmodel = torch.compile(net) if tc.compile else net
     names = tuple(method.term_names)
-    log = TrainLog(run_dir / "train_log.csv", ["step", "loss", *names, "lr", "grad_norm", "images_per_s"], resume_step=step)
+    columns = ["step", "loss", *names, "lr", "grad_norm", "images_per_s"]
+    log = TrainLog(run_dir / "train_log.csv", columns, resume_step=step) if d.main else _NoLog()
     acc = torch.zeros(len(names) + 1, device=device)
     window, t0 = 0, time.perf_counter()
     clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
@@ -162,15 +186,21 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
             "gen_device": gen.get_state(), "gen_host": host.get_state(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if cuda else torch.zeros(0, dtype=torch.uint8),
             "identity": identity, "config": to_json(cfg), "method": method.name,
+            "aux": {k: m.state_dict() for k, m in aux.items()},
         }
-        atomic_save(cstate, ckpt_dir / f"ckpt_{step:08d}.pt")
-        prune_checkpoints(ckpt_dir, keep=f"ckpt_{step:08d}.pt")
+        if d.world > 1:  # every rank's dropout stream, so a resume on as many processes is exact
+            cpu_states, cuda_states = zip(*all_gather((cstate["rng_cpu"], cstate["rng_cuda"])))
+            cstate["rng_cpu_ranks"], cstate["rng_cuda_ranks"] = torch.stack(cpu_states), torch.stack(cuda_states)
+        if d.main:
+            atomic_save(cstate, ckpt_dir / f"ckpt_{step:08d}.pt")
+            prune_checkpoints(ckpt_dir, keep=f"ckpt_{step:08d}.pt")
+        barrier()
 
     def flush() -> None:
         nonlocal window, t0, acc
         if window == 0:
             return
-        values = (acc / window).tolist()  # the one host sync of the window
+        values = (mean(acc) / window).tolist()  # the one host sync of the window (same on every rank)
         if not all(np.isfinite(values)):
             last = latest_checkpoint(ckpt_dir)
             kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
@@ -187,7 +217,7 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
         window, t0 = 0, time.perf_counter()
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.amp == "bf16")
-    bar = tqdm(total=tc.steps, initial=step, desc=f"train {method.name}", disable=not progress)
+    bar = tqdm(total=tc.steps, initial=step, desc=f"train {method.name}", disable=not progress or not d.main)
     try:
         while step < tc.steps:
             idx = drawer.draw(B, method.class_probs(step, tc.steps), gen)
@@ -205,7 +235,11 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
             else:
                 drop = torch.rand(B, generator=gen, device=device) < tc.label_drop
                 cond, y_in = ~drop, torch.where(drop, null, y)
-            with autocast:
+            if d.world > 1:  # the global batch was drawn exactly as in one process; keep this rank's slice
+                sl = slice(d.rank * b, (d.rank + 1) * b)
+                x0, y, y_in = x0[sl], y[sl], y_in[sl]
+                cond = cond[sl] if isinstance(cond, torch.Tensor) else cond
+            with autocast, shard_draws(gen, local=b):
                 terms = method.loss_terms(fmodel, diffusion, x0, y_in, cond, gen)
             if tuple(terms) != names:
                 raise TrainingError(f"method {method.name!r} returned terms {tuple(terms)}, declared {names}")
@@ -213,11 +247,13 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
             means = [(v * w).mean() if w is not None else v.mean() for v in terms.values()]
             loss = torch.stack(means).sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # DDP averages the model's gradients over ranks: the global batch mean
+            if extra and d.world > 1:
+                average_grads(extra)
             gnorm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
             opt.param_groups[0]["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup > 0 else tc.lr
             opt.step()
-            torch._foreach_lerp_(ema_params, params, 1.0 - tc.ema_decay)
+            torch._foreach_lerp_(ema_params, model_params, 1.0 - tc.ema_decay)
             acc += torch.stack([*[m.detach().float() for m in means], gnorm.detach().float()])
             step += 1
             window += 1
@@ -236,8 +272,20 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
         "steps": step, "config": to_json(cfg), "fingerprint": getattr(dataset, "fingerprint", None),
     }
     final = run_dir / "model.pt"
-    atomic_save({"ema": ema.state_dict(), "model_kwargs": kwargs, "info": json.dumps(info)}, final)
+    if d.main:
+        atomic_save({"ema": ema.state_dict(), "model_kwargs": kwargs, "info": json.dumps(info)}, final)
+    barrier()
     return final
+
+
+class _NoLog:
+    """Ranks 1.. of a torchrun job write no training log."""
+
+    def write(self, row: list) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[UNet, dict]:

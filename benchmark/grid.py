@@ -151,7 +151,10 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
     if path.exists():
         old = _flatten(json.loads(path.read_text())["config"])
         new = _flatten(record["config"])
-        diff = [k for k in sorted(set(old) | set(new)) if k not in _EXECUTION_ONLY and old.get(k) != new.get(k)]
+        # Only keys both records know are compared: a field added in a later version (with a default
+        # that keeps the old behaviour) must not orphan every finished cell of an older results folder.
+        shared = set(old) & set(new)
+        diff = [k for k in sorted(shared) if k not in _EXECUTION_ONLY and old[k] != new[k]]
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
             raise ConfigError(

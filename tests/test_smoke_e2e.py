@@ -111,3 +111,23 @@ def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, c
                              "--set", "eval.real_floor=false"])  # fmt: skip
     text = capsys.readouterr().out
     assert code == 1 and "different config" in text and "--force" in text
+
+
+def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
+    import json
+
+    from benchmark.grid import Cell, check_or_write_config, cell_config
+    from benchmark.presets import get_preset
+
+    cfg = get_preset("smoke")
+    cell = Cell("digits", "exp", 0.1, "ddpm", 0)
+    folder = tmp_path / "cell"
+    check_or_write_config(folder, cell_config(cfg, cell), cell)
+    record = json.loads((folder / "config.json").read_text())
+    del record["config"]["method"]["cbdm_tau"]  # as if written before the field existed
+    (folder / "config.json").write_text(json.dumps(record))
+    check_or_write_config(folder, cell_config(cfg, cell), cell)  # accepted
+    record["config"]["train"]["steps"] = 999
+    (folder / "config.json").write_text(json.dumps(record))
+    with pytest.raises(Exception, match="train.steps"):
+        check_or_write_config(folder, cell_config(cfg, cell), cell)

@@ -45,7 +45,8 @@ COLUMNS = [
 ]
 SCALE = {"kid": 1e3}
 
-# Published numbers ([2nd]-hand transcriptions, see the README): (dataset, imbalance, protocol) -> rows
+# Published numbers, second-hand transcriptions: ddpm1000 rows from the CORAL paper's table, ddim rows
+# from the Capacity Manipulation paper's table (see the README): (dataset, imbalance, protocol) -> rows
 PUBLISHED = {
     ("cifar100", 0.01, "ddpm1000"): {
         "DDPM": {("fid", "all"): 7.70}, "CBDM": {("fid", "all"): 6.02},

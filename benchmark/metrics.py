@@ -25,6 +25,7 @@ rows: 95% percentile intervals from resampling the generated slice with replacem
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 
@@ -209,24 +210,14 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
         return mean, f"kid_subset={m};kid_subsets={kid_subsets};std={std:.3g};backend={backend}"
 
     add("kid", kid_value)
-    pr = {}
-
-    def pr_value(i):
-        if "v" not in pr:
-            pr["v"] = precision_recall(gen, ref, k=k)
-        return pr["v"][i], f"k={k}"
-
-    add("precision", lambda: pr_value(0))
-    add("recall", lambda: pr_value(1))
-    dc = {}
-
-    def dc_value(i):
-        if "v" not in dc:
-            dc["v"] = density_coverage(gen, ref, k=dc_k)
-        return dc["v"][i], f"k={dc_k}"
-
-    add("density", lambda: dc_value(0))
-    add("coverage", lambda: dc_value(1))
+    # each pair comes from one k-NN computation, made once and shared by its two rows
+    for (first, second), fn, kk in (
+        (("precision", "recall"), precision_recall, k),
+        (("density", "coverage"), density_coverage, dc_k),
+    ):
+        pair = functools.lru_cache(maxsize=1)(lambda fn=fn, kk=kk: fn(gen, ref, k=kk))
+        add(first, lambda pair=pair, kk=kk: (pair()[0], f"k={kk}"))
+        add(second, lambda pair=pair, kk=kk: (pair()[1], f"k={kk}"))
     if logits is not None:
         add("is", lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception_score(logits)))
     if probs is not None:
@@ -267,26 +258,3 @@ def _bootstrap_rows(gen, ref, *, group, cls, B, seed, backend, kid_subsets, kid_
 
 def _join(*parts: str) -> str:
     return ";".join(p for p in parts if p)
-
-
-def _timing(num_classes: int = 100, per_class: int = 50, dim: int = 2048) -> None:
-    """``python -m benchmark.metrics``: cost of all per-class + group rows vs one overall pass."""
-    import time
-
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(num_classes), per_class)
-    centres = rng.normal(size=(num_classes, dim))
-    gen = centres[labels] + rng.normal(size=(len(labels), dim))
-    ref = centres[labels] + rng.normal(size=(len(labels), dim))
-    groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
-    t0 = time.perf_counter()
-    compute_rows(gen, labels, ref, labels, groups=["all"] * num_classes, per_class=False)
-    t1 = time.perf_counter()
-    rows = compute_rows(gen, labels, ref, labels, groups=groups)
-    t2 = time.perf_counter()
-    print(f"{num_classes} classes x {per_class} per class, dim {dim}: overall only {t1 - t0:.1f}s; "
-          f"overall + 3 groups + {num_classes} classes ({len(rows)} rows) {t2 - t1:.1f}s")
-
-
-if __name__ == "__main__":
-    _timing()

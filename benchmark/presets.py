@@ -45,10 +45,15 @@ def get_preset(name: str, protocol: str | None = None) -> Config:
 def _ddpm1000(cfg: Config) -> Config:
     """Protocol A: DDPM ancestral sampling over all T steps, each method's official guidance
     (DDPM 0.8, CBDM 1.6, T2H 1.5), Inception features against the balanced train set."""
+    return _protocol(cfg, "ddpm1000", sampler="ddpm", steps=cfg.diffusion.T, eta=1.0, guidance=None)
+
+
+def _protocol(cfg: Config, name: str, *, sampler: str, steps: int, eta: float, guidance: float | None) -> Config:
+    """The published protocols all score against the balanced train set; they differ in sampling."""
     return replace(
         cfg,
-        protocol="ddpm1000",
-        sample=replace(cfg.sample, sampler="ddpm", steps=cfg.diffusion.T, eta=1.0, guidance=None),
+        protocol=name,
+        sample=replace(cfg.sample, sampler=sampler, steps=steps, eta=eta, guidance=guidance),
         eval=replace(cfg.eval, reference="train-balanced"),
     )
 
@@ -56,23 +61,13 @@ def _ddpm1000(cfg: Config) -> Config:
 @PROTOCOLS.register("ddim")
 def _ddim(cfg: Config) -> Config:
     """Protocol B: DDIM 50 steps (eta 0), guidance 1.5, class-balanced labels."""
-    return replace(
-        cfg,
-        protocol="ddim",
-        sample=replace(cfg.sample, sampler="ddim", steps=50, eta=0.0, guidance=1.5),
-        eval=replace(cfg.eval, reference="train-balanced"),
-    )
+    return _protocol(cfg, "ddim", sampler="ddim", steps=50, eta=0.0, guidance=1.5)
 
 
 @PROTOCOLS.register("ddim100")
 def _ddim100(cfg: Config) -> Config:
     """T2H's official evaluation: DDIM 100 steps (eta 0), guidance 1.5, balanced train reference."""
-    return replace(
-        cfg,
-        protocol="ddim100",
-        sample=replace(cfg.sample, sampler="ddim", steps=100, eta=0.0, guidance=1.5),
-        eval=replace(cfg.eval, reference="train-balanced"),
-    )
+    return _protocol(cfg, "ddim100", sampler="ddim", steps=100, eta=0.0, guidance=1.5)
 
 
 # ---------------------------------------------------------------- presets

@@ -6,10 +6,11 @@ small CNN learns them in one epoch and metrics have something real to separate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from benchmark.data import ImageSet, LongTailDataset, SourceData
 
 
 def make_images(labels: np.ndarray, *, resolution: int = 12, channels: int = 1, seed: int = 0) -> torch.Tensor:
@@ -23,72 +24,20 @@ def make_images(labels: np.ndarray, *, resolution: int = 12, channels: int = 1, 
     return torch.from_numpy(np.clip(x, 0, 255).astype(np.uint8))
 
 
-@dataclass(frozen=True)
-class FakeSet:
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-@dataclass(frozen=True)
-class FakeSource:
-    train: FakeSet
-    test: FakeSet
-    class_names: list
-    channels: int
-    resolution: int
-    name: str = "fake"
-    source_id: str = "fake-source"
-    hflip: bool = False
-    group_rule: str = "thirds"
-    resize: str = "none"
-
-
-@dataclass(frozen=True, eq=False)
-class FakeDataset:
-    source: FakeSource
-    counts: np.ndarray
-    groups: list
-    indices: np.ndarray
-    fingerprint: str = "fakefingerprint0"
-    profile: str = "exp"
-    imbalance: float = 0.1
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.counts)
-
-    @property
-    def class_names(self):
-        return self.source.class_names
-
-    @property
-    def channels(self) -> int:
-        return self.source.channels
-
-    @property
-    def resolution(self) -> int:
-        return self.source.resolution
-
-    @property
-    def train_images(self) -> torch.Tensor:
-        return self.source.train.images[torch.from_numpy(self.indices)]
-
-    @property
-    def train_labels(self) -> torch.Tensor:
-        return self.source.train.labels[torch.from_numpy(self.indices)]
-
-
 def fake_dataset(*, num_classes: int = 4, per_class_train: int = 60, per_class_test: int = 30, resolution: int = 12,
-                 channels: int = 1, counts=None, seed: int = 0) -> FakeDataset:
+                 channels: int = 1, counts=None, seed: int = 0) -> LongTailDataset:
+    """A real LongTailDataset over a tiny synthetic source (no files needed)."""
     ytr = np.repeat(np.arange(num_classes), per_class_train)
     yte = np.repeat(np.arange(num_classes), per_class_test)
-    train = FakeSet(make_images(ytr, resolution=resolution, channels=channels, seed=seed), torch.from_numpy(ytr))
-    test = FakeSet(make_images(yte, resolution=resolution, channels=channels, seed=seed + 1), torch.from_numpy(yte))
-    source = FakeSource(train=train, test=test, class_names=[f"c{i}" for i in range(num_classes)], channels=channels,
-                        resolution=resolution, source_id=f"fake-{num_classes}-{resolution}-{channels}-{seed}")
+    train = ImageSet(make_images(ytr, resolution=resolution, channels=channels, seed=seed), torch.from_numpy(ytr))
+    test = ImageSet(make_images(yte, resolution=resolution, channels=channels, seed=seed + 1), torch.from_numpy(yte))
+    source = SourceData(name="fake", source_id=f"fake-{num_classes}-{resolution}-{channels}-{seed}", train=train,
+                        test=test, class_names=[f"c{i}" for i in range(num_classes)], channels=channels,
+                        resolution=resolution, hflip=False, group_rule="thirds", resize="none")
     counts = np.asarray(counts if counts is not None else
                         [max(2, int(per_class_train * 0.2 ** (i / max(1, num_classes - 1)))) for i in range(num_classes)])
     indices = np.concatenate([np.flatnonzero(ytr == c)[:counts[c]] for c in range(num_classes)])
     third = [min(2, 3 * c // num_classes) for c in range(num_classes)]
     groups = [("many", "medium", "few")[t] for t in third]
-    return FakeDataset(source=source, counts=counts, groups=groups, indices=indices)
+    return LongTailDataset(source=source, profile="exp", imbalance=0.1, indices=indices, counts=counts, groups=groups,
+                           fingerprint="fakefingerprint0")

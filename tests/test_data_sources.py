@@ -81,7 +81,7 @@ def test_mnist_reads_idx_files_from_data_root(offline):
     assert not src.hflip and src.class_names[0].startswith("0")
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 20, 1, 2]))
     clear_source_cache()
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is truncated"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is truncated or damaged"):
         get_source("mnist", data_root=offline / "root")
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"not an idx file")
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not an IDX file"):

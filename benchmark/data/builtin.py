@@ -9,11 +9,14 @@ Fashion-MNIST also reads the original IDX files of the Debian package
 from __future__ import annotations
 
 import gzip
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from ..errors import DataError
 from .sources import DATASETS, ImageSet, RawSource, balanced_holdout, default_data_root, downloads_allowed
@@ -41,19 +44,27 @@ def _no_extras(name: str, arg: str | None, reference_folder: Path | None) -> Non
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes into a numpy array."""
+    """Read an IDX file of unsigned bytes (optionally gzipped) with torchvision's reader.
+
+    torchvision's reader takes plain files only, so a ``.gz`` (the Debian package ships them so)
+    is unpacked to a temporary file first."""
     try:
-        data = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+        with open(path, "rb") as fh:
+            head = gzip.open(fh).read(4) if path.suffix == ".gz" else fh.read(4)
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"cannot read {path}: {err}; re-download or reinstall the file") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08":
         raise DataError(f"{path} is not an IDX file of unsigned bytes; re-download or reinstall it")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated ({array.size} of {int(np.prod(dims))} values); re-download it")
-    return array.reshape(dims).copy()  # copy: frombuffer views are read-only
+    try:
+        if path.suffix != ".gz":
+            return read_sn3_pascalvincent_tensor(str(path), strict=False).numpy().copy()
+        with tempfile.TemporaryDirectory() as tmp:
+            plain = Path(tmp) / path.stem
+            with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            return read_sn3_pascalvincent_tensor(str(plain), strict=False).numpy().copy()
+    except (OSError, EOFError, zlib.error, RuntimeError, ValueError, AssertionError) as err:
+        raise DataError(f"{path} is truncated or damaged ({err}); re-download or reinstall it") from None
 
 
 def _find_idx(dirs: list[Path]) -> dict[str, Path] | None:

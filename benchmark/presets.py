@@ -75,7 +75,7 @@ def _ddim100(cfg: Config) -> Config:
 
 @PRESETS.register("smoke")
 def _smoke() -> Config:
-    """Every method on scikit-learn's 8x8 digits for a few steps: the end-to-end check."""
+    """ddpm, cbdm, reweight and resample on scikit-learn's 8x8 digits for a few steps: the end-to-end check."""
     return Config(
         preset="smoke",
         protocol="cpu-ddim10",

@@ -21,27 +21,36 @@ from .results import COLUMNS, append_cell
 
 
 def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: Path, progress: bool = True,
-                      force: bool = False) -> pd.DataFrame:  # fmt: skip
+                      force: bool = False) -> pd.DataFrame | None:  # fmt: skip
+    """Score the samples and append their rows; under torchrun the ranks split the feature
+    extraction and rank 0 alone scores and writes (the others return None)."""
     from .data import build_dataset
     from .device import resolve_device
+    from .distributed import current, main_first
     from .evaluate import evaluate_set, load_samples
     from .grid import Cell, dataset_slug
     from .stages import finish_rows
 
     device = resolve_device(cfg.device)
-    dataset = build_dataset(cfg.data)
+    main = current().main
+    with main_first():  # rank 0 fetches / caches the data before the others read it
+        dataset = build_dataset(cfg.data)
     images, labels = load_samples(samples)
     _check_samples(images, labels, dataset)
     counts = np.bincount(np.asarray(labels), minlength=dataset.num_classes)
-    if len(set(counts.tolist())) > 1 or counts[0] != cfg.sample.n_per_class:
+    if main and (len(set(counts.tolist())) > 1 or counts[0] != cfg.sample.n_per_class):
         print(f"note: the samples hold {counts.min()}..{counts.max()} images per class, the preset uses "
               f"{cfg.sample.n_per_class}; FID depends on n, so compare with runs of the same n (n_gen is recorded)")  # fmt: skip
     cell = Cell(cfg.data.dataset, cfg.data.profile, cfg.data.imbalance, name, seed)
     folder = cell.folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"external_samples": str(samples), "config": to_dict(cfg)}, indent=2))
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"external_samples": str(samples), "config": to_dict(cfg)},
+                                                       indent=2))  # fmt: skip
     rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache", device=device,
-                        seed=seed, downstream=cfg.eval.downstream, progress=progress)  # fmt: skip
+                        seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True)  # fmt: skip
+    if not main:
+        return None
     ident = {
         "dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
         "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "train_steps": math.nan,

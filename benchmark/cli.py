@@ -236,8 +236,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.imbalance is not None:
         cfg = replace(cfg, data=replace(cfg.data, imbalance=args.imbalance))
     out = Path(args.out) if args.out else Path("results") / cfg.preset
+    from .distributed import init_from_env
+
+    d = init_from_env(cfg.device)  # under torchrun the processes split the feature extraction
     rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
                              progress=not args.no_progress, force=args.force)  # fmt: skip
+    if not d.main:
+        return 0
     print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
     from .report import make_report
 

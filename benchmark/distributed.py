@@ -89,6 +89,16 @@ def all_gather(obj) -> list:
     return out
 
 
+def gather_to_main(obj) -> list | None:
+    """Every rank's ``obj`` (ranks in order) on rank 0, None elsewhere."""
+    d = current()
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world if d.main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 @contextlib.contextmanager
 def main_first(together: bool = True) -> Iterator[None]:
     """Rank 0 runs the block first (e.g. a dataset download), the others after it finished.

@@ -72,16 +72,28 @@ def _evaluator_row(space, n_ref: int) -> list[dict]:
 
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: EvalConfig, cache_dir: Path,
-                 device: torch.device, seed: int = 0, downstream: bool = True, progress: bool = True) -> pd.DataFrame:
-    """All rows for one generated set (see module docstring); features cached under ``cache_dir``."""
+                 device: torch.device, seed: int = 0, downstream: bool = True, progress: bool = True,
+                 together: bool = False) -> pd.DataFrame | None:
+    """All rows for one generated set (see module docstring); features cached under ``cache_dir``.
+
+    ``together=True``: a collective call of every torchrun rank.  Rank 0 prepares the feature
+    space first (e.g. trains and caches the evaluator; the others then load it), the ranks split
+    the feature extraction of both sets, and rank 0 alone computes the rows and returns them
+    (None on the other ranks).
+    """
+    from .distributed import current, main_first
+
     labels = torch.as_tensor(labels, dtype=torch.int64)
     _check_images(images, labels, dataset)
     cache_dir = Path(cache_dir)
-    space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
-                              progress=progress)
+    with main_first(together=together):
+        space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
+                                  progress=progress and current().main)
     ref_images, ref_labels = reference_set(dataset, cfg.reference)
-    gen = extract_cached(space, images, cache_dir=cache_dir, progress=progress)
-    ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress)
+    gen = extract_cached(space, images, cache_dir=cache_dir, progress=progress, together=together)
+    ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress, together=together)
+    if together and not current().main:
+        return None
     frame = _rows_from_features(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
                                 space_id=space.identity, extra_note=f"reference={cfg.reference}")
     parts = [frame, pd.DataFrame(_evaluator_row(space, len(ref_labels)))]

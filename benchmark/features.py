@@ -37,6 +37,7 @@ _INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_
 class FeatureSpace:
     name: str = ""
     identity: str = ""
+    batch_size: int = 256  # images per forward; torchrun ranks split a set in whole batches
 
     def extract(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -242,17 +243,45 @@ def content_hash(images: torch.Tensor, labels: torch.Tensor | None = None) -> st
 
 
 def extract_cached(space: FeatureSpace, images: torch.Tensor, *, key: str | None = None, cache_dir: Path,
-                   progress: bool = False) -> dict[str, np.ndarray]:
-    """Features of ``images`` in ``space``, stored as npz keyed by (content or key, space identity)."""
+                   progress: bool = False, together: bool = False) -> dict[str, np.ndarray] | None:
+    """Features of ``images`` in ``space``, stored as npz keyed by (content or key, space identity).
+
+    ``together=True`` is a collective call of every torchrun rank: rank 0's cache decides, the
+    ranks extract contiguous runs of whole batches (so every image sees the batch it would see in
+    one process and the features are the same for any number of processes), rank 0 gathers,
+    stores and returns them; the other ranks return None.
+    """
+    from .distributed import broadcast, current, gather_to_main
+
     key = key or content_hash(images)
     name = hashlib.sha256(f"{key}|{space.identity}".encode()).hexdigest()[:24]
     path = Path(cache_dir) / "features" / f"{name}.npz"
-    if path.exists():
+    d = current() if together else None
+    shared = d is not None and d.world > 1
+    if (broadcast(path.exists()) if shared else path.exists()):
+        if shared and not d.main:
+            return None
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    out = space.extract(images, progress=progress)
+    if shared:
+        lo, hi = shard_bounds(len(images), space.batch_size, d.rank, d.world)
+        part = space.extract(images[lo:hi], progress=progress and d.main) if hi > lo else None
+        parts = gather_to_main(part)
+        if not d.main:
+            return None
+        parts = [q for q in parts if q is not None]
+        out = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]} if parts else space.extract(images[:0])
+    else:
+        out = space.extract(images, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
     np.savez(tmp, **out)
     os.replace(tmp, path)  # readers never see a half-written file
     return out
+
+
+def shard_bounds(n: int, batch_size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share of ``n`` images in whole batches of ``batch_size``."""
+    batches = -(-n // batch_size)
+    lo, hi = rank * batches // world, (rank + 1) * batches // world
+    return min(lo * batch_size, n), min(hi * batch_size, n)

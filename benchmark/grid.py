@@ -219,11 +219,13 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         return _follow_cell(cfg, cell, out, device=device, progress=progress)
     shared = d.world > 1 and cell.method != REAL  # real cells need no training: rank 0 alone runs them
 
+    joined = False  # True once the other ranks are inside this cell with rank 0
+
     def announce(decision: str) -> None:
-        nonlocal shared
+        nonlocal shared, joined
         if shared:
             broadcast(decision)
-            shared = False
+            shared, joined = False, decision == "run"
 
     if force and folder.exists():
         _clear_cell(folder)
@@ -257,6 +259,8 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "cell.log", "a") as fh:
             fh.write(traceback.format_exc())
+        if joined:  # the other ranks are inside this cell: they cannot go on without rank 0
+            raise RankFailure(cell, 0, message) from exc
         return CellOutcome(cell, folder, "failed", time.time() - start, message)
     finally:
         if handler is not None:
@@ -265,8 +269,8 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
 
 
 def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) -> CellOutcome:
-    """Ranks 1.. of a torchrun job: train and sample the cell with rank 0 when it runs it."""
-    from .distributed import broadcast
+    """Ranks 1.. of a torchrun job: train, sample and extract features with rank 0 when it runs the cell."""
+    from .distributed import broadcast, current
     from .stages import run_stages
 
     folder, start = cell.folder(out), time.time()
@@ -274,9 +278,30 @@ def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) 
         return CellOutcome(cell, folder, "skipped", 0.0)
     try:
         run_stages(cell_config(cfg, cell, out), cell, folder, device=device, cache_dir=out / "cache", progress=False)
-    except Exception as exc:  # rank 0 records the failure in the cell folder
-        return CellOutcome(cell, folder, "failed", time.time() - start, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
+        rank = current().rank
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"cell.rank{rank}.log", "a") as fh:  # rank 0 may be stopped before it can record it
+            fh.write(traceback.format_exc())
+        raise RankFailure(cell, rank, message) from exc
     return CellOutcome(cell, folder, "done", time.time() - start)
+
+
+class RankFailure(BenchmarkError):
+    """A cell failed on one rank of a torchrun job while the other ranks were inside it.
+
+    The ranks can no longer meet at the same collectives, so the job stops: this process exits
+    with an error and torchrun stops the others at once (instead of their waiting for the
+    process-group timeout).  Finished cells are kept; the same command resumes.
+    """
+
+    def __init__(self, cell: Cell, rank: int, message: str) -> None:
+        super().__init__(
+            f"cell {cell.name} failed on rank {rank}: {message}. Under torchrun the other processes cannot go on "
+            "without it, so the job stops here; fix the cause and rerun the same command: finished cells are "
+            "skipped and this one resumes from its last checkpoint"
+        )
 
 
 def _clear_cell(folder: Path) -> None:

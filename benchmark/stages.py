@@ -136,12 +136,13 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
         device=device, progress=progress,
     )  # fmt: skip
     del model
-    if not current().main:  # under torchrun rank 0 alone evaluates
-        return None
 
     log.info("stage evaluate")
+    # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows
     rows = evaluate_set(
         images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
-        downstream=cfg.eval.downstream, progress=progress,
+        downstream=cfg.eval.downstream, progress=progress, together=True,
     )  # fmt: skip
+    if not current().main:
+        return None
     return finish_rows(rows, ident, dataset)

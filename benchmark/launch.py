@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -183,19 +184,40 @@ def _executor(submitit, kind: str, folder: Path, opts: SlurmOptions, *, name: st
     return ex
 
 
-def _active_job(submitit, folder: Path) -> str | None:
-    """The id of a job recorded for this cell that Slurm still runs or queues, else None."""
+def _active_job(submitit, folder: Path) -> tuple[str | None, str]:
+    """(job id, state) of a job recorded for this cell that Slurm may still run or queue, else (None, "").
+
+    The state comes from submitit (``sacct``); where accounting is off or ``sacct`` fails it says
+    UNKNOWN, and ``squeue`` (which lists the queued and running jobs) decides.  When neither can
+    tell, the state is UNKNOWN and the cell is not submitted again: two jobs in one folder would
+    waste the allocation and interleave their checkpoints.
+    """
     record = folder / "slurm.json"
     if not record.exists():
-        return None
+        return None, ""
     info = json.loads(record.read_text())
     if info.get("launcher") != "slurm":
-        return None
+        return None, ""
+    job_id = str(info["job_id"])
     try:
-        state = submitit.SlurmJob(folder=folder / "submitit", job_id=str(info["job_id"])).state
-    except Exception:  # sacct unavailable: do not block a resubmission
-        return None
-    return str(info["job_id"]) if state.upper() in _ACTIVE else None
+        state = str(submitit.SlurmJob(folder=folder / "submitit", job_id=job_id).state).upper()
+    except Exception:
+        state = "UNKNOWN"
+    if state == "UNKNOWN":
+        state = _squeue_state(job_id)
+    return (job_id, state) if state in _ACTIVE or state == "UNKNOWN" else (None, "")
+
+
+def _squeue_state(job_id: str) -> str:
+    """The job's state from squeue: its state while queued or running, ENDED once Slurm forgot it."""
+    try:
+        res = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    lines = res.stdout.split()
+    if res.returncode == 0:
+        return lines[0].upper() if lines else "ENDED"
+    return "ENDED" if "invalid job id" in res.stderr.lower() else "UNKNOWN"
 
 
 def submit(
@@ -218,10 +240,16 @@ def submit(
                 outcomes[cell] = CellOutcome(cell, folder, "skipped", 0.0)
                 print(f"{cell.name}: finished, not submitted", flush=True)
                 continue
-            active = _active_job(submitit, folder) if kind == "slurm" else None
+            active, state = _active_job(submitit, folder) if kind == "slurm" else (None, "")
+            if active and state == "UNKNOWN":
+                print(f"{cell.name}: cannot tell whether job {active} still runs (sacct and squeue gave no state), "
+                      f"so it is not submitted again; once it has ended, delete {folder / 'slurm.json'} and rerun",
+                      flush=True)  # fmt: skip
+                job_of[cell] = active
+                continue
             if active:
                 job_of[cell] = active
-                print(f"{cell.name}: job {active} still queued or running, not submitted again", flush=True)
+                print(f"{cell.name}: job {active} still {state.lower()}, not submitted again", flush=True)
                 continue
             parent = parent_cell(cell)
             after = [job_of[parent]] if parent in job_of else []

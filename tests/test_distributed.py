@@ -187,3 +187,33 @@ def test_slurm_options_reach_sbatch(tmp_path, monkeypatch):
     for line in ("--partition=gpu", "--time=2880", "--gpus-per-node=4", "--ntasks-per-node=4", "--cpus-per-task=8",
                  "--mem=64G", "--account=proj", "--dependency=afterany:123"):  # fmt: skip
         assert line in text
+
+
+class _FakeSubmitit:
+    """submitit as seen by the resubmission check: sacct's answer is ``state``."""
+
+    def __init__(self, state):
+        self.SlurmJob = lambda folder, job_id: type("Job", (), {"state": state})()
+
+
+@pytest.mark.parametrize("sacct,squeue,expect", [
+    ("RUNNING", None, ("7", "RUNNING")),  # sacct knows
+    ("COMPLETED", None, (None, "")),
+    ("UNKNOWN", "echo PENDING", ("7", "PENDING")),  # no accounting: squeue decides
+    ("UNKNOWN", "true", (None, "")),  # squeue lists it no more: ended
+    ("UNKNOWN", "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1", (None, "")),
+    ("UNKNOWN", "exit 1", ("7", "UNKNOWN")),  # nobody can tell: not resubmitted
+    ("UNKNOWN", "missing", ("7", "UNKNOWN")),
+])  # fmt: skip
+def test_a_job_slurm_may_still_run_is_not_resubmitted(tmp_path, monkeypatch, sacct, squeue, expect):
+    from benchmark.launch import _active_job
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if squeue != "missing":
+        script = bin_dir / "squeue"
+        script.write_text(f"#!/bin/sh\n{squeue or 'exit 1'}\n")
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    (tmp_path / "slurm.json").write_text('{"launcher": "slurm", "job_id": "7"}')
+    assert _active_job(_FakeSubmitit(sacct), tmp_path) == expect

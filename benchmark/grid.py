@@ -154,6 +154,9 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
         # Only keys both records know are compared: a field added in a later version (with a default
         # that keeps the old behaviour) must not orphan every finished cell of an older results folder.
         shared = set(old) & set(new)
+        if parent_cell(cell) is not None:  # the grid's own init_from: where the parent cell is inside OUT
+            for rec in (old, new):
+                rec["train.init_from"] = _inside_out(rec.get("train.init_from"))
         diff = [k for k in sorted(shared) if k not in _EXECUTION_ONLY and old[k] != new[k]]
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
@@ -164,6 +167,14 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+
+
+def _inside_out(path: str | None) -> str | None:
+    """A grid-set init_from (OUT/runs/.../model.pt) without OUT, so a moved results folder still resumes."""
+    if not path:
+        return path
+    parts = Path(path).parts
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index("runs"):]) if "runs" in parts else path
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -263,3 +263,10 @@ def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monk
     # a rerun reuses both finished cells
     assert main(argv) == 0
     assert "2 already finished" in capsys.readouterr().out
+    # so does a rerun after the results folder moved (copied off a cluster, renamed): the parent's
+    # model is found where the folder is now, not where it was
+    moved = tmp_path / "elsewhere" / "ft"
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert main([str(moved) if a == str(out) else a for a in argv]) == 0
+    assert "2 already finished" in capsys.readouterr().out

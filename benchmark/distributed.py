@@ -53,7 +53,8 @@ def init_from_env(device: str = "auto") -> Dist:
     """Join the process group torchrun (or a Slurm job) describes in the environment; no-op for one process.
 
     NCCL when the run uses CUDA, gloo otherwise.  The timeout is long (``LTGEN_DIST_TIMEOUT_MIN``,
-    default 360) because ranks 1.. wait at the next collective while rank 0 alone evaluates a cell.
+    default 360) because ranks 1.. wait at the next collective while rank 0 alone scores a cell (metrics,
+    downstream classifier) or trains the evaluator.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or (dist.is_available() and dist.is_initialized()):

@@ -248,7 +248,8 @@ def extract_cached(space: FeatureSpace, images: torch.Tensor, *, key: str | None
 
     ``together=True`` is a collective call of every torchrun rank: rank 0's cache decides, the
     ranks extract contiguous runs of whole batches (so every image sees the batch it would see in
-    one process and the features are the same for any number of processes), rank 0 gathers,
+    one process and the features do not depend on the number of processes: bit-identical on the
+    CPU, on GPUs up to cuDNN's choice of algorithm), rank 0 gathers,
     stores and returns them; the other ranks return None.
     """
     from .distributed import broadcast, current, gather_to_main

@@ -80,9 +80,11 @@ def group_bars(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
         width = 0.8 / max(len(methods), 1)
         for i, method in enumerate(methods):
             means = [stats["mean"].get((method, g), np.nan) for g in GROUPS]
-            errs = [stats["std"].get((method, g), np.nan) for g in GROUPS]
+            errs = np.array([stats["std"].get((method, g), np.nan) for g in GROUPS], dtype=float)
             label = "real data (floor)" if method == REAL else method
-            ax.bar(np.arange(3) + i * width - 0.4 + width / 2, means, width, yerr=np.nan_to_num(errs), label=label)
+            # +-1 std over seeds; with one seed there is no spread to draw (not a zero-length bar)
+            ax.bar(np.arange(3) + i * width - 0.4 + width / 2, means, width, label=label,
+                   yerr=errs if np.isfinite(errs).any() else None)
         ax.set_xticks(np.arange(3), GROUPS)
         ax.set_ylabel(metric)
         ax.set_title(metric + (" (lower is better)" if metric == "fid" else ""))
@@ -103,7 +105,8 @@ def imbalance_sweep(table: pd.DataFrame, folder: Path) -> list[Path]:
             rows = block[(block["metric"] == metric) & (block["group"] == group)]
             for method, mrows in sorted(rows.groupby("method")):
                 stats = mrows.groupby("imbalance")["value"].agg(["mean", "std"])
-                ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), marker="o",
+                spread = stats["std"] if stats["std"].notna().any() else None  # one seed: no error bars
+                ax.errorbar(stats.index, stats["mean"], yerr=spread, marker="o",
                             label="real data (floor)" if method == REAL else method)  # fmt: skip
             ax.set_xscale("log")
             ax.set_xlabel("imbalance n_min / n_max (log)")

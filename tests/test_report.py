@@ -77,3 +77,22 @@ def test_report_regenerates_identical_tables(table_dir):
 def test_report_on_missing_table_is_clear(tmp_path):
     with pytest.raises(BenchmarkError, match="no results table"):
         make_report(tmp_path)
+
+
+def test_group_bars_draw_spread_only_over_several_seeds(tmp_path, monkeypatch):
+    """Error bars are +-1 std over seeds: three seeds draw them, a single seed draws none (not zero-length bars)."""
+    from benchmark import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: figs.append(fig) or [])
+    three = pd.concat([cell_rows("ddpm", s, 10.0 + s, 0.5) for s in (0, 1, 2)])
+    one = cell_rows("cbdm", 0, 5.0, 0.5)
+    key = {"dataset": "digits", "profile": "exp", "imbalance": 0.1, "protocol": "p", "feature_space": "classifier"}
+    plots.group_bars(pd.concat([three, one]), key, tmp_path)
+    ax = figs[0].axes[0]  # fid
+    bars = {c.get_label(): c for c in ax.containers}
+    assert bars["ddpm"].errorbar is not None
+    seg = bars["ddpm"].errorbar.lines[2][0].get_segments()
+    spread = np.std([10.0, 11.0, 12.0], ddof=1) * np.array([0.8, 1.0, 1.5])  # many / medium / few
+    np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in seg], 2 * spread)
+    assert bars["cbdm"].errorbar is None

@@ -39,7 +39,7 @@ from .backbone import build_unet, count_parameters
 from .config import MODEL_SIZES, Config, MethodConfig, TrainConfig
 from .device import resolve_device
 from .diffusion import GaussianDiffusion
-from .perf_loops import METHODS, fake_dataset, measure_training, peak_mib, peak_start, sync, train_flops_per_image
+from .perf_loops import METHODS, cpu_gemm_tflops, fake_dataset, measure_training, peak_mib, peak_start, sync, train_flops_per_image
 from .sampling import balanced_labels, sample_images, sample_seeds
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, per GPU
@@ -119,8 +119,9 @@ def _environment(device: torch.device) -> str:
         name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
                     platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5).stdout.strip() or "?"
+        # --dirty: figures from a tree with uncommitted changes say so
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "?"
     except (OSError, subprocess.SubprocessError):
         rev = "?"
     return (f"torch {torch.__version__} (cuda {torch.version.cuda}), python {platform.python_version()}, "
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="harness and bare model memory format (default: TrainConfig's)")
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA (the reference is fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the harness and bare model")
+    p.add_argument("--mkldnn", choices=("on", "off"), default="on",
+                   help="CPU convolutions through oneDNN (torch's default) or torch's native im2col + GEMM, all arms")
     p.add_argument("--sample-n", type=int, default=None, help="images per sampling run, one batch (default: --batch)")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--ddpm-timed-steps", type=int, default=20,
@@ -160,14 +163,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-dim", type=int, default=2048)
     p.add_argument("--eval-kid-subsets", type=int, default=100)
     p.add_argument("--skip", default="", help="comma list of parts to skip: train, sample, eval")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense bf16 peak (CUDA fraction)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak TFLOP/s to report a fraction of "
+                   "(default on CUDA: the GPU's bf16 peak from a table; on the CPU: a measured fp32 GEMM rate)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    skip = {s for s in args.skip.split(",") if s}
     methods = [m for m in args.methods.split(",") if m]
     if unknown := [m for m in methods if m not in METHODS]:
         p.error(f"no reference loop for {unknown}; choose from {', '.join(METHODS)}")
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = args.mkldnn == "on"
+    try:
+        _run(args, methods, argv)
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -> None:
+    skip = {s for s in args.skip.split(",") if s}
 
     device = resolve_device(args.device)
     tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, amp=args.amp, compile=args.compile)
@@ -181,12 +194,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# model {args.size}: {count_parameters(model) / 1e6:.2f}M params, {args.channels}x{args.resolution}x"
           f"{args.resolution}, {args.classes} classes, batch {args.batch}; harness and bare: channels_last="
           f"{tc.channels_last}, amp={tc.amp if device.type == 'cuda' else 'none (cpu)'}, compile={tc.compile}; "
-          f"reference: fp32, contiguous, eager")
+          f"reference: fp32, contiguous, eager" + ("" if device.type == "cuda" else f"; cpu convolutions: "
+          f"{'oneDNN' if torch.backends.mkldnn.enabled else 'native (oneDNN off)'}"))
 
     if "train" not in skip:
         flops = train_flops_per_image(cfg, data, device=device)
         peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items()
                                          if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+        kind = "the given peak" if args.peak_tflops else "bf16 peak"
+        if peak is None and device.type == "cpu":
+            peak = cpu_gemm_tflops()
+            kind = "this CPU's fp32 GEMM rate"
+            print(f"\n# fp32 GEMM (2048x2048 @ 2048x2048, torch.mm) on this CPU: {peak:.3f} TFLOP/s, "
+                  f"measured now; the practical compute limit the training rates are compared with")
         print(f"\ntrain: images/s, median [min-max] of {args.rounds} rounds x {args.steps} timed steps "
               f"(+{args.warmup_steps} warm-up) per arm; label_drop={args.label_drop}; "
               f"model forward+backward {flops / 1e9:.3f} GFLOP per image (cbdm: two per image)")
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                                  device=device)
             ips = m["ips"]
             tflops = statistics.median(ips["harness"]) * flops * (2 if name == "cbdm" else 1) / 1e12
-            frac = f" ({100 * tflops / peak:.1f}% of bf16 peak)" if peak else ""
+            frac = f" ({100 * tflops / peak:.1f}% of {kind})" if peak else ""
             mem = "/".join(f"{m['peak'][a]:.0f}" for a in ("harness", "reference", "bare"))
             print(f"{name:<7}{_spread(ips['harness']):>24}{_spread(ips['reference']):>24}{_spread(ips['bare']):>24}"
                   f"{m['vs_ref']:>12.2f}x{m['vs_bare']:>13.2f}x{tflops:>17.3f}  {mem}{frac}")

@@ -101,6 +101,20 @@ def _ema_state_dict(model: torch.nn.Module, ema: torch.nn.Module, decay: float) 
         dst[key].data.copy_(dst[key].data * decay + src[key].data * (1 - decay))
 
 
+def reference_loss(model, x0, t, y, noise, y_prime, *, sqrt_ab, sqrt_1m_ab, T: int, tau: float, gamma: float):
+    """The reference loop's loss: DDPM's, plus CBDM's two terms from a second, separate forward
+    pass when ``y_prime`` is given (the same objective as ``methods.cbdm.cbdm_loss``)."""
+    x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_ab[t].view(-1, 1, 1, 1) * noise
+    eps = model(x_t, t, y)
+    loss = F.mse_loss(eps, noise)
+    if y_prime is not None:
+        eps_p = model(x_t, t, y_prime)  # the second, separate forward pass
+        w = tau * t.float() / T
+        loss = loss + (w * (eps - eps_p.detach()).square().mean((1, 2, 3))).mean()
+        loss = loss + gamma * (w * (eps.detach() - eps_p).square().mean((1, 2, 3))).mean()
+    return loss
+
+
 class ReferenceLoop:
     """The training loop written the straightforward way (what the official CBDM code does)."""
 
@@ -141,15 +155,11 @@ class ReferenceLoop:
             y = torch.full_like(y, self.null)
         t = torch.randint(self.T, (x0.shape[0],), device=dev)
         noise = torch.randn_like(x0)
-        x_t = self.sqrt_ab[t].view(-1, 1, 1, 1) * x0 + self.sqrt_1m_ab[t].view(-1, 1, 1, 1) * noise
-        eps = self.model(x_t, t, y)
-        loss = F.mse_loss(eps, noise)
+        y_prime = None
         if self.name == "cbdm" and cond:
             y_prime = torch.multinomial(self.prior, x0.shape[0], replacement=True)
-            eps_p = self.model(x_t, t, y_prime)  # the second, separate forward pass
-            w = o.cbdm_tau * t.float() / self.T
-            loss = loss + (w * (eps - eps_p.detach()).square().mean((1, 2, 3))).mean()
-            loss = loss + o.cbdm_gamma * (w * (eps.detach() - eps_p).square().mean((1, 2, 3))).mean()
+        loss = reference_loss(self.model, x0, t, y, noise, y_prime, sqrt_ab=self.sqrt_ab, sqrt_1m_ab=self.sqrt_1m_ab,
+                              T=self.T, tau=o.cbdm_tau, gamma=o.cbdm_gamma)
         self.opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
@@ -232,6 +242,19 @@ def measure_training(cfg: Config, data, name: str, *, rounds: int, steps: int, w
                 peak[arm] = max(peak[arm], peak_mib(device, base))
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(ips[a], ips[b]))  # noqa: E731
     return {"ips": ips, "peak": peak, "vs_ref": ratio("harness", "reference"), "vs_bare": ratio("harness", "bare")}
+
+
+def cpu_gemm_tflops(n: int = 2048, reps: int = 5) -> float:
+    """TFLOP/s of one fp32 n x n matrix product on the CPU, best of ``reps`` after a warm-up: the
+    practical compute limit the training rates are set against on a machine with no published peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
 
 
 def train_flops_per_image(cfg: Config, data, *, device: torch.device) -> float:

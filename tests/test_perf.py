@@ -1,0 +1,96 @@
+"""The performance script (``python -m benchmark.perf``): its reference loop optimises the same
+objective as the methods, and the script runs end to end and prints every figure it promises.
+No timing is asserted here (timings belong to the script's output, not to tests)."""
+
+import re
+
+import pytest
+import torch
+
+from benchmark import perf
+from benchmark.backbone import build_unet
+from benchmark.diffusion import GaussianDiffusion
+from benchmark.perf_loops import harness_seconds, reference_loss
+from engine_helpers import TINY_MODEL
+from methods import cbdm_loss
+from methods.base import ddpm_loss
+
+DIFF = GaussianDiffusion(T=50)
+TINY = ["--device", "cpu", "--size", "tiny", "--resolution", "8", "--channels", "1", "--classes", "3", "--batch", "4",
+        "--rounds", "2", "--steps", "2", "--warmup-steps", "1"]
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("name", ["ddpm", "cbdm"])
+def test_reference_loss_is_the_methods_objective(name):
+    """Two separate forwards (reference) and one batched forward (harness) give the same loss and gradients."""
+    torch.manual_seed(0)
+    model = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(6, 1, 8, 8, generator=g)
+    t = torch.randint(DIFF.T, (6,), generator=g)
+    noise = torch.randn(x0.shape, generator=g)
+    y, y_prime = torch.tensor([0, 0, 1, 2, 2, 1]), torch.tensor([2, 1, 0, 0, 1, 2])
+    tau, gamma = 1.0, 0.25
+
+    if name == "cbdm":
+        terms = cbdm_loss(model, DIFF, x0, y, t, noise, y_prime, tau=tau, gamma=gamma)
+        ours = sum(v.mean() for v in terms.values())
+        assert terms["reg"].abs().sum() > 0 and terms["com"].abs().sum() > 0  # the regulariser is really there
+    else:
+        ours = ddpm_loss(model, DIFF, x0, y, t, noise)["ddpm"].mean()
+    ours.backward()
+    g_ours = _grads(model).clone()
+    model.zero_grad(set_to_none=True)
+
+    ab = DIFF.alphas_bar.float()
+    ref = reference_loss(model, x0, t, y, noise, y_prime if name == "cbdm" else None, sqrt_ab=ab.sqrt(),
+                         sqrt_1m_ab=(1 - ab).sqrt(), T=DIFF.T, tau=tau, gamma=gamma)
+    ref.backward()
+    torch.testing.assert_close(ref, ours, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_grads(model), g_ours, rtol=1e-4, atol=1e-6)
+
+
+def test_perf_script_prints_every_figure(capsys):
+    perf.main(TINY + ["--ddpm-timed-steps", "2", "--sample-steps", "2", "--eval-classes", "3",
+                      "--eval-per-class", "6", "--eval-dim", "8", "--eval-kid-subsets", "2"])
+    out = capsys.readouterr().out
+    assert "cpu convolutions: oneDNN" in out
+    gemm = re.search(r"fp32 GEMM .* on this CPU: (\d+\.\d+) TFLOP/s", out)
+    assert gemm and float(gemm.group(1)) > 0
+    num = r"(\d+\.\d+) \[(\d+\.\d+)-(\d+\.\d+)\]"
+    for name in ("ddpm", "cbdm"):
+        m = re.search(rf"^{name}\s+{num}\s+{num}\s+{num}\s+(\d+\.\d+)x\s+(\d+\.\d+)x\s+(\d+\.\d+)\s+(\d+)/(\d+)/(\d+)",
+                      out, re.M)
+        assert m, f"no training row for {name} in:\n{out}"
+        v = [float(x) for x in m.groups()]
+        for i in (0, 3, 6):  # median inside [min, max], all positive
+            assert 0 < v[i + 1] <= v[i] <= v[i + 2]
+        assert v[9] > 0 and v[10] > 0
+        assert re.search(rf"^{name}\s.*\((\d+\.\d)% of this CPU's fp32 GEMM rate\)$", out, re.M)
+    assert re.search(r"ddpm-1000\s+\d+\.\d+ images/s .*EXTRAPOLATED from 2 of 1000 steps", out)
+    assert re.search(r"ddim-2\s+\d+\.\d+ images/s .*measured", out)
+    assert re.search(r"overall \+ 3 groups \+ 3 classes \(\d+ rows\)", out)
+
+
+def test_perf_native_convolutions_switch_back(capsys):
+    assert torch.backends.mkldnn.enabled
+    perf.main(TINY + ["--methods", "ddpm", "--rounds", "1", "--skip", "sample,eval", "--mkldnn", "off",
+                      "--peak-tflops", "0.1"])
+    out = capsys.readouterr().out
+    assert "cpu convolutions: native (oneDNN off)" in out and "% of the given peak" in out
+    assert torch.backends.mkldnn.enabled  # restored for whatever runs next in the process
+
+
+def test_perf_rejects_methods_without_a_reference_loop(capsys):
+    with pytest.raises(SystemExit):
+        perf.main(["--methods", "t2h"])
+    assert "no reference loop for ['t2h']" in capsys.readouterr().err
+
+
+def test_harness_window_must_divide_the_timed_steps(tmp_path):
+    with pytest.raises(ValueError, match="multiple of the warm-up steps"):
+        harness_seconds(None, None, "ddpm", steps=3, warm=2, device=torch.device("cpu"), tmp=tmp_path, tag="x")

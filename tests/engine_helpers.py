@@ -46,3 +46,18 @@ def tiny_config(**train) -> Config:
         train=replace(base, **train),
         sample=SampleConfig(steps=5, n_per_class=2, batch_size=4),
     )
+
+
+class Interrupting:
+    """Wraps a method and stops the run when the loop asks for the batch of step ``at``."""
+
+    def __init__(self, inner, at):
+        self.inner, self.at = inner, at
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def class_probs(self, step, total_steps):
+        if step == self.at:
+            raise KeyboardInterrupt
+        return self.inner.class_probs(step, total_steps)

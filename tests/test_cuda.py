@@ -17,27 +17,12 @@ from benchmark.checkpoint import latest_checkpoint, load
 from benchmark.diffusion import GaussianDiffusion
 from benchmark.sampling import balanced_labels, sample_images, sample_seeds
 from benchmark.trainer import load_model, train
-from engine_helpers import TINY_MODEL, tiny_config, tiny_data
+from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
 from methods import get_method
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run .ci/gpu-checks there)")
 
 DATA = tiny_data()
-
-
-class _StopAt:
-    """Wraps a method and stops the run when the loop asks for the batch of step ``at``."""
-
-    def __init__(self, inner, at):
-        self.inner, self.at = inner, at
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def class_probs(self, step, total_steps):
-        if step == self.at:
-            raise KeyboardInterrupt
-        return self.inner.class_probs(step, total_steps)
 
 
 def _train(run_dir, name="ddpm", cfg=None, method=None):
@@ -68,7 +53,7 @@ def test_resume_on_cuda_continues_the_same_run(tmp_path):
     method = get_method("cbdm", class_counts=DATA.counts, options=cfg.method)
     full = _train(tmp_path / "full", "cbdm", cfg)
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "cut", cfg=cfg, method=_StopAt(method, at=4))
+        _train(tmp_path / "cut", cfg=cfg, method=Interrupting(method, at=4))
     assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "ckpt_00000003.pt"
     resumed = _train(tmp_path / "cut", "cbdm", cfg)
     a, b = load(full), load(resumed)

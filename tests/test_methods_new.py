@@ -176,7 +176,7 @@ def test_coral_terms_equal_the_pipeline_and_train_the_head():
 
 
 def test_coral_head_is_trained_checkpointed_resumed_and_not_in_model_pt(tmp_path):
-    from test_trainer import Interrupting
+    from engine_helpers import Interrupting
 
     data = tiny_data()
     cfg = tiny_config()

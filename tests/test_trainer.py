@@ -7,7 +7,7 @@ from benchmark.backbone import build_unet
 from benchmark.checkpoint import latest_checkpoint, load
 from benchmark.errors import TrainingError
 from benchmark.trainer import _seeds, load_model, train
-from engine_helpers import TINY_MODEL, tiny_config, tiny_data
+from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
 from methods import METHODS, get_method
 
 DATA = tiny_data()
@@ -41,21 +41,6 @@ def test_contract_training_changes_weights_and_logs(tmp_path, name):
     ckpt = load(latest_checkpoint(tmp_path / "checkpoints"))
     assert all(torch.equal(ckpt["ema"][k], v) for k, v in model.state_dict().items())
     assert ckpt["step"] == 6 and not list(tmp_path.rglob("*.tmp"))
-
-
-class Interrupting:
-    """Wraps a method and stops the run when the loop asks for the batch of step ``at``."""
-
-    def __init__(self, inner, at):
-        self.inner, self.at = inner, at
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def class_probs(self, step, total_steps):
-        if step == self.at:
-            raise KeyboardInterrupt
-        return self.inner.class_probs(step, total_steps)
 
 
 @pytest.mark.parametrize(

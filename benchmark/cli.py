@@ -142,8 +142,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"imbalance {imbalance} is outside (0, 1]; it is n_min/n_max, e.g. 0.01 for IR 100")
     if not cfg.grid.methods or not cfg.grid.seeds or not cfg.grid.imbalances:
         raise ConfigError("the grid is empty: give at least one method, one seed and one imbalance")
-    if cfg.sample.sampler not in ("ddim", "ddpm"):
-        raise ConfigError(f"sample.sampler must be ddim or ddpm, got {cfg.sample.sampler!r}")
+    from .sampling import SAMPLERS
+
+    if cfg.sample.sampler not in SAMPLERS:
+        raise ConfigError(f"sample.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sample.sampler!r}; "
+                          "e.g. --set sample.sampler=ddim")
     if cfg.sample.n_per_class < 2:
         raise ConfigError("sample.n_per_class must be at least 2 (metrics need two or more images per class)")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:

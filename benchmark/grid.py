@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import traceback
@@ -198,7 +197,6 @@ class CellOutcome:
 
 def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
     from .device import resolve_device
-
     from .distributed import current
 
     device = resolve_device(cfg.device)
@@ -351,7 +349,3 @@ def summarize(outcomes: list[CellOutcome], out: Path) -> str:
     for o in failed:
         lines.append(f"FAILED {o.cell.name}: {o.error}  (log: {o.folder / 'cell.log'})")
     return "\n".join(lines)
-
-
-def finite(x: float) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))

@@ -1,6 +1,7 @@
 """The stages of one grid cell: train -> sample -> evaluate, each skipped when done.
 
-Returns the cell's tidy rows (the results.csv schema).  The pseudo-method ``real`` scores
+Returns the cell's tidy rows (the results.csv schema); under torchrun only rank 0 gets them
+(the other ranks get None).  The pseudo-method ``real`` scores
 real held-out images (what a perfect generator would reach at the same sample size) and the
 downstream classifier trained on the real long-tailed set alone.
 """
@@ -77,7 +78,7 @@ def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame
     return rows[COLUMNS]
 
 
-def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame:
+def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame | None:
     from .data import build_dataset
     from .distributed import current, main_first
     from .evaluate import evaluate_set, real_floor_rows
@@ -105,7 +106,6 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
 
     from methods import get_method
 
-    from .backbone import build_unet  # noqa: F401  (the trainer builds the model from cfg.model)
     from .diffusion import GaussianDiffusion
     from .sampling import generate_eval_set
     from .trainer import load_model, train
@@ -125,7 +125,7 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
                        progress=progress)  # fmt: skip
     model, _info = load_model(model_path, device)
-    diffusion = GaussianDiffusion(T=cfg.diffusion.T, beta_1=cfg.diffusion.beta_1, beta_T=cfg.diffusion.beta_T)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
 
     log.info("stage sample (%d per class, %s %d steps, guidance %s)", cfg.sample.n_per_class, cfg.sample.sampler,
              cfg.sample.steps, guidance)  # fmt: skip

@@ -11,10 +11,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__
-from .config import Config, apply_overrides, to_json
-from .errors import BenchmarkError, ConfigError
-from .presets import DEFAULT_PRESET, PRESETS, PROTOCOLS, get_preset, preset_doc
+from benchmark import __version__
+from benchmark.core.config import Config, apply_overrides, to_json
+from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.presets import (
+    DEFAULT_PRESET,
+    PRESETS,
+    PROTOCOLS,
+    get_preset,
+    preset_doc,
+)
 
 EPILOG = "Run `%(prog)s COMMAND --help` for the options of one command."
 
@@ -40,7 +46,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default=None, help="fashion-mnist | mnist | cifar10 | cifar100 | digits | imagefolder:PATH")
     p.add_argument("--data-root", default=None, help="folder holding (or receiving) dataset files")
     p.add_argument("--inception-weights", default=None,
-                   help="path to weights-inception-2015-12-05-6726825d.pth (else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache)")  # fmt: skip
+                   help="path to weights-inception-2015-12-05-6726825d.pth "
+                        "(else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache)")  # fmt: skip
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.steps=2000 (repeatable; --dry-run lists keys)")  # fmt: skip
@@ -88,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--imbalance", type=float, default=0.01, help="n_min / n_max, in (0, 1]")
     data.add_argument("--profile", default="exp", help="exp | step | none | file")
     data.add_argument("--counts-file", default=None, help="per-class counts (profile file)")
-    data.add_argument("--n-max", type=int, default=None, help="head-class size (default: the smallest class of the pool, i.e. the balanced class size)")
+    data.add_argument("--n-max", type=int, default=None,
+                      help="head-class size (default: the smallest class of the pool, i.e. the balanced class size)")
     data.add_argument("--split-seed", type=int, default=0)
     data.add_argument("--groups", default="auto", help="auto | thresholds | thirds")
     data.add_argument("--resolution", type=int, default=None)
@@ -142,7 +150,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"imbalance {imbalance} is outside (0, 1]; it is n_min/n_max, e.g. 0.01 for IR 100")
     if not cfg.grid.methods or not cfg.grid.seeds or not cfg.grid.imbalances:
         raise ConfigError("the grid is empty: give at least one method, one seed and one imbalance")
-    from .sampling import SAMPLERS
+    from benchmark.engine.sampling import SAMPLERS
 
     if cfg.sample.sampler not in SAMPLERS:
         raise ConfigError(f"sample.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sample.sampler!r}; "
@@ -154,7 +162,8 @@ def validate(cfg: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .grid import expand_grid, run_grid, summarize
+    from benchmark.harness.cells import expand_grid
+    from benchmark.harness.grid import run_grid, summarize
 
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("results") / cfg.preset
@@ -165,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"  {cell.name}  ->  {cell.folder(out)}")
         return 0
-    from .distributed import current, init_from_env
+    from benchmark.core.distributed import current, init_from_env
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs} must be at least 1")
@@ -174,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("under torchrun every process runs the same cells: drop --launcher/--jobs, "
                           "or submit with --launcher slurm --slurm-gpus N from a plain shell")  # fmt: skip
     if args.launcher != "local":
-        from .launch import SlurmOptions, submit
+        from benchmark.harness.launch import SlurmOptions, submit
 
         opts = SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus,
                             cpus=args.slurm_cpus, mem=args.slurm_mem, extra=tuple(args.slurm_extra), wait=args.wait)  # fmt: skip
@@ -184,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "redraws the tables from what has finished; rerun this command to resubmit unfinished cells.")  # fmt: skip
             return 0
     elif args.jobs > 1:
-        from .launch import run_parallel
+        from benchmark.harness.launch import run_parallel
 
         outcomes = run_parallel(cfg, out, jobs=args.jobs, force=args.force)
     else:
@@ -192,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not current().main:
         return 0
     if not args.no_report and (out / "results.csv").exists():
-        from .report import make_report
+        from benchmark.report.build import make_report
 
         make_report(out)
     print(summarize(outcomes, out))
@@ -200,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import make_report
+    from benchmark.report.build import make_report
 
     paths = make_report(Path(args.dir), plots=not args.no_plots)
     for p in paths:
@@ -209,8 +218,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .config import DataConfig
-    from .data import build_dataset, data_table
+    from benchmark.core.config import DataConfig
+    from benchmark.data import build_dataset, data_table
 
     cfg = DataConfig(
         dataset=args.dataset, imbalance=args.imbalance, profile=args.profile, counts_file=args.counts_file,
@@ -233,13 +242,13 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .byos import evaluate_external
+    from benchmark.harness.outside import evaluate_external
 
     cfg = resolve_config(args)
     if args.imbalance is not None:
         cfg = replace(cfg, data=replace(cfg.data, imbalance=args.imbalance))
     out = Path(args.out) if args.out else Path("results") / cfg.preset
-    from .distributed import init_from_env
+    from benchmark.core.distributed import init_from_env
 
     d = init_from_env(cfg.device)  # under torchrun the processes split the feature extraction
     rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
@@ -247,17 +256,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not d.main:
         return 0
     print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
-    from .report import make_report
+    from benchmark.report.build import make_report
 
     make_report(out, plots=True)
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.data import DATASETS
+    from benchmark.eval.features import FEATURE_SPACES
     from methods import METHODS
-
-    from .data import DATASETS
-    from .features import FEATURE_SPACES
 
     print("presets:")
     for name in PRESETS.names():

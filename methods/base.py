@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.config import Config, MethodConfig
-from benchmark.diffusion import GaussianDiffusion
+from benchmark.core.config import Config, MethodConfig
+from benchmark.engine.diffusion import GaussianDiffusion
 
 Cond = bool | torch.Tensor
 

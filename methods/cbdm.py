@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS

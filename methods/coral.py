@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.core.distributed import current, gather_batch
+
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
@@ -86,8 +88,6 @@ def coral_terms(
     # The contrastive term and lambda are batch-global: under DDP they are computed over the gathered
     # global batch (gradients flow back to each sample's rank) and each rank keeps its own anchors, so
     # the averaged gradient equals a one-process run.  In one process gather_batch is the identity.
-    from benchmark.distributed import current, gather_batch
-
     n, rank = z.shape[0], current().rank
     zg, yg, tg, vg = gather_batch(z), gather_batch(y), gather_batch(t), gather_batch(valid)
     lam = coral_lambda(tg, diffusion.T, weight=weight, time_scale=time_scale)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.config import MethodConfig
-from benchmark.errors import ConfigError
-from benchmark.registry import Registry
+from benchmark.core.config import MethodConfig
+from benchmark.core.errors import ConfigError
+from benchmark.core.registry import Registry
 
 from .base import Method, overrides
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 
 from .base import Method
 from .registry import METHODS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 
 from .base import Method
 from .registry import METHODS

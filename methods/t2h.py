@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS

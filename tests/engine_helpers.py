@@ -8,7 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from benchmark.config import Config, DiffusionConfig, ModelConfig, SampleConfig, TrainConfig
+from benchmark.core.config import (
+    Config,
+    DiffusionConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 
 # The engine tests use tensors of a few KB: one thread is faster, and on a shared 2-core machine
 # two OpenMP threads spinning against other processes made these tests 5-10x slower.

@@ -6,7 +6,6 @@ small CNN learns them in one epoch and metrics have something real to separate.
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

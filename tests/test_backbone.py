@@ -1,9 +1,9 @@
 import pytest
 import torch
-
-from benchmark.backbone import UNet, _groups, build_unet, count_parameters
-from benchmark.config import MODEL_SIZES
 from engine_helpers import TINY_MODEL
+
+from benchmark.core.config import MODEL_SIZES
+from benchmark.engine.backbone import UNet, _groups, build_unet, count_parameters
 
 
 def test_paper_size_has_35_7m_parameters():

@@ -68,7 +68,7 @@ def test_console_entry_runs_as_script():
 
 
 def test_readme_cli_reference_is_in_step_with_help():
-    from benchmark.clidoc import current_block, render
+    from benchmark.devtools.clidoc import current_block, render
 
     readme = (ROOT / "README.md").read_text()
-    assert current_block(readme) == render(), "README CLI reference is stale: run `python -m benchmark.clidoc`"
+    assert current_block(readme) == render(), "README CLI reference is stale: run `python -m benchmark.devtools.clidoc`"

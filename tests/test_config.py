@@ -1,9 +1,9 @@
 import pytest
 
-from benchmark.config import Config, apply_overrides, from_dict, to_dict
-from benchmark.errors import ConfigError
-from benchmark.presets import PRESETS, PROTOCOLS, get_preset
-from benchmark.registry import Registry, UnknownNameError
+from benchmark.core.config import Config, apply_overrides, from_dict, to_dict
+from benchmark.core.errors import ConfigError
+from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
+from benchmark.core.registry import Registry, UnknownNameError
 
 
 def test_overrides_are_typed():

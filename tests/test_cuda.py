@@ -11,13 +11,13 @@ import re
 
 import pytest
 import torch
-
-from benchmark.backbone import build_unet
-from benchmark.checkpoint import latest_checkpoint, load
-from benchmark.diffusion import GaussianDiffusion
-from benchmark.sampling import balanced_labels, sample_images, sample_seeds
-from benchmark.trainer import load_model, train
 from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
+
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.checkpoint import latest_checkpoint, load
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.sampling import balanced_labels, sample_images, sample_seeds
+from benchmark.engine.trainer import load_model, train
 from methods import get_method
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run .ci/gpu-checks there)")
@@ -86,7 +86,7 @@ def test_sampling_on_cuda_is_the_cpu_computation(tmp_path):
 
 def test_smoke_grid_on_cuda_finishes_and_resumes(tmp_path, capsys):
     from benchmark.cli import main
-    from benchmark.results import read_results
+    from benchmark.harness.results import read_results
 
     args = ["run", "--preset", "smoke", "--out", str(tmp_path), "--no-progress", "--set", "device=cuda"]
     assert main(args) == 0
@@ -99,7 +99,7 @@ def test_smoke_grid_on_cuda_finishes_and_resumes(tmp_path, capsys):
 
 
 def test_perf_script_on_cuda(capsys):
-    from benchmark import perf
+    from benchmark.devtools import perf
 
     perf.main(["--device", "cuda", "--size", "tiny", "--resolution", "8", "--channels", "1", "--classes", "3",
                "--batch", "8", "--rounds", "2", "--steps", "2", "--warmup-steps", "1", "--ddpm-timed-steps", "2",

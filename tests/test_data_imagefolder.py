@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.config import DataConfig
+from benchmark.core.config import DataConfig
+from benchmark.core.errors import DataError
 from benchmark.data import build_dataset, describe_groups, get_source
-from benchmark.errors import DataError
 
 
 def make_folder(root, sizes, *, mode="L", size=(8, 8), colour_class=None):

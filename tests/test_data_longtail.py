@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from benchmark.core.errors import DataError
 from benchmark.data import (
     assign_groups,
     class_counts,
@@ -15,7 +16,6 @@ from benchmark.data import (
     smallest_valid_imbalance,
     split_fingerprint,
 )
-from benchmark.errors import DataError
 
 CIFAR10_TOTALS = {10: 20431, 50: 13996, 100: 12406, 200: 11203}
 CIFAR100_TOTALS = {10: 19573, 50: 12608, 100: 10847, 200: 9502}
@@ -31,9 +31,9 @@ def ldam_counts(cls_num, img_max, imb_type, imb_factor):
             num = img_max * (imb_factor ** (cls_idx / (cls_num - 1.0)))
             img_num_per_cls.append(int(num))
     elif imb_type == "step":
-        for cls_idx in range(cls_num // 2):
+        for _ in range(cls_num // 2):
             img_num_per_cls.append(int(img_max))
-        for cls_idx in range(cls_num // 2):
+        for _ in range(cls_num // 2):
             img_num_per_cls.append(int(img_max * imb_factor))
     return img_num_per_cls
 

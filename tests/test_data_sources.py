@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.config import DataConfig
+from benchmark.core.config import DataConfig
+from benchmark.core.errors import ConfigError, DataError
 from benchmark.data import (
     RESIZE_METHODS,
     build_dataset,
+    builtin,
     class_counts,
     clear_source_cache,
     data_table,
@@ -21,8 +23,6 @@ from benchmark.data import (
     get_source,
     select_longtail,
 )
-from benchmark.data import builtin
-from benchmark.errors import ConfigError, DataError
 
 needs_debian_fmnist = pytest.mark.skipif(
     not builtin.DEBIAN_FASHION_MNIST.is_dir(),

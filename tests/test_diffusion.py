@@ -1,8 +1,8 @@
 import torch
-
-from benchmark.diffusion import GaussianDiffusion, guided_eps
 from engine_helpers import TINY_MODEL
-from benchmark.backbone import build_unet
+
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.diffusion import GaussianDiffusion, guided_eps
 
 
 def test_schedule_and_inverse():

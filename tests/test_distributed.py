@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from engine_helpers import TINY_MODEL, tiny_config, tiny_data
 
 from benchmark.cli import main
-from benchmark.diffusion import GaussianDiffusion
-from benchmark.distributed import Dist, ShardDraws, gather_batch
-from benchmark.errors import ConfigError
-from benchmark.results import read_results
-from benchmark.sampling import generate_eval_set
-from benchmark.trainer import load_model, train
-from engine_helpers import TINY_MODEL, tiny_config, tiny_data
+from benchmark.core.distributed import Dist, ShardDraws, gather_batch
+from benchmark.core.errors import ConfigError
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.sampling import generate_eval_set
+from benchmark.engine.trainer import load_model, train
+from benchmark.harness.results import read_results
 from methods import get_method
 
 METHOD = "cbdm+reweight"  # per-sample t, noise and y' draws; per-sample weights
@@ -54,7 +54,7 @@ def _run(run_dir, sample_from=None, method_name=METHOD):
 def _rank(rank, world, port, run_dir, sample_from, method_name):
     import torch.distributed as dist
 
-    from benchmark.distributed import init_from_env
+    from benchmark.core.distributed import init_from_env
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
@@ -178,7 +178,7 @@ def test_slurm_without_submitit_says_how_to_install(tmp_path, monkeypatch, capsy
 def test_slurm_options_reach_sbatch(tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # no srun here
-    from benchmark.launch import SlurmOptions, _executor, minutes
+    from benchmark.harness.launch import SlurmOptions, _executor, minutes
 
     assert [minutes(t) for t in ("90", "1:30:00", "2-00:00:00", "45:30")] == [90, 90, 2880, 46]
     opts = SlurmOptions(partition="gpu", time="2-00:00:00", gpus=4, cpus=8, mem="64G", extra=("account=proj",))
@@ -206,7 +206,7 @@ class _FakeSubmitit:
     ("UNKNOWN", "missing", ("7", "UNKNOWN")),
 ])  # fmt: skip
 def test_a_job_slurm_may_still_run_is_not_resubmitted(tmp_path, monkeypatch, sacct, squeue, expect):
-    from benchmark.launch import _active_job
+    from benchmark.harness.launch import _active_job
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

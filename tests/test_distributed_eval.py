@@ -12,10 +12,10 @@ import torch
 from torch.multiprocessing import ProcessExitedException
 
 from benchmark.cli import main
+from benchmark.core.config import DataConfig
 from benchmark.data import build_dataset
-from benchmark.config import DataConfig
-from benchmark.features import shard_bounds
-from benchmark.results import read_results
+from benchmark.eval.features import shard_bounds
+from benchmark.harness.results import read_results
 
 
 @pytest.mark.parametrize("n,batch,world", [(100, 16, 2), (100, 16, 3), (7, 16, 2), (0, 4, 2), (64, 16, 4)])
@@ -93,14 +93,14 @@ RUN = ["run", "--preset", "smoke", "--methods", "ddpm", "--no-progress", "--no-r
 
 
 def _run_rank(rank, world, port, out, bad=None):
-    import benchmark.trainer
+    import benchmark.harness.stages
 
     _env(rank, world, port)
     if rank == bad:
         def boom(**_):
             raise RuntimeError("out of memory on this rank (simulated)")
 
-        benchmark.trainer.train = boom
+        benchmark.harness.stages.train = boom  # the name the stages call
     rc = main(RUN + ["--out", str(out)])
     if rc:
         sys.exit(rc)  # what run_benchmark.py does; torchrun (here spawn) then stops the other ranks

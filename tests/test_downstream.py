@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from benchmark import downstream
-from benchmark.classifier import ResNet32, SmallCNN, arch_for, balanced_pool
-
 from fake_eval_data import fake_dataset, make_images
+
+from benchmark.eval import downstream
+from benchmark.eval.classifier import ResNet32, SmallCNN, arch_for, balanced_pool
 
 CPU = torch.device("cpu")
 

@@ -7,13 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from fake_eval_data import fake_dataset, make_images
 from PIL import Image
 
-from benchmark.config import EvalConfig
-from benchmark.errors import DataError
-from benchmark.evaluate import COLUMNS, evaluate_set, floor_split, load_samples, real_floor_rows
-
-from fake_eval_data import fake_dataset, make_images
+from benchmark.core.config import EvalConfig
+from benchmark.core.errors import DataError
+from benchmark.eval.evaluate import (
+    COLUMNS,
+    evaluate_set,
+    floor_split,
+    load_samples,
+    real_floor_rows,
+)
 
 CPU = torch.device("cpu")
 CFG = EvalConfig(feature_space="classifier", classifier_epochs=6, kid_subsets=5, batch_size=64)

@@ -7,13 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
-from benchmark import classifier, features
-from benchmark.config import EvalConfig
-from benchmark.errors import ConfigError
-from benchmark.features import INCEPTION_FILE, extract_cached, get_feature_space
-
 from fake_eval_data import fake_dataset
+
+from benchmark.core.config import EvalConfig
+from benchmark.core.errors import ConfigError
+from benchmark.eval import classifier, features
+from benchmark.eval.features import INCEPTION_FILE, extract_cached, get_feature_space
 
 CPU = torch.device("cpu")
 
@@ -53,7 +52,9 @@ def test_auto_space_and_registry():
 @pytest.fixture(scope="module")
 def random_inception_weights(tmp_path_factory):
     """A weights file of the right shape with random values: exercises the computation path offline."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
+    from torch_fidelity.feature_extractor_inceptionv3 import (
+        FeatureExtractorInceptionV3 as Net,
+    )
 
     path = tmp_path_factory.mktemp("w") / INCEPTION_FILE
     torch.save({}, path)

@@ -1,14 +1,22 @@
 import numpy as np
 import pytest
 import torch
-
-from benchmark.backbone import build_unet
-from benchmark.config import MethodConfig
-from benchmark.diffusion import GaussianDiffusion
-from benchmark.errors import ConfigError
-from benchmark.trainer import BatchDrawer
 from engine_helpers import TINY_MODEL
-from methods import METHODS, Method, cbdm_loss, class_weights, get_method, get_method_class, resample_probs
+
+from benchmark.core.config import MethodConfig
+from benchmark.core.errors import ConfigError
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.trainer import BatchDrawer
+from methods import (
+    METHODS,
+    Method,
+    cbdm_loss,
+    class_weights,
+    get_method,
+    get_method_class,
+    resample_probs,
+)
 
 COUNTS = np.array([12, 6, 2])
 DIFF = GaussianDiffusion(T=50)

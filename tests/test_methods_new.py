@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from benchmark.backbone import build_unet
-from benchmark.checkpoint import latest_checkpoint, load
-from benchmark.config import Config, GridConfig, MethodConfig
-from benchmark.diffusion import GaussianDiffusion
-from benchmark.errors import ConfigError
-from benchmark.trainer import _seeds, train
 from engine_helpers import TINY_MODEL, tiny_config, tiny_data
+
+from benchmark.core.config import Config, GridConfig, MethodConfig
+from benchmark.core.errors import ConfigError
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.checkpoint import latest_checkpoint, load
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.trainer import _seeds, train
 from methods import coral_lambda, coral_loss, get_method, t2h_probs, t2h_targets
 from methods.coral import coral_terms, projection_head
 
@@ -216,7 +216,12 @@ def test_train_with_per_sample_label_drop(tmp_path, name):
 
 
 def test_grid_orders_and_adds_the_ddpm_dependency():
-    from benchmark.grid import cell_config, expand_grid, method_order, parent_cell
+    from benchmark.harness.cells import (
+        cell_config,
+        expand_grid,
+        method_order,
+        parent_cell,
+    )
 
     assert method_order(("cbdm-ft",)) == (["ddpm", "cbdm-ft"], ["ddpm"])
     assert method_order(("cbdm-ft", "cbdm", "ddpm")) == (["ddpm", "cbdm-ft", "cbdm"], [])
@@ -237,9 +242,9 @@ def test_grid_orders_and_adds_the_ddpm_dependency():
 
 
 def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monkeypatch):
-    import benchmark.trainer as trainer
+    import benchmark.engine.trainer as trainer
     from benchmark.cli import main
-    from benchmark.results import read_results
+    from benchmark.harness.results import read_results
 
     loaded = []
     real_load = trainer.load

@@ -7,12 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_fid import (
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import calculate_precision_recall_full
 
-from benchmark import metrics as M
-from benchmark.errors import MetricError
+from benchmark.core.errors import MetricError
+from benchmark.eval import metrics as M
 
 
 def cloud(n, d=16, shift=0.0, seed=0):

@@ -1,4 +1,4 @@
-"""The performance script (``python -m benchmark.perf``): its reference loop optimises the same
+"""The performance script (``python -m benchmark.devtools.perf``): its reference loop optimises the same
 objective as the methods, and the script runs end to end and prints every figure it promises.
 No timing is asserted here (timings belong to the script's output, not to tests)."""
 
@@ -6,12 +6,12 @@ import re
 
 import pytest
 import torch
-
-from benchmark import perf
-from benchmark.backbone import build_unet
-from benchmark.diffusion import GaussianDiffusion
-from benchmark.perf_loops import harness_seconds, reference_loss
 from engine_helpers import TINY_MODEL
+
+from benchmark.devtools import perf
+from benchmark.devtools.perf_loops import harness_seconds, reference_loss
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.diffusion import GaussianDiffusion
 from methods import cbdm_loss
 from methods.base import ddpm_loss
 

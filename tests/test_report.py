@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.errors import BenchmarkError
-from benchmark.report import leaderboards, make_report
-from benchmark.results import COLUMNS, append_cell, read_results
+from benchmark.core.errors import BenchmarkError
+from benchmark.harness.results import COLUMNS, append_cell, read_results
+from benchmark.report.build import make_report
+from benchmark.report.leaderboard import leaderboards
 
 
 def cell_rows(method, seed, fid, recall, *, dataset="digits", imbalance=0.1, protocol="p", counts=(100, 30, 10)):
@@ -81,7 +82,7 @@ def test_report_on_missing_table_is_clear(tmp_path):
 
 def test_group_bars_draw_spread_only_over_several_seeds(tmp_path, monkeypatch):
     """Error bars are +-1 std over seeds: three seeds draw them, a single seed draws none (not zero-length bars)."""
-    from benchmark import plots
+    from benchmark.report import plots
 
     figs = []
     monkeypatch.setattr(plots, "_save", lambda fig, stem: figs.append(fig) or [])

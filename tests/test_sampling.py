@@ -1,13 +1,18 @@
 import numpy as np
 import pytest
 import torch
-
-import benchmark.sampling as sampling
-from benchmark.backbone import build_unet
-from benchmark.config import SampleConfig
-from benchmark.diffusion import GaussianDiffusion
-from benchmark.sampling import balanced_labels, generate_eval_set, sample_images, sample_seeds
 from engine_helpers import TINY_MODEL
+
+import benchmark.engine.sampling as sampling
+from benchmark.core.config import SampleConfig
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.sampling import (
+    balanced_labels,
+    generate_eval_set,
+    sample_images,
+    sample_seeds,
+)
 
 
 @pytest.fixture(scope="module")

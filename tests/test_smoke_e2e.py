@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.results import COLUMNS, read_results
+from benchmark.harness.results import COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"ddpm", "cbdm", "reweight", "resample"}
@@ -100,7 +100,8 @@ def test_resume_after_kill_matches_uninterrupted_run(smoke, tmp_path):
 def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, capsys):
     out = tmp_path / "fail"
     base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods",
-            "ddpm,reweight", "--set", "train.steps=3", "--set", "eval.downstream=false", "--set", "eval.real_floor=false"]  # fmt: skip
+            "ddpm,reweight", "--set", "train.steps=3", "--set", "eval.downstream=false",
+            "--set", "eval.real_floor=false"]  # fmt: skip
     code = main(base + ["--set", "method.reweight_scheme=nonsense"])
     text = capsys.readouterr().out
     assert code == 1
@@ -116,8 +117,8 @@ def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, c
 def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
     import json
 
-    from benchmark.grid import Cell, check_or_write_config, cell_config
-    from benchmark.presets import get_preset
+    from benchmark.core.presets import get_preset
+    from benchmark.harness.cells import Cell, cell_config, check_or_write_config
 
     cfg = get_preset("smoke")
     cell = Cell("digits", "exp", 0.1, "ddpm", 0)

@@ -2,12 +2,12 @@ import csv
 
 import pytest
 import torch
-
-from benchmark.backbone import build_unet
-from benchmark.checkpoint import latest_checkpoint, load
-from benchmark.errors import TrainingError
-from benchmark.trainer import _seeds, load_model, train
 from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
+
+from benchmark.core.errors import TrainingError
+from benchmark.engine.backbone import build_unet
+from benchmark.engine.checkpoint import latest_checkpoint, load
+from benchmark.engine.trainer import _seeds, load_model, train
 from methods import METHODS, get_method
 
 DATA = tiny_data()
@@ -48,8 +48,9 @@ def test_contract_training_changes_weights_and_logs(tmp_path, name):
     [("ddpm", {}), ("cbdm+resample", {"label_drop_mode": "sample", "label_drop": 0.3})],
 )
 def test_exact_resume(tmp_path, name, train_kw):
-    from benchmark.config import MethodConfig
     from dataclasses import replace
+
+    from benchmark.core.config import MethodConfig
 
     cfg = tiny_config(**train_kw)
     cfg = replace(cfg, method=MethodConfig(resample_schedule="progressive"))

@@ -2,7 +2,7 @@
 
 Typical use::
 
-    from benchmark.config import DataConfig
+    from benchmark.core.config import DataConfig
     from benchmark.data import build_dataset, data_table
 
     ds = build_dataset(DataConfig(dataset="fashion-mnist", imbalance=0.01))
@@ -14,9 +14,14 @@ loader in ``DATASETS`` (see :mod:`benchmark.data.sources`) or use ``imagefolder:
 Environment: ``$LTGEN_DATA_ROOT`` (default data root), ``$LTGEN_OFFLINE=1`` (never download).
 """
 
-from . import builtin, imagefolder  # noqa: F401  (register the built-in sources)
-from .dataset import LongTailDataset, build_dataset, data_table, describe_groups
-from .longtail import (
+from benchmark.data import builtin, imagefolder  # noqa: F401  (register the built-in sources)
+from benchmark.data.dataset import (
+    LongTailDataset,
+    build_dataset,
+    data_table,
+    describe_groups,
+)
+from benchmark.data.longtail import (
     GROUP_NAMES,
     GROUP_RULES,
     PROFILES,
@@ -28,7 +33,7 @@ from .longtail import (
     smallest_valid_imbalance,
     split_fingerprint,
 )
-from .sources import (
+from benchmark.data.sources import (
     DATASETS,
     RESIZE_METHODS,
     ImageSet,

@@ -16,10 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+from sklearn.datasets import load_digits as sk_load_digits
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from ..errors import DataError
-from .sources import DATASETS, ImageSet, RawSource, balanced_holdout, default_data_root, downloads_allowed
+from benchmark.core.errors import DataError
+from benchmark.data.sources import (
+    DATASETS,
+    ImageSet,
+    RawSource,
+    balanced_holdout,
+    default_data_root,
+    downloads_allowed,
+)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -126,8 +135,6 @@ def _try_download(fetch) -> str:
 @DATASETS.register("fashion-mnist")
 def load_fashion_mnist(*, arg, data_root, reference_folder, resolution, resize) -> RawSource:
     """Fashion-MNIST, 10 classes, 28x28 grayscale; 60k train / 10k balanced test."""
-    import torchvision
-
     _no_extras("fashion-mnist", arg, reference_folder)
     return _mnist_like(
         "fashion-mnist", torchvision.datasets.FashionMNIST, ["FashionMNIST", "fashion-mnist"],
@@ -139,15 +146,11 @@ def load_fashion_mnist(*, arg, data_root, reference_folder, resolution, resize) 
 @DATASETS.register("mnist")
 def load_mnist(*, arg, data_root, reference_folder, resolution, resize) -> RawSource:
     """MNIST, 10 classes, 28x28 grayscale; 60k train / 10k test; no flips (digits)."""
-    import torchvision
-
     _no_extras("mnist", arg, reference_folder)
     return _mnist_like("mnist", torchvision.datasets.MNIST, ["MNIST", "mnist"], [], False, "", data_root)
 
 
 def _cifar(name: str, tv_name: str, folder: str, url: str, group_rule: str, data_root: Path | None) -> RawSource:
-    import torchvision
-
     tv_cls = getattr(torchvision.datasets, tv_name)
     root = data_root or default_data_root()
     if root.name == folder:  # the user pointed at the extracted folder itself
@@ -201,8 +204,6 @@ def load_digits(*, arg, data_root, reference_folder, resolution, resize) -> RawS
     ``RandomState(DIGITS_HOLDOUT_SEED)`` (0), is the evaluation split; the remaining
     1497 images (in dataset order) are the train pool.  No flips (digits are not symmetric).
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-
     _no_extras("digits", arg, reference_folder)
     bunch = sk_load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]

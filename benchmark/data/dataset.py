@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import DataConfig
-from ..errors import DataError
-from .longtail import (
+from benchmark.core.config import DataConfig
+from benchmark.core.errors import DataError
+from benchmark.data.longtail import (
     GROUP_NAMES,
     GROUP_RULES,
     PROFILES,
@@ -26,7 +26,7 @@ from .longtail import (
     select_longtail,
     split_fingerprint,
 )
-from .sources import SourceData, get_source
+from benchmark.data.sources import SourceData, get_source
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from ..errors import DataError
-from .sources import DATASETS, ImageSet, RawSource, balanced_holdout, resize_images
+from benchmark.core.errors import DataError
+from benchmark.data.sources import (
+    DATASETS,
+    ImageSet,
+    RawSource,
+    balanced_holdout,
+    resize_images,
+)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -60,8 +67,6 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
 
 def _read(path: Path) -> np.ndarray:
     """HWC uint8 with 1 channel (grayscale) or 3 channels (colour)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as img:
             img.load()
@@ -76,12 +81,10 @@ def _read(path: Path) -> np.ndarray:
     return rgb
 
 
-def _to_l(img) -> "Image.Image":
+def _to_l(img) -> Image.Image:
     # 16-bit / float grayscale: scale the full range to 0..255 instead of PIL's clipping
     arr = np.asarray(img, dtype=np.float64)
     top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    from PIL import Image
-
     return Image.fromarray(np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8))
 
 

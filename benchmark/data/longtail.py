@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from benchmark.core.errors import DataError
 
 PROFILES = ("exp", "step", "none", "file")  # parametric: exp, step; others see build_dataset
 GROUP_RULES = ("thresholds", "thirds")

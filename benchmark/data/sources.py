@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from ..registry import Registry, UnknownNameError
+from benchmark.core.errors import DataError
+from benchmark.core.registry import Registry, UnknownNameError
 
 # name -> (torch interpolate mode, antialias); 'nearest' uses nearest-exact, which matches
 # PIL / scikit-image (torch's legacy 'nearest' shifts the image by half a pixel)

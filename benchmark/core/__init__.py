@@ -1,0 +1,1 @@
+"""Foundations every stage uses: configuration, presets, registries, errors, devices, process groups."""

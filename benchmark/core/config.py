@@ -1,0 +1,283 @@
+"""The configuration tree: frozen dataclasses, presets hold defaults, typed overrides.
+
+``--set section.key=value`` overrides any field; the value is parsed to the field's type and
+an unknown key is an error listing close matches.  The resolved tree is written into every
+run folder before work starts (``config.json``) and into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+from benchmark.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "fashion-mnist"  # registry name, or "imagefolder:PATH"
+    data_root: str | None = None  # where dataset files live / are downloaded to
+    resolution: int | None = None  # None keeps the source's native size
+    resize: str = "bicubic-antialias"  # named resize method, recorded with the data
+    profile: str = "exp"  # exp | step | none | file
+    imbalance: float = 0.01  # n_min / n_max; 0.01 is "IR 100"
+    counts_file: str | None = None  # per-class counts (profile "file")
+    split_seed: int = 0  # seed of the LDAM selection (0 in all papers)
+    n_max: int | None = None  # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
+    groups: str = "auto"  # thresholds | thirds | auto (the dataset's own rule)
+    many_threshold: int = 100  # many: count > this
+    few_threshold: int = 20  # few: count < this
+    reference_folder: str | None = None  # imagefolder: separate balanced evaluation folder
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    attn_resolutions: tuple[int, ...] = (16,)
+    num_res_blocks: int = 2
+    dropout: float = 0.1
+
+
+MODEL_SIZES: dict[str, ModelConfig] = {
+    # DDPM CIFAR design, ~35.7M parameters at 32x32 (the CBDM / T2H / CORAL backbone)
+    "paper": ModelConfig(),
+    # CPU sizes
+    "small": ModelConfig(ch=32, ch_mult=(1, 2, 2), attn_resolutions=(8,), num_res_blocks=1, dropout=0.0),
+    "tiny": ModelConfig(ch=16, ch_mult=(1, 2), attn_resolutions=(4,), num_res_blocks=1, dropout=0.0),
+}
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    T: int = 1000
+    beta_1: float = 1e-4
+    beta_T: float = 0.02
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300_000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup: int = 5000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    label_drop: float = 0.1  # probability of an unconditional (null-label) draw
+    label_drop_mode: str = "batch"  # batch (official: the whole batch) | sample
+    hflip: bool | None = None  # None: the dataset decides (no flips for digits / text-like data)
+    ckpt_every: int = 5000
+    log_every: int = 100
+    amp: str = "bf16"  # bf16 | none; autocast is used on CUDA only
+    tf32: bool = True
+    compile: bool = False
+    channels_last: bool = False
+    init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
+    # per-method batch sizes, e.g. ("cbdm=48",) for the official CBDM runs; others use batch_size
+    method_batch_size: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Options of every registered method; a method reads only its own."""
+
+    cbdm_tau: float = 1.0
+    cbdm_gamma: float = 0.25
+    cbdm_prior: str = "train"  # train (official from-scratch) | uniform (fine-tune)
+    reweight_scheme: str = "inverse"  # inverse | effective
+    reweight_beta: float = 0.999
+    resample_q: float = 0.0  # class drawn with prob ~ n_c ** q
+    resample_schedule: str = "fixed"  # fixed | progressive (q: 1 -> 0 over training)
+    # cbdm-ft: fine-tuning steps on top of the grid's ddpm model; None = a tenth of train.steps
+    cbdm_ft_steps: int | None = None
+    t2h_gate: str = "t2h"  # oriented calibration: t2h (swap towards more frequent classes) | h2t | full
+    coral_weight: float = 0.5  # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale))
+    coral_temperature: float = 0.1  # supervised contrastive temperature
+    coral_dim: int = 128  # width of the projection head on the UNet bottleneck
+    coral_time_scale: float = 0.3
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "ddim"  # ddim | ddpm (ancestral, all T steps)
+    steps: int = 50
+    eta: float = 0.0
+    guidance: float | None = 1.5  # omega; None = each method's official strength
+    n_per_class: int = 5000
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    feature_space: str = "auto"  # inception | classifier | dinov2 | auto (the dataset's default)
+    reference: str = "test"  # test | train-balanced | longtail
+    resize: str = "clean"  # clean (clean-fid's PIL bicubic) | legacy (torch-fidelity)
+    fid_backend: str = "torch-fidelity"  # torch-fidelity | clean-fid
+    inception_weights: str | None = None  # path; else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache
+    pr_k: int = 3
+    dc_k: int = 5
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # shrunk to the smaller set when n is small (recorded)
+    bootstrap: int = 0  # bootstrap resamples for confidence intervals (0 = off)
+    real_floor: bool = True
+    downstream: bool = True
+    batch_size: int = 256
+    classifier_epochs: int = 10  # the domain evaluator (classifier feature space)
+    classifier_per_class: int | None = None  # cap on the evaluator's balanced training pool (None: all)
+    downstream_epochs: int = 10  # CAS / augmentation / real-LT classifiers
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    methods: tuple[str, ...] = ("ddpm", "cbdm", "reweight", "resample")
+    imbalances: tuple[float, ...] = (0.01,)
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "custom"
+    protocol: str = "ddim"  # the named evaluation protocol; rows of different protocols never mix
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+
+
+# ---------------------------------------------------------------- serialisation
+
+
+def to_dict(cfg: Any) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a dataclass tree from :func:`to_dict` output (unknown keys are errors)."""
+    kwargs = {}
+    known = {f.name: f for f in fields(cls)}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {key!r} in {cls.__name__}")
+        ftype = _resolved_types(cls)[key]
+        if is_dataclass(ftype):
+            kwargs[key] = from_dict(ftype, value)
+        else:
+            kwargs[key] = _coerce(value, ftype, key)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def all_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def override(cfg: Config, key: str, raw: Any) -> Config:
+    """Return ``cfg`` with dotted ``key`` set to ``raw`` parsed to the field's type."""
+    parts = key.split(".")
+    valid = all_keys(cfg)
+    if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"unknown config key {key!r}.{hint} Run with --dry-run to see every key, "
+            "or `list` for the valid names of datasets, methods and presets."
+        )
+    return _set(cfg, parts, raw, key)
+
+
+def _set(node: Any, parts: list[str], raw: Any, full: str) -> Any:
+    name = parts[0]
+    if len(parts) > 1:
+        return replace(node, **{name: _set(getattr(node, name), parts[1:], raw, full)})
+    ftype = _resolved_types(type(node))[name]
+    return replace(node, **{name: _coerce(raw, ftype, full)})
+
+
+def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r} (for example --set train.steps=2000)")
+        key, raw = pair.split("=", 1)
+        cfg = override(cfg, key.strip(), raw.strip())
+    return cfg
+
+
+def _resolved_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+_NONE_WORDS = {"none", "null", ""}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(raw: Any, ftype: Any, key: str) -> Any:
+    origin = typing.get_origin(ftype)
+    args = typing.get_args(ftype)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in _NONE_WORDS):
+            return None
+        return _coerce(raw, non_none[0], key)
+    if origin is tuple:
+        inner = args[0]
+        if isinstance(raw, str):
+            items = [s for s in raw.replace(" ", "").strip("()[]").split(",") if s]
+        else:
+            items = list(raw)
+        return tuple(_coerce(i, inner, key) for i in items)
+    try:
+        if ftype is bool:
+            if isinstance(raw, bool):
+                return raw
+            word = str(raw).lower()
+            if word in _TRUE:
+                return True
+            if word in _FALSE:
+                return False
+            raise ValueError
+        if ftype is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            if isinstance(raw, str):
+                try:
+                    return int(raw)
+                except ValueError:  # accept "2e3" for 2000, but not "2.5"
+                    as_float = float(raw)
+                    if not as_float.is_integer():
+                        raise
+                    return int(as_float)
+            return int(raw)
+        if ftype is float:
+            return float(raw)
+        if ftype is str:
+            return str(raw)
+    except (TypeError, ValueError):
+        pass
+    else:
+        return raw
+    tname = getattr(ftype, "__name__", str(ftype))
+    raise ConfigError(f"config key {key!r} expects {tname}, got {raw!r}")

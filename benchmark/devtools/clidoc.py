@@ -1,0 +1,58 @@
+"""Keep the README's CLI reference in step with ``--help``.
+
+``python -m benchmark.devtools.clidoc`` rewrites the block between ``<!-- CLI -->`` and ``<!-- /CLI -->``
+in README.md from the argument parser itself; ``tests/test_cli.py`` fails when they differ.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from benchmark.cli import build_parser
+
+START, END = "<!-- CLI -->", "<!-- /CLI -->"
+WIDTH = "100"  # argparse wraps to $COLUMNS; fixed so the text does not depend on the terminal
+
+
+def render() -> str:
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = WIDTH
+    try:
+        parser = build_parser()
+        parts = [
+            "## CLI reference",
+            "",
+            "`python run_benchmark.py ...` and the installed `ltgen-bench ...` are the same program. Without a "
+            "command it runs `run` with the default preset (`demo`). Exit status: 0 success, 1 a grid cell failed "
+            "(the others finished), 2 bad input.",
+            "",
+            "```text", parser.format_help().rstrip(), "```", "",
+        ]  # fmt: skip
+        sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        for name, p in sub.choices.items():
+            parts += [f"### `{name}`", "", "```text", p.format_help().rstrip(), "```", ""]
+        return "\n".join(parts)
+    finally:
+        if old is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = old
+
+
+def current_block(readme: str) -> str:
+    return readme[readme.index(START) + len(START) + 1 : readme.index(END)]
+
+
+def update(path: Path) -> bool:
+    readme = path.read_text()
+    new = readme[: readme.index(START)] + START + "\n" + render() + END + readme[readme.index(END) + len(END) :]
+    changed = new != readme
+    path.write_text(new)
+    return changed
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    print(f"{target}: {'updated' if update(target) else 'already in step'}")

@@ -1,0 +1,262 @@
+"""Throughput of the engine, against a plain reference loop and against the bare model (issue 7).
+
+    python -m benchmark.devtools.perf --size small --resolution 32 --batch 64 --device cpu
+
+One run prints, for one backbone size, resolution, batch and device:
+
+* train: images/s of the harness loop (``benchmark.engine.trainer.train``, what a grid cell pays) for
+  ddpm and cbdm; of a reference loop written the straightforward way (fp32, DataLoader over a
+  TensorDataset with shuffle, CBDM's two evaluations as two forward passes, EMA by a state_dict
+  copy loop, ``.item()`` every step); of the bare model's forward+backward+Adam step on one
+  fixed batch (the limit: for cbdm one forward over the doubled batch); the ratios; peak memory;
+* sample: images/s of DDPM-1000 ancestral and DDIM-50, both with guidance (cond + uncond);
+* eval: seconds for every per-class + group metric row vs one overall pass, synthetic features.
+
+The training arms (``benchmark.devtools.perf_loops``) run in rounds, in alternating order, each after its
+own untimed warm-up steps; a figure is the median over rounds and a ratio the median of per-round
+ratios, so drift on a shared machine hits all arms alike.  Every batch is conditional (``--label-drop 0``) unless
+asked otherwise, so CBDM always pays its regulariser.  A yardstick, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
+from benchmark.core.device import resolve_device
+from benchmark.devtools.perf_loops import (
+    METHODS,
+    cpu_gemm_tflops,
+    fake_dataset,
+    measure_training,
+    peak_mib,
+    peak_start,
+    sync,
+    train_flops_per_image,
+)
+from benchmark.engine.backbone import build_unet, count_parameters
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.sampling import balanced_labels, sample_images, sample_seeds
+from benchmark.eval.metrics import GROUPS, compute_rows
+
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, per GPU
+
+# ---------------------------------------------------------------- sampling and evaluation
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAfter(torch.nn.Module):
+    """Wraps the model: stamps the start of every forward and stops the sampler before call k+1."""
+
+    def __init__(self, model: torch.nn.Module, k: int, device: torch.device) -> None:
+        super().__init__()
+        self.model, self.k, self.device, self.stamps = model, k, device, []
+        self.in_channels, self.resolution, self.num_classes = model.in_channels, model.resolution, model.num_classes
+
+    def forward(self, *args, **kwargs):
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+        if len(self.stamps) > self.k:
+            raise _Stop
+        return self.model(*args, **kwargs)
+
+
+def sample_rate(model, diffusion, *, sampler: str, steps: int, n: int, guidance: float, device,
+                timed_steps: int | None = None) -> float:
+    """images/s of ``sample_images``; with ``timed_steps`` only that many steps are run and the
+    full count is extrapolated from their mean (setup + steps x mean step)."""
+    labels = balanced_labels(model.num_classes, -(-n // model.num_classes))[:n]
+    kw = dict(labels=labels, seeds=sample_seeds(0, n), sampler=sampler, steps=steps, guidance=guidance,
+              batch_size=n, device=device)
+    sample_images(model, diffusion, **{**kw, "sampler": "ddim", "steps": 2})  # warm-up at the same shape
+    sync(device)
+    t0 = time.perf_counter()
+    if timed_steps:
+        wrapped = _StopAfter(model, timed_steps, device)
+        try:
+            sample_images(wrapped, diffusion, **kw)
+        except _Stop:
+            pass
+        s = wrapped.stamps
+        total = (s[0] - t0) + steps * (s[-1] - s[0]) / timed_steps
+    else:
+        sample_images(model, diffusion, **kw)
+        sync(device)
+        total = time.perf_counter() - t0
+    return n / total
+
+
+def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int) -> tuple[float, float, int]:
+    """(one overall pass, overall + groups + every class, rows) on synthetic class-clustered features."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    centres = rng.normal(size=(num_classes, dim))
+    gen = centres[labels] + rng.normal(size=(len(labels), dim))
+    ref = centres[labels] + rng.normal(size=(len(labels), dim))
+    groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
+    t0 = time.perf_counter()
+    compute_rows(gen, labels, ref, labels, groups=["all"] * num_classes, per_class=False, kid_subsets=kid_subsets)
+    t1 = time.perf_counter()
+    rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets)
+    return t1 - t0, time.perf_counter() - t1, len(rows)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _environment(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    try:
+        # --dirty: figures from a tree with uncommitted changes say so
+        rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        rev = "?"
+    return (f"torch {torch.__version__} (cuda {torch.version.cuda}), python {platform.python_version()}, "
+            f"device {device} ({name}), {os.cpu_count()} cpus, torch threads {torch.get_num_threads()} "
+            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), git {rev}")
+
+
+def _spread(xs: list[float]) -> str:
+    return f"{statistics.median(xs):8.1f} [{min(xs):.1f}-{max(xs):.1f}]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="small", choices=sorted(MODEL_SIZES))
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--methods", default="ddpm,cbdm", help=f"comma list from {', '.join(METHODS)}")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of (harness, reference, bare), alternating order")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per arm and round")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per arm and round (divides --steps)")
+    p.add_argument("--label-drop", type=float, default=0.0, help="unconditional-batch probability (0: all conditional)")
+    p.add_argument("--channels-last", choices=("default", "on", "off"), default="default",
+                   help="harness and bare model memory format (default: TrainConfig's)")
+    p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA (the reference is fp32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the harness and bare model")
+    p.add_argument("--mkldnn", choices=("on", "off"), default="on",
+                   help="CPU convolutions through oneDNN (torch's default) or torch's native im2col + GEMM, all arms")
+    p.add_argument("--sample-n", type=int, default=None, help="images per sampling run, one batch (default: --batch)")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--ddpm-timed-steps", type=int, default=20,
+                   help="time this many of DDPM's 1000 steps and extrapolate (0: run all of them)")
+    p.add_argument("--guidance", type=float, default=1.5)
+    p.add_argument("--eval-classes", type=int, default=100)
+    p.add_argument("--eval-per-class", type=int, default=20)
+    p.add_argument("--eval-dim", type=int, default=2048)
+    p.add_argument("--eval-kid-subsets", type=int, default=100)
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train, sample, eval")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak TFLOP/s to report a fraction of "
+                   "(default on CUDA: the GPU's bf16 peak from a table; on the CPU: a measured fp32 GEMM rate)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    methods = [m for m in args.methods.split(",") if m]
+    if unknown := [m for m in methods if m not in METHODS]:
+        p.error(f"no reference loop for {unknown}; choose from {', '.join(METHODS)}")
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = args.mkldnn == "on"
+    try:
+        _run(args, methods, argv)
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -> None:
+    skip = {s for s in args.skip.split(",") if s}
+
+    device = resolve_device(args.device)
+    tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, amp=args.amp, compile=args.compile)
+    if args.channels_last != "default":
+        tc = replace(tc, channels_last=args.channels_last == "on")
+    cfg = Config(model=MODEL_SIZES[args.size], train=tc, method=MethodConfig())
+    data = fake_dataset(channels=args.channels, resolution=args.resolution, num_classes=args.classes)
+    model = build_unet(cfg.model, channels=args.channels, resolution=args.resolution, num_classes=args.classes)
+    print("$ python -m benchmark.devtools.perf " + shlex.join(sys.argv[1:] if argv is None else argv))
+    print("# " + _environment(device))
+    print(f"# model {args.size}: {count_parameters(model) / 1e6:.2f}M params, {args.channels}x{args.resolution}x"
+          f"{args.resolution}, {args.classes} classes, batch {args.batch}; harness and bare: channels_last="
+          f"{tc.channels_last}, amp={tc.amp if device.type == 'cuda' else 'none (cpu)'}, compile={tc.compile}; "
+          f"reference: fp32, contiguous, eager" + ("" if device.type == "cuda" else f"; cpu convolutions: "
+          f"{'oneDNN' if torch.backends.mkldnn.enabled else 'native (oneDNN off)'}"))
+
+    if "train" not in skip:
+        flops = train_flops_per_image(cfg, data, device=device)
+        peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items()
+                                         if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+        kind = "the given peak" if args.peak_tflops else "bf16 peak"
+        if peak is None and device.type == "cpu":
+            peak = cpu_gemm_tflops()
+            kind = "this CPU's fp32 GEMM rate"
+            print(f"\n# fp32 GEMM (2048x2048 @ 2048x2048, torch.mm) on this CPU: {peak:.3f} TFLOP/s, "
+                  f"measured now; the practical compute limit the training rates are compared with")
+        print(f"\ntrain: images/s, median [min-max] of {args.rounds} rounds x {args.steps} timed steps "
+              f"(+{args.warmup_steps} warm-up) per arm; label_drop={args.label_drop}; "
+              f"model forward+backward {flops / 1e9:.3f} GFLOP per image (cbdm: two per image)")
+        print(f"{'method':<7}{'harness':>24}{'reference':>24}{'bare (limit)':>24}{'harness/ref':>13}"
+              f"{'harness/bare':>14}{'harness TFLOP/s':>17}  peak MiB harness/ref/bare")
+        for name in methods:
+            m = measure_training(cfg, data, name, rounds=args.rounds, steps=args.steps, warm=args.warmup_steps,
+                                 device=device)
+            ips = m["ips"]
+            tflops = statistics.median(ips["harness"]) * flops * (2 if name == "cbdm" else 1) / 1e12
+            frac = f" ({100 * tflops / peak:.1f}% of {kind})" if peak else ""
+            mem = "/".join(f"{m['peak'][a]:.0f}" for a in ("harness", "reference", "bare"))
+            print(f"{name:<7}{_spread(ips['harness']):>24}{_spread(ips['reference']):>24}{_spread(ips['bare']):>24}"
+                  f"{m['vs_ref']:>12.2f}x{m['vs_bare']:>13.2f}x{tflops:>17.3f}  {mem}{frac}")
+        if device.type != "cuda":
+            print("  (peak memory on the CPU is the process's peak RSS so far, not per arm)")
+
+    if "sample" not in skip:
+        n = args.sample_n or args.batch
+        torch.manual_seed(0)
+        net = build_unet(cfg.model, channels=args.channels, resolution=args.resolution,
+                         num_classes=args.classes).to(device)
+        diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+        print(f"\nsample: {n} images in one batch, guidance w={args.guidance} (cond + uncond in one forward of "
+              f"{2 * n}), random weights, eval mode")
+        for sampler, steps, timed in (("ddpm", diffusion.T, args.ddpm_timed_steps), ("ddim", args.sample_steps, 0)):
+            base = peak_start(device)
+            rate = sample_rate(net, diffusion, sampler=sampler, steps=steps, n=n, guidance=args.guidance,
+                               device=device, timed_steps=timed if timed and timed < steps else None)
+            how = f"EXTRAPOLATED from {timed} of {steps} steps" if timed and timed < steps else "measured"
+            print(f"  {sampler}-{steps:<5} {rate:10.3f} images/s  ({rate * steps:9.1f} image-steps/s, {how}; "
+                  f"peak {peak_mib(device, base):.0f} MiB)")
+
+    if "eval" not in skip:
+        overall, full, rows = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class,
+                                           dim=args.eval_dim, kid_subsets=args.eval_kid_subsets)
+        print(f"\neval: {args.eval_classes} classes x {args.eval_per_class} images per class, features dim "
+              f"{args.eval_dim}, {args.eval_kid_subsets} KID subsets (synthetic features, CPU)")
+        print(f"  one overall pass {overall:7.2f} s; overall + 3 groups + {args.eval_classes} classes "
+              f"({rows} rows) {full:7.2f} s = {full / overall:.2f}x the overall pass; "
+              f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

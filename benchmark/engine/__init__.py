@@ -1,0 +1,1 @@
+"""The generative engine: backbone UNet, diffusion, the one training loop, sampling, checkpoints."""

@@ -1,0 +1,1 @@
+"""Evaluation: feature spaces, metrics, evaluator and downstream classifiers, scoring outside samples."""

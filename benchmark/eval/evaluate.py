@@ -1,0 +1,226 @@
+"""Score one set of class-labelled images: features once, every metric by slicing, downstream accuracy.
+
+``evaluate_set`` returns the tidy rows [feature_space, metric, group, class, n_gen, n_ref,
+value, note]; ``real_floor_rows`` scores real held-out reference images the same way (what a
+perfect generator would score at that sample size); ``load_samples`` reads images generated
+outside the harness.  The reference set is a named choice (``EvalConfig.reference``):
+``test`` (the balanced test split), ``train-balanced`` (the balanced full train pool) or
+``longtail`` (the long-tailed train subset); its name is in every row's note.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from benchmark.core.config import EvalConfig
+from benchmark.core.distributed import current, main_first
+from benchmark.core.errors import ConfigError, DataError
+from benchmark.eval.downstream import downstream_rows
+from benchmark.eval.features import extract_cached, get_feature_space
+from benchmark.eval.metrics import compute_rows
+
+COLUMNS = ["feature_space", "metric", "group", "class", "n_gen", "n_ref", "value", "note"]
+REFERENCES = ("test", "train-balanced", "longtail")
+
+
+def reference_set(dataset, reference: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if reference == "test":
+        return dataset.source.test.images, dataset.source.test.labels
+    if reference == "train-balanced":
+        return dataset.source.train.images, dataset.source.train.labels
+    if reference == "longtail":
+        return dataset.train_images, torch.as_tensor(dataset.train_labels, dtype=torch.int64)
+    raise ConfigError(f"unknown eval.reference {reference!r}; use one of {', '.join(REFERENCES)}")
+
+
+def _check_images(images: torch.Tensor, labels: torch.Tensor, dataset) -> None:
+    want = (dataset.channels, dataset.resolution, dataset.resolution)
+    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != want:
+        raise DataError(f"images must be uint8 [N, {want[0]}, {want[1]}, {want[2]}] to match the dataset, got "
+                        f"{tuple(images.shape)} {images.dtype}; resize/convert them (or pick --set data.resolution)")
+    if labels.shape != (len(images),):
+        raise DataError(f"need one label per image: {len(images)} images, labels of shape {tuple(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= dataset.num_classes):
+        raise DataError(f"labels must lie in 0..{dataset.num_classes - 1} (the dataset's classes), got "
+                        f"{int(labels.min())}..{int(labels.max())}")
+
+
+def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset, cfg: EvalConfig, seed: int,
+                        space_id: str, extra_note: str) -> pd.DataFrame:
+    rows = compute_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=list(dataset.groups),
+                        k=cfg.pr_k, dc_k=cfg.dc_k, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
+                        gen_probs=gen.get("probs"), gen_logits=gen.get("logits"), bootstrap=cfg.bootstrap, seed=seed,
+                        backend=cfg.fid_backend)
+    frame = pd.DataFrame(rows)
+    frame["note"] = [";".join(p for p in (n, extra_note) if p) for n in frame["note"]]
+    frame.insert(0, "feature_space", space_id)
+    return frame
+
+
+def _evaluator_row(space, n_ref: int) -> list[dict]:
+    info = getattr(space, "info", None)
+    if not info:
+        return []
+    return [dict(feature_space=space.identity, metric="evaluator_acc", group="all", **{"class": None}, n_gen=0,
+                 n_ref=info["n_test"], value=info["test_acc"], note=f"arch={info['arch']};epochs={info['epochs']}")]
+
+
+def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: EvalConfig, cache_dir: Path,
+                 device: torch.device, seed: int = 0, downstream: bool = True, progress: bool = True,
+                 together: bool = False) -> pd.DataFrame | None:
+    """All rows for one generated set (see module docstring); features cached under ``cache_dir``.
+
+    ``together=True``: a collective call of every torchrun rank.  Rank 0 prepares the feature
+    space first (e.g. trains and caches the evaluator; the others then load it), the ranks split
+    the feature extraction of both sets, and rank 0 alone computes the rows and returns them
+    (None on the other ranks).
+    """
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    _check_images(images, labels, dataset)
+    cache_dir = Path(cache_dir)
+    with main_first(together=together):
+        space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
+                                  progress=progress and current().main)
+    ref_images, ref_labels = reference_set(dataset, cfg.reference)
+    gen = extract_cached(space, images, cache_dir=cache_dir, progress=progress, together=together)
+    ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress, together=together)
+    if together and not current().main:
+        return None
+    frame = _rows_from_features(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
+                                space_id=space.identity, extra_note=f"reference={cfg.reference}")
+    parts = [frame, pd.DataFrame(_evaluator_row(space, len(ref_labels)))]
+    if downstream and cfg.downstream:
+        down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.downstream_epochs, seed=seed,
+                               device=device, cache_dir=cache_dir, progress=progress, include_real=False)
+        down.insert(0, "feature_space", "none")
+        parts.append(down)
+    frame = pd.concat([p for p in parts if len(p)], ignore_index=True)[COLUMNS]
+    frame["class"] = frame["class"].astype("Int64")  # class index, <NA> for overall / group rows
+    return frame
+
+
+def floor_split(ref_labels: np.ndarray, n_per_class: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Held-out / rest indices: n_per_class per class, capped at half a class so both sides stay usable."""
+    rng = np.random.RandomState(seed)
+    held, capped = [], 0
+    for c in np.unique(ref_labels):
+        idx = rng.permutation(np.flatnonzero(ref_labels == c))
+        n = min(n_per_class, len(idx) // 2)
+        capped += n < n_per_class
+        held.append(idx[:n])
+    held_idx = np.sort(np.concatenate(held))
+    rest = np.setdiff1d(np.arange(len(ref_labels)), held_idx)
+    return held_idx, rest, int(capped)
+
+
+def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Path, device: torch.device,
+                    seed: int = 0, progress: bool = True) -> pd.DataFrame:
+    """Metrics of real held-out reference images vs the rest of the reference; cached per dataset."""
+    cache_dir = Path(cache_dir)
+    space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
+                              progress=progress)
+    key = json.dumps(dict(source=dataset.source.source_id, fp=dataset.fingerprint, reference=cfg.reference,
+                          space=space.identity, n=n_per_class, seed=seed, k=cfg.pr_k, dc_k=cfg.dc_k,
+                          kid=[cfg.kid_subsets, cfg.kid_subset_size], boot=cfg.bootstrap, backend=cfg.fid_backend),
+                     sort_keys=True)
+    path = cache_dir / f"real_floor-{hashlib.sha256(key.encode()).hexdigest()[:16]}.csv"
+    if path.exists():
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame["class"] = frame["class"].astype("Int64")
+        frame["note"] = frame["note"].fillna("")
+        return frame[COLUMNS]
+    ref_images, ref_labels = reference_set(dataset, cfg.reference)
+    ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress)  # shared with evaluate_set
+    labels = ref_labels.numpy()
+    held, rest, capped = floor_split(labels, n_per_class, seed=seed)
+    gen = {k: v[held] for k, v in ref.items()}
+    note = f"reference={cfg.reference};real_floor n_per_class={n_per_class}"
+    if capped:
+        note += f";capped_classes={capped}"
+    frame = _rows_from_features(gen, labels[held], {k: v[rest] for k, v in ref.items()}, labels[rest],
+                                dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note)
+    frame = frame[COLUMNS]
+    frame["class"] = frame["class"].astype("Int64")
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return frame
+
+
+# ---------------------------------------------------------------- bring your own samples
+
+
+def load_samples(path: str | Path, *, class_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read (uint8 images [N, C, H, W], int64 labels) from an .npz (images + labels) or one folder per class."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"samples path {path} does not exist; pass an .npz with 'images' and 'labels' or a folder "
+                        "with one sub-folder per class")
+    if path.is_dir():
+        return _load_folder(path, class_names)
+    if path.suffix != ".npz":
+        raise DataError(f"samples file {path} is not .npz; save np.savez(path, images=uint8 array, labels=int array)")
+    with np.load(path) as z:
+        missing = {"images", "labels"} - set(z.files)
+        if missing:
+            raise DataError(f"{path} lacks {sorted(missing)} (has {z.files}); save with np.savez(path, images=..., labels=...)")
+        images, labels = z["images"], z["labels"]
+    return _to_nchw(images, str(path)), _labels(labels, len(images), str(path))
+
+
+def _to_nchw(images: np.ndarray, where: str) -> torch.Tensor:
+    if images.dtype != np.uint8:
+        raise DataError(f"images in {where} are {images.dtype}; convert to uint8 0..255 "
+                        "(e.g. (x.clip(0, 1) * 255).round().astype(np.uint8))")
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4:
+        raise DataError(f"images in {where} have shape {images.shape}; expected [N, C, H, W] or [N, H, W, C]")
+    if images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.shape[1] not in (1, 3):
+        raise DataError(f"images in {where} have shape {images.shape}; need 1 or 3 channels, NCHW or NHWC")
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def _labels(labels: np.ndarray, n: int, where: str) -> torch.Tensor:
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels in {where} must be {n} integers (one per image), got {labels.shape} {labels.dtype}")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def _load_folder(root: Path, class_names: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{root} has no class sub-folders; use one folder per class named 0..C-1 (or by class name)")
+    images, labels = [], []
+    for folder in folders:
+        if folder.name.isdigit():
+            label = int(folder.name)
+        elif class_names and folder.name in class_names:
+            label = class_names.index(folder.name)
+        else:
+            raise DataError(f"class folder {folder.name!r} in {root} is neither a class index nor a class name "
+                            f"({class_names or 'none given'}); rename it to its class index")
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+                continue
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
+            images.append(arr if arr.ndim == 3 else arr[:, :, None])
+            labels.append(label)
+    if not images:
+        raise DataError(f"no images (.png/.jpg) found in the class folders of {root}")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DataError(f"images in {root} differ in size/channels {sorted(shapes)}; export them at one resolution")
+    return _to_nchw(np.stack(images), str(root)), torch.tensor(labels, dtype=torch.int64)

@@ -1,0 +1,1 @@
+"""The harness: grid cells, the stages of one cell, launchers, the results table."""

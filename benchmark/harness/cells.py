@@ -1,0 +1,157 @@
+"""Grid cells: what one cell is (dataset x imbalance x method x seed), where its folder lives, its
+config, and the config record that guards a folder against mixing runs of different settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from benchmark.core.config import Config, GridConfig, to_dict
+from benchmark.core.errors import ConfigError
+from benchmark.core.files import write_text_atomic
+from benchmark.core.names import REAL
+from methods import fine_tuner
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    profile: str
+    imbalance: float
+    method: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{dataset_slug(self.dataset)} {self.profile}-{self.imbalance:g} {self.method} seed{self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        return (
+            Path(out) / "runs" / dataset_slug(self.dataset) / f"{self.profile}-{self.imbalance:g}"
+            / self.method.replace("+", "_") / f"seed{self.seed}"
+        )  # fmt: skip
+
+
+def dataset_slug(spec: str) -> str:
+    if spec.startswith("imagefolder:"):
+        return "imagefolder-" + Path(spec.split(":", 1)[1].rstrip("/")).name
+    return spec
+
+
+def method_order(methods: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The methods in run order, each fine-tuning method (``init_from_method``, e.g. cbdm-ft) after
+    the method it starts from; and the methods added to the grid for that reason."""
+    order: list[str] = []
+    added: list[str] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in chain:
+            raise ConfigError(f"methods {' -> '.join((*chain, name))} fine-tune each other in a circle")
+        tuner = fine_tuner(name)
+        if tuner is not None:
+            if tuner.init_from_method not in methods and tuner.init_from_method not in added:
+                added.append(tuner.init_from_method)
+            visit(tuner.init_from_method, (*chain, name))
+        order.append(name)
+
+    for name in methods:
+        visit(name, ())
+    return order, added
+
+
+def expand_grid(cfg: Config) -> list[Cell]:
+    """Cells in run order; the real-data reference cells come first (they are shared).  A method that
+    fine-tunes another's model runs after that method's cell, which is added when not asked for."""
+    grid = cfg.grid
+    cells = []
+    imbalances = grid.imbalances if cfg.data.profile in ("exp", "step") else (1.0,)
+    methods, _added = method_order(grid.methods)
+    for imbalance in imbalances:
+        if cfg.eval.real_floor or cfg.eval.downstream:
+            cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, REAL, s) for s in grid.seeds]
+        for method in methods:
+            cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, method, s) for s in grid.seeds]
+    return cells
+
+
+def parent_cell(cell: Cell) -> Cell | None:
+    """The cell whose finished model ``cell`` fine-tunes (same dataset, imbalance, seed), or None.
+    Launchers that run cells in parallel must finish it first."""
+    if cell.method == REAL:
+        return None
+    tuner = fine_tuner(cell.method)
+    return None if tuner is None else replace(cell, method=tuner.init_from_method)
+
+
+def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
+    """The config of one cell; ``out`` (the results folder) is needed for a fine-tuning cell, whose
+    ``train.init_from`` is its parent cell's model.pt."""
+    batch = cfg.train.batch_size
+    for item in cfg.train.method_batch_size:
+        name, _, value = item.partition("=")
+        if name == cell.method or name in cell.method.split("+"):
+            batch = int(value)
+    ccfg = replace(
+        cfg,
+        data=replace(cfg.data, dataset=cell.dataset, profile=cell.profile, imbalance=cell.imbalance),
+        train=replace(cfg.train, batch_size=batch),
+        grid=GridConfig(methods=(cell.method,), imbalances=(cell.imbalance,), seeds=(cell.seed,)),
+    )
+    parent = parent_cell(cell)
+    if parent is None:
+        return ccfg
+    if out is None:
+        raise ValueError(f"cell_config needs the results folder for {cell.name}, which fine-tunes {parent.name}")
+    ccfg = fine_tuner(cell.method).fine_tune_config(ccfg)
+    init = parent.folder(Path(out).resolve()) / "model.pt"
+    return replace(ccfg, train=replace(ccfg.train, init_from=str(init)))
+
+
+# keys that change how fast work runs, never what it computes
+_EXECUTION_ONLY = {"device", "preset", "sample.batch_size", "eval.batch_size", "train.ckpt_every", "train.log_every"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
+    path = folder / "config.json"
+    record = {"cell": cell.__dict__, "config": to_dict(cfg)}
+    if path.exists():
+        old = _flatten(json.loads(path.read_text())["config"])
+        new = _flatten(record["config"])
+        # Only keys both records know are compared: a field added in a later version (with a default
+        # that keeps the old behaviour) must not orphan every finished cell of an older results folder.
+        shared = set(old) & set(new)
+        if parent_cell(cell) is not None:  # the grid's own init_from: where the parent cell is inside OUT
+            for rec in (old, new):
+                rec["train.init_from"] = _inside_out(rec.get("train.init_from"))
+        diff = [k for k in sorted(shared) if k not in _EXECUTION_ONLY and old[k] != new[k]]
+        if diff:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
+            raise ConfigError(
+                f"{folder} holds a run made with a different config ({shown}). "
+                "Rerun with --force to redo this cell, or use --out for a new results folder."
+            )
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+
+
+def _inside_out(path: str | None) -> str | None:
+    """A grid-set init_from (OUT/runs/.../model.pt) without OUT, so a moved results folder still resumes."""
+    if not path:
+        return path
+    parts = Path(path).parts
+    return "/".join(parts[len(parts) - 1 - parts[::-1].index("runs"):]) if "runs" in parts else path

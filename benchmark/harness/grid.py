@@ -1,0 +1,191 @@
+"""Grid runs: dataset x imbalance x method x seed, each cell in its own resumable folder.
+
+Every stage writes into the cell folder and is skipped when its output exists: training
+(``model.pt``), sampling (``samples.npz``), evaluation (``metrics.csv``).  The resolved
+config is written before work starts and checked on every rerun, so a changed setting can
+never silently mix with old outputs.  A cell's rows enter ``results.csv`` once, when the
+cell is complete; a failing cell is logged and reported, the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.core.config import Config
+from benchmark.core.device import resolve_device
+from benchmark.core.distributed import broadcast, current
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.files import write_atomic, write_text_atomic
+from benchmark.core.names import REAL
+from benchmark.harness.cells import (
+    Cell,
+    cell_config,
+    check_or_write_config,
+    expand_grid,
+    method_order,
+)
+from benchmark.harness.results import COLUMNS, append_cell
+from benchmark.harness.stages import run_stages
+
+log = logging.getLogger("ltgen")
+
+
+@dataclass
+class CellOutcome:
+    cell: Cell
+    folder: Path
+    status: str  # done | skipped | failed
+    seconds: float
+    error: str = ""
+
+
+def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
+    device = resolve_device(cfg.device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = expand_grid(cfg)
+    outcomes = []
+    say = print if current().main else (lambda *a, **k: None)  # under torchrun rank 0 speaks
+    for name in method_order(cfg.grid.methods)[1]:
+        say(f"note: method {name!r} added to the grid: a method of the grid fine-tunes its models", flush=True)
+    for i, cell in enumerate(cells, 1):
+        folder = cell.folder(out)
+        say(f"[{i}/{len(cells)}] {cell.name}  ->  {folder}", flush=True)
+        outcomes.append(run_cell(cfg, cell, out, device=device, force=force, progress=progress))
+        status = outcomes[-1]
+        say(f"[{i}/{len(cells)}] {cell.name}: {status.status} in {status.seconds:.0f}s"
+              + (f"  ERROR: {status.error}" if status.error else ""), flush=True)  # fmt: skip
+    return outcomes
+
+
+def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False, progress: bool = True) -> CellOutcome:
+    folder = cell.folder(out)
+    start = time.time()
+    d = current()
+    if d.world > 1 and not d.main:  # torchrun: follow rank 0's decision, train and sample, write nothing
+        return _follow_cell(cfg, cell, out, device=device, progress=progress)
+    shared = d.world > 1 and cell.method != REAL  # real cells need no training: rank 0 alone runs them
+
+    joined = False  # True once the other ranks are inside this cell with rank 0
+
+    def announce(decision: str) -> None:
+        nonlocal shared, joined
+        if shared:
+            broadcast(decision)
+            shared, joined = False, decision == "run"
+
+    if force and folder.exists():
+        _clear_cell(folder)
+    ccfg = cell_config(cfg, cell, out)
+    handler = None
+    try:
+        check_or_write_config(folder, ccfg, cell)
+        if (folder / "done.json").exists():
+            announce("skip")
+            rows = pd.read_csv(folder / "metrics.csv", dtype={"split_fingerprint": str, "note": str})
+            append_cell(out / "results.csv", rows)  # no-op when present; heals a table lost or deleted
+            return CellOutcome(cell, folder, "skipped", time.time() - start)
+        handler = _attach_log(folder / "cell.log")
+        log.info("cell %s, config %s", cell.name, folder / "config.json")
+        announce("run")
+        rows = run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=progress)
+        rows = rows[COLUMNS]
+        write_atomic(folder / "metrics.csv", lambda tmp: rows.to_csv(tmp, index=False))
+        append_cell(out / "results.csv", rows, replace=force)
+        write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
+        return CellOutcome(cell, folder, "done", time.time() - start)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one failing cell must not lose the others
+        announce("skip")
+        if isinstance(exc, BenchmarkError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "cell.log", "a") as fh:
+            fh.write(traceback.format_exc())
+        if joined:  # the other ranks are inside this cell: they cannot go on without rank 0
+            raise RankFailure(cell, 0, message) from exc
+        return CellOutcome(cell, folder, "failed", time.time() - start, message)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) -> CellOutcome:
+    """Ranks 1.. of a torchrun job: train, sample and extract features with rank 0 when it runs the cell."""
+    folder, start = cell.folder(out), time.time()
+    if cell.method == REAL or broadcast(None) != "run":
+        return CellOutcome(cell, folder, "skipped", 0.0)
+    try:
+        run_stages(cell_config(cfg, cell, out), cell, folder, device=device, cache_dir=out / "cache", progress=False)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
+        rank = current().rank
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"cell.rank{rank}.log", "a") as fh:  # rank 0 may be stopped before it can record it
+            fh.write(traceback.format_exc())
+        raise RankFailure(cell, rank, message) from exc
+    return CellOutcome(cell, folder, "done", time.time() - start)
+
+
+class RankFailure(BenchmarkError):
+    """A cell failed on one rank of a torchrun job while the other ranks were inside it.
+
+    The ranks can no longer meet at the same collectives, so the job stops: this process exits
+    with an error and torchrun stops the others at once (instead of their waiting for the
+    process-group timeout).  Finished cells are kept; the same command resumes.
+    """
+
+    def __init__(self, cell: Cell, rank: int, message: str) -> None:
+        super().__init__(
+            f"cell {cell.name} failed on rank {rank}: {message}. Under torchrun the other processes cannot go on "
+            "without it, so the job stops here; fix the cause and rerun the same command: finished cells are "
+            "skipped and this one resumes from its last checkpoint"
+        )
+
+
+def _clear_cell(folder: Path) -> None:
+    """Everything but the record and logs of the Slurm job that may be running this very cell."""
+    for path in folder.iterdir():
+        if path.name in ("slurm.json", "submitit"):
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def summarize(outcomes: list[CellOutcome], out: Path) -> str:
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    failed = [o for o in outcomes if o.status == "failed"]
+    total = sum(o.seconds for o in outcomes)
+    lines = [
+        "",
+        f"{len(outcomes)} cells: {done} run, {skipped} already finished (skipped), {len(failed)} failed "
+        f"in {total / 60:.1f} min",
+        f"results table : {Path(out) / 'results.csv'}",
+        f"leaderboards  : {Path(out) / 'leaderboard.md'} (.tex, .csv)",
+        f"plots         : {Path(out) / 'plots'}/",
+        f"cell folders  : {Path(out) / 'runs'}/  (config.json, model.pt, samples.npz, metrics.csv, cell.log)",
+    ]
+    for o in failed:
+        lines.append(f"FAILED {o.cell.name}: {o.error}  (log: {o.folder / 'cell.log'})")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""The tidy results table: one row per measured number, appended once per finished cell.
+
+Leaderboards and plots read this table alone.  A cell's rows are appended under a file
+lock, and only when no row of that cell (same data, split, method, seed and protocol) is
+present yet, so reruns and concurrent workers never duplicate rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.core.errors import BenchmarkError
+
+COLUMNS = [
+    "dataset", "profile", "imbalance", "split_fingerprint",
+    "method", "seed", "train_steps",
+    "protocol", "sampler", "sampler_steps", "guidance",
+    "reference", "feature_space",
+    "metric", "group", "class",
+    "n_gen", "n_ref", "value", "note",
+]  # fmt: skip
+
+# the columns that identify one cell's block of rows
+CELL_KEY = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol"]
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(path.suffix + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.csv"
+    if not path.exists():
+        raise BenchmarkError(
+            f"no results table at {path}; run a benchmark into that folder first "
+            "(python run_benchmark.py run --out DIR) or point `report` at a folder that has results.csv"
+        )
+    table = pd.read_csv(path, dtype={"split_fingerprint": str, "note": str, "method": str})
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise BenchmarkError(f"{path} is not an LTGen-Bench results table (missing columns: {', '.join(missing)})")
+    table["note"] = table["note"].fillna("")
+    return table
+
+
+def _same_cell(table: pd.DataFrame, key: dict) -> pd.Series:
+    mask = pd.Series(True, index=table.index)
+    for col in CELL_KEY:
+        left = table[col]
+        value = key[col]
+        if isinstance(value, float):
+            mask &= (left.astype(float) - value).abs() < 1e-12
+        else:
+            mask &= left.astype(str) == str(value)
+    return mask
+
+
+def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> bool:
+    """Append one finished cell's rows; returns False when the cell was already present."""
+    if rows.empty:
+        raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
+    missing = [c for c in COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"result rows lack columns {missing}")
+    rows = rows[COLUMNS]
+    key = {c: rows.iloc[0][c] for c in CELL_KEY}
+    path = Path(path)
+    with locked(path):
+        if path.exists():
+            table = read_results(path)
+            present = _same_cell(table, key)
+            if present.any():
+                if not replace:
+                    return False
+                table = table[~present]
+                _write_atomic(path, pd.concat([table, rows], ignore_index=True))
+                return True
+            rows.to_csv(path, mode="a", header=False, index=False)
+        else:
+            _write_atomic(path, rows)
+    return True
+
+
+def _write_atomic(path: Path, table: pd.DataFrame) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)

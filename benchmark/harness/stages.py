@@ -1,0 +1,135 @@
+"""The stages of one grid cell: train -> sample -> evaluate, each skipped when done.
+
+Returns the cell's tidy rows (the results.csv schema); under torchrun only rank 0 gets them
+(the other ranks get None).  The pseudo-method ``real`` scores
+real held-out images (what a perfect generator would reach at the same sample size) and the
+downstream classifier trained on the real long-tailed set alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.core.config import Config
+from benchmark.core.distributed import current, main_first
+from benchmark.core.errors import TrainingError
+from benchmark.core.names import REAL
+from benchmark.data import build_dataset
+from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.sampling import generate_eval_set
+from benchmark.engine.trainer import load_model, train
+from benchmark.eval.downstream import real_rows
+from benchmark.eval.evaluate import evaluate_set, real_floor_rows
+from benchmark.eval.features import resolve_feature_space_name
+from benchmark.harness.cells import dataset_slug
+from benchmark.harness.results import COLUMNS
+from methods import get_method
+
+log = logging.getLogger("ltgen")
+
+
+def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> dict:
+    is_real = cell.method == REAL
+    return {
+        "dataset": dataset_slug(cell.dataset),
+        "profile": cell.profile,
+        "imbalance": cell.imbalance,
+        "split_fingerprint": dataset.fingerprint,
+        "method": cell.method,
+        "seed": cell.seed,
+        "train_steps": 0 if is_real else cfg.train.steps,
+        "protocol": cfg.protocol,
+        "sampler": "real" if is_real else cfg.sample.sampler,
+        "sampler_steps": 0 if is_real else cfg.sample.steps,
+        "guidance": math.nan if is_real or guidance is None else float(guidance),
+        "reference": cfg.eval.reference,
+        "feature_space_default": resolve_feature_space_name(cfg.eval.feature_space, dataset),
+    }
+
+
+def count_rows(dataset) -> pd.DataFrame:
+    """The class sizes of the split, so plots can put metrics against them from the table alone."""
+    groups = dataset.groups
+    return pd.DataFrame(
+        {
+            "metric": "train_count",
+            "group": "class",
+            "class": list(range(dataset.num_classes)),
+            "n_gen": 0,
+            "n_ref": 0,
+            "value": [float(c) for c in dataset.counts],
+            "note": [f"group={g}" for g in groups],
+        }
+    )
+
+
+def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame:
+    default_space = ident.pop("feature_space_default")
+    counts = count_rows(dataset)
+    counts["feature_space"] = metric_rows["feature_space"].iloc[0] if len(metric_rows) else default_space
+    rows = pd.concat([metric_rows, counts], ignore_index=True)
+    for key, value in ident.items():
+        rows[key] = value
+    rows["note"] = rows["note"].fillna("")
+    return rows[COLUMNS]
+
+
+def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame | None:
+    # under torchrun rank 0 downloads / caches the data before the others read it (real cells: rank 0 alone)
+    with main_first(together=cell.method != REAL):
+        dataset = build_dataset(cfg.data)
+    log.info("data %s: %d images, fingerprint %s", cell.dataset, int(dataset.counts.sum()), dataset.fingerprint)
+    if cell.method == REAL:
+        ident = identity_columns(cfg, cell, dataset, guidance=None)
+        parts = []
+        if cfg.eval.real_floor:
+            parts.append(real_floor_rows(
+                dataset, cfg=cfg.eval, n_per_class=cfg.sample.n_per_class, cache_dir=cache_dir, device=device,
+                seed=cell.seed, progress=progress,
+            ))  # fmt: skip
+        if cfg.eval.downstream:
+            real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
+                                          device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
+            real.insert(0, "feature_space", "none")
+            parts.append(real)
+        return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
+
+    method = get_method(cell.method, class_counts=dataset.counts, options=cfg.method)
+    guidance = cfg.sample.guidance if cfg.sample.guidance is not None else method.official_guidance
+    ident = identity_columns(cfg, cell, dataset, guidance=guidance)
+
+    if cfg.train.init_from and not Path(cfg.train.init_from).exists() and not (folder / "model.pt").exists():
+        raise TrainingError(
+            f"{cell.method} starts from {cfg.train.init_from}, which does not exist: the cell that writes it "
+            "must finish training first (see that cell's cell.log if it failed), then rerun"
+        )
+    log.info("stage train (%d steps%s)", cfg.train.steps, f", from {cfg.train.init_from}" if cfg.train.init_from else "")
+    model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
+                       progress=progress)  # fmt: skip
+    model, _info = load_model(model_path, device)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+
+    log.info("stage sample (%d per class, %s %d steps, guidance %s)", cfg.sample.n_per_class, cfg.sample.sampler,
+             cfg.sample.steps, guidance)  # fmt: skip
+    # every method of a cell seed draws from the same initial noise: a paired comparison
+    images, labels = generate_eval_set(
+        model, diffusion, num_classes=dataset.num_classes, n_per_class=cfg.sample.n_per_class,
+        cfg=replace(cfg.sample, guidance=guidance), seed=cell.seed, out_path=folder / "samples.npz",
+        device=device, progress=progress,
+    )  # fmt: skip
+    del model
+
+    log.info("stage evaluate")
+    # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows
+    rows = evaluate_set(
+        images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
+        downstream=cfg.eval.downstream, progress=progress, together=True,
+    )  # fmt: skip
+    if not current().main:
+        return None
+    return finish_rows(rows, ident, dataset)

@@ -1,0 +1,1 @@
+"""Reports drawn from results.csv alone: leaderboards and plots."""

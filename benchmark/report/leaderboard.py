@@ -1,0 +1,214 @@
+"""Leaderboards from ``results.csv`` alone: Markdown, LaTeX (booktabs) and CSV.
+
+One table per (dataset, profile, imbalance, protocol, feature space, reference): rows are
+methods, cells are mean +- std over seeds.  The best method per column is marked, and marked
+as not separable when its lead over the runner-up is within the seed spread.  Published
+numbers appear as labelled reference rows only when the protocol matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.core.names import REAL
+from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str
+    metric: str
+    group: str
+    lower_is_better: bool
+    digits: int = 2
+
+
+COLUMNS = [
+    Column("FID", "fid", "all", True),
+    Column("FID many", "fid", "many", True),
+    Column("FID med", "fid", "medium", True),
+    Column("FID few", "fid", "few", True),
+    Column("KIDx1e3", "kid", "all", True),
+    Column("Prec", "precision", "all", False, 3),
+    Column("Rec", "recall", "all", False, 3),
+    Column("Rec few", "recall", "few", False, 3),
+    Column("LabelAcc", "label_acc", "all", False, 3),
+    Column("CAS", "cas_acc", "all", False, 3),
+    Column("CAS few", "cas_acc", "few", False, 3),
+    Column("Aug", "aug_acc", "all", False, 3),
+    Column("Aug few", "aug_acc", "few", False, 3),
+]
+SCALE = {"kid": 1e3}
+
+# Published numbers, second-hand transcriptions: ddpm1000 rows from the CORAL paper's table, ddim rows
+# from the Capacity Manipulation paper's table (see the README): (dataset, imbalance, protocol) -> rows
+PUBLISHED = {
+    ("cifar100", 0.01, "ddpm1000"): {
+        "DDPM": {("fid", "all"): 7.70}, "CBDM": {("fid", "all"): 6.02},
+        "T2H": {("fid", "all"): 6.78}, "CORAL": {("fid", "all"): 5.37},
+    },
+    ("cifar10", 0.01, "ddpm1000"): {
+        "DDPM": {("fid", "all"): 6.17, ("recall", "all"): 0.52},
+        "CBDM": {("fid", "all"): 5.62, ("recall", "all"): 0.57},
+        "T2H": {("fid", "all"): 7.01, ("recall", "all"): 0.54},
+        "CORAL": {("fid", "all"): 5.32, ("recall", "all"): 0.59},
+    },
+    ("cifar100", 0.01, "ddim"): {
+        "DDPM": {("fid", "all"): 10.16, ("fid", "many"): 14.07, ("fid", "medium"): 15.66, ("fid", "few"): 22.19},
+        "CBDM": {("fid", "all"): 10.05}, "OC": {("fid", "all"): 8.31},
+    },
+    ("cifar10", 0.01, "ddim"): {
+        "DDPM": {("fid", "all"): 10.70}, "CBDM": {("fid", "all"): 8.23}, "OC": {("fid", "all"): 8.39},
+    },
+}  # fmt: skip
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Long summary: one row per (table key, method, metric, group) with mean, std, n seeds."""
+    agg = attach_feature_free_rows(table)
+    agg = agg[agg["group"] != "class"]
+    agg = agg[agg["metric"].isin({c.metric for c in COLUMNS})]
+    per_seed = agg.groupby(TABLE_KEY + ["method", "metric", "group", "seed"], dropna=False)["value"].mean()
+    grouped = per_seed.groupby(level=list(range(len(TABLE_KEY) + 3)), dropna=False)
+    out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n_seeds": grouped.count()})
+    return out.reset_index()
+
+
+def _fmt(mean: float, std: float, n: int, digits: int) -> str:
+    if np.isnan(mean):
+        return "-"
+    if n > 1 and not np.isnan(std):
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataFrame]]:
+    """[(key, display frame, marks frame)] where marks are '' / 'best' / 'tie'."""
+    summary = summarize(table)
+    boards = []
+    for key_values, block in summary.groupby(TABLE_KEY, dropna=False, sort=True):
+        key = dict(zip(TABLE_KEY, key_values))
+        methods = sorted(m for m in block["method"].unique() if m != REAL)
+        if REAL in set(block["method"]):
+            methods.append(REAL)
+        display = pd.DataFrame(index=methods, columns=["seeds"] + [c.label for c in COLUMNS], dtype=object)
+        marks = pd.DataFrame("", index=methods, columns=display.columns)
+        for method in methods:
+            rows = block[block["method"] == method]
+            display.loc[method, "seeds"] = str(int(rows["n_seeds"].max())) if len(rows) else "0"
+        for col in COLUMNS:
+            stats = {}
+            for method in methods:
+                hit = block[(block["method"] == method) & (block["metric"] == col.metric) & (block["group"] == col.group)]
+                scale = SCALE.get(col.metric, 1.0)
+                if len(hit):
+                    first = hit.iloc[0]
+                    mean, std, n = float(first["mean"]) * scale, float(first["std"]) * scale, int(first["n_seeds"])
+                else:
+                    mean, std, n = float("nan"), float("nan"), 0
+                display.loc[method, col.label] = _fmt(mean, std, n, col.digits)
+                if method != REAL and not np.isnan(mean):
+                    stats[method] = (mean, 0.0 if np.isnan(std) else std)
+            _mark_best(stats, col, marks)
+        published = PUBLISHED.get((key["dataset"], round(float(key["imbalance"]), 6), key["protocol"]), {})
+        for name, values in published.items():
+            label = f"{name} (published)"
+            display.loc[label] = "-"
+            marks.loc[label] = ""
+            display.loc[label, "seeds"] = "paper"
+            for col in COLUMNS:
+                if (col.metric, col.group) in values:
+                    display.loc[label, col.label] = f"{values[(col.metric, col.group)]:.{col.digits}f}"
+        if REAL in display.index:
+            display = display.rename(index={REAL: "real data (floor)"})
+            marks = marks.rename(index={REAL: "real data (floor)"})
+        boards.append((key, display, marks))
+    return boards
+
+
+def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:
+    if not stats:
+        return
+    order = sorted(stats, key=lambda m: stats[m][0], reverse=not col.lower_is_better)
+    best = order[0]
+    if len(order) == 1:
+        return
+    runner = order[1]
+    gap = abs(stats[best][0] - stats[runner][0])
+    spread = max(stats[best][1], stats[runner][1])
+    marks.loc[best, col.label] = "tie" if gap <= spread else "best"
+
+
+def _title(key: dict) -> str:
+    return (
+        f"{key['dataset']} {key['profile']} imbalance {float(key['imbalance']):g} | protocol {key['protocol']} | "
+        f"features {key['feature_space']} | reference {key['reference']}"
+    )
+
+
+LEGEND = (
+    "Mean ± std over seeds. **Bold**: best method in the column, separated from the runner-up by more "
+    "than the seed spread; *italic~*: best mean but within the seed spread of the runner-up (not separable). "
+    "With a single seed the spread is unknown, so bold then marks only the best mean. "
+    "FID/KID: lower is better; the rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
+    "images at the same sample size (a perfect generator's score); its CAS/Aug columns are empty and its "
+    "downstream baseline (classifier on the real long-tailed set alone) is in the CSV as real_acc."
+)
+
+
+def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
+    out = Path(out)
+    boards = leaderboards(table)
+    md, tex, flat = ["# Leaderboards", "", LEGEND, ""], [], []
+    for key, display, marks in boards:
+        md += [f"## {_title(key)}", "", _markdown(display, marks), ""]
+        tex += [_latex(key, display, marks), ""]
+        frame = display.copy()
+        frame.insert(0, "method", frame.index)
+        for k, v in reversed(list(key.items())):
+            frame.insert(0, k, v)
+        flat.append(frame)
+    paths = [out / "leaderboard.md", out / "leaderboard.tex", out / "leaderboard.csv"]
+    paths[0].write_text("\n".join(md))
+    paths[1].write_text("\n".join(tex))
+    (pd.concat(flat, ignore_index=True) if flat else pd.DataFrame()).to_csv(paths[2], index=False)
+    return paths
+
+
+def _markdown(display: pd.DataFrame, marks: pd.DataFrame) -> str:
+    cols = list(display.columns)
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for method in display.index:
+        cells = []
+        for c in cols:
+            text = str(display.loc[method, c])
+            mark = marks.loc[method, c]
+            cells.append(f"**{text}**" if mark == "best" else f"*{text}~*" if mark == "tie" else text)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
+    cols = list(display.columns)
+
+    def esc(s: str) -> str:
+        return s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%").replace("&", r"\&")
+
+    lines = [
+        r"\begin{table}[t]", r"\centering", r"\small",
+        rf"\caption{{{esc(_title(key))}}}",
+        r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
+        "Method & " + " & ".join(esc(c) for c in cols) + r" \\", r"\midrule",
+    ]  # fmt: skip
+    for method in display.index:
+        cells = []
+        for c in cols:
+            text = esc(str(display.loc[method, c]))
+            mark = marks.loc[method, c]
+            cells.append(rf"\textbf{{{text}}}" if mark == "best" else rf"\textit{{{text}}}$^\sim$" if mark == "tie" else text)
+        lines.append(esc(method) + " & " + " & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)

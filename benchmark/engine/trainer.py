@@ -1,12 +1,19 @@
 """The one training loop every method shares (the method supplies pieces, never a loop of its own).
 
 Adam + linear warmup + grad-norm clipping + EMA, label drop for guidance, the dataset resident
-on the device as uint8 with batches and flips drawn there.  Randomness: data order, flips, t,
-noise and auxiliary labels come from one device generator; the whole-batch label-drop coin from
-a CPU generator (so branching on it never waits for the device); weight init and dropout from
-the global RNG, forked for the duration of the run.  All three states go into each checkpoint,
-so a resumed run continues bit-identically on the CPU.  The host syncs with the device only
-every ``log_every`` steps (logging and the non-finite check) and at checkpoints.
+on the device as uint8 with batches and flips drawn there (``batches.py``).  Randomness: data
+order, flips, t, noise and auxiliary labels come from one device generator; the whole-batch
+label-drop coin from a CPU generator (so branching on it never waits for the device); weight
+init and dropout from the global RNG, forked for the duration of the run.  All three states go
+into each checkpoint, so a resumed run continues bit-identically on the CPU.  The host syncs
+with the device only every ``log_every`` steps (logging and the non-finite check) and at
+checkpoints.
+
+Where things happen, so a change has one place to go: the backbone is built in
+:func:`build_model`, wrapped for the forward pass (DDP, ``torch.compile``) in :func:`_wrap`,
+autocast is entered and the method's loss terms are called in :func:`_objective`, one
+optimiser step is :func:`_step`, logging is :class:`_Window`, checkpoints are
+:func:`_save_checkpoint` / :func:`_restore`.
 """
 
 from __future__ import annotations
@@ -14,15 +21,18 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from benchmark.core.config import Config, to_json
 from benchmark.core.distributed import (
+    Dist,
     all_gather,
     average_grads,
     barrier,
@@ -32,6 +42,7 @@ from benchmark.core.distributed import (
 )
 from benchmark.core.errors import DataError, TrainingError
 from benchmark.engine.backbone import UNet, build_unet, unet_kwargs
+from benchmark.engine.batches import Batch, BatchDrawer, Batches
 from benchmark.engine.checkpoint import (
     TrainLog,
     atomic_save,
@@ -44,35 +55,7 @@ from benchmark.engine.diffusion import GaussianDiffusion
 if TYPE_CHECKING:  # the loop only calls the interface; methods/ sits above the engine
     from methods.base import Method
 
-
-class BatchDrawer:
-    """Draws batch indices on the device: uniform over instances, or class first then instance."""
-
-    def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
-        self.n = len(labels)
-        self.order = torch.argsort(labels, stable=True)
-        self.counts = torch.bincount(labels, minlength=num_classes)
-        self.starts = torch.cumsum(self.counts, 0) - self.counts
-        self._counts_cpu = self.counts.cpu()  # validation of class_probs must not sync the device
-        self._probs_src: torch.Tensor | None = None
-        self._probs_dev: torch.Tensor | None = None
-
-    def draw(self, batch: int, probs: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
-        device = self.order.device
-        if probs is None:
-            return torch.randint(0, self.n, (batch,), generator=gen, device=device)
-        if probs is not self._probs_src:  # validate + move once per distinct tensor, not per step
-            cpu_counts = self._counts_cpu
-            if probs.shape != cpu_counts.shape or bool(((probs > 0) & (cpu_counts == 0)).any()):
-                raise TrainingError(
-                    "the method's class_probs must give one probability per class and none to a class "
-                    "without training images; fix the method's class_probs()"
-                )
-            self._probs_src, self._probs_dev = probs, probs.to(device=device, dtype=torch.float32, non_blocking=True)
-        c = torch.multinomial(self._probs_dev, batch, replacement=True, generator=gen)
-        u = torch.rand(batch, generator=gen, device=device)
-        j = torch.minimum((u * self.counts[c]).long(), self.counts[c] - 1)
-        return self.order[self.starts[c] + j]
+__all__ = ["BatchDrawer", "build_model", "load_model", "train"]
 
 
 def _seeds(seed: int) -> tuple[int, int, int]:
@@ -112,14 +95,17 @@ def train(
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(init_seed)
-        return _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_seed)
+        run = _setup(cfg=cfg, dataset=dataset, method=method, run_dir=run_dir, seed=seed, device=device,
+                     dev_seed=dev_seed, host_seed=host_seed)  # fmt: skip
+        _loop(run, progress=progress)
+        return _save_model(run, dataset=dataset, seed=seed)
 
 
-def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_seed) -> Path:
+def build_model(cfg: Config, dataset, device: torch.device) -> tuple[UNet, dict]:
+    """The backbone of a run (from ``train.init_from`` when set) and the kwargs that rebuild it."""
     tc = cfg.train
-    cuda = device.type == "cuda"
     model = build_unet(cfg.model, channels=dataset.channels, resolution=dataset.resolution,
-                       num_classes=dataset.num_classes).to(device)
+                       num_classes=dataset.num_classes).to(device)  # fmt: skip
     kwargs = unet_kwargs(model, cfg.model)
     if tc.init_from:
         start = load(Path(tc.init_from))
@@ -130,166 +116,261 @@ def _run(cfg, dataset, method, run_dir, seed, device, progress, dev_seed, host_s
         model.load_state_dict(start["ema"])
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return model, kwargs
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds; the functions below read it and advance ``step``."""
+
+    cfg: Config
+    method: Method
+    device: torch.device
+    dist: Dist
+    model: nn.Module  # the trained backbone (what the checkpoint and EMA track)
+    kwargs: dict  # rebuilds the backbone (model.pt)
+    ema: nn.Module
+    aux: dict[str, nn.Module]  # the method's own trainable modules (see methods/base.py)
+    model_params: list[nn.Parameter]
+    ema_params: list[nn.Parameter]  # in the order of model_params
+    params: list[nn.Parameter]  # what the optimiser steps and clipping sees: model + aux
+    opt: torch.optim.Optimizer
+    diffusion: GaussianDiffusion
+    gen: torch.Generator  # the device stream: batches, t, noise, auxiliary labels
+    host: torch.Generator  # the host stream: the whole-batch label-drop coin
+    identity: str  # a checkpoint from another configuration is refused
+    run_dir: Path
+    step: int = 0
+    batches: Batches | None = None
+    net: nn.Module | None = None  # what loss_terms calls: the model wrapped for the forward pass
+    extra: list[nn.Parameter] = field(default_factory=list)  # parameters outside DDP: averaged by hand
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+def _setup(
+    *, cfg: Config, dataset, method: Method, run_dir: Path, seed: int, device: torch.device, dev_seed: int,
+    host_seed: int,
+) -> _Run:
+    """Build the model, optimiser and generators, resume from the latest checkpoint, draw batches from the data."""
+    tc = cfg.train
+    model, kwargs = build_model(cfg, dataset, device)
     ema = copy.deepcopy(model).requires_grad_(False)
     # trainable modules the method owns (CORAL's projection head): optimised, clipped and
     # checkpointed with the model, but not part of model.pt (sampling never uses them)
     aux = {k: m.to(device).train() for k, m in method.trainable_modules(model).items()}
     model_params = [p for p in model.parameters() if p.requires_grad]
     params = model_params + [p for m in aux.values() for p in m.parameters() if p.requires_grad]
-    ema_params = list(ema.parameters())
-    opt = torch.optim.Adam(params, lr=tc.lr, **({"fused": True} if cuda else {"foreach": True}))
-    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    gen = torch.Generator(device=device).manual_seed(dev_seed)
-    host = torch.Generator().manual_seed(host_seed)
-    identity = _identity(cfg, method, dataset, seed, kwargs)
-
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    step = 0
-    path = latest_checkpoint(ckpt_dir)
-    if path is not None:
-        state = load(path)
-        if state["identity"] != identity:
-            raise TrainingError(
-                f"{path} was written by a different run configuration; delete {ckpt_dir} to start afresh "
-                "or use another results folder"
-            )
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        for k, m in aux.items():
-            m.load_state_dict(state["aux"][k])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["gen_device"])
-        host.set_state(state["gen_host"])
-        torch.set_rng_state(state["rng_cpu"])
-        if cuda and state["rng_cuda"].numel():
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        step = int(state["step"])
-    d = current()
-    if d.world > 1 and not d.main:  # ranks 1.. own dropout streams; rank 0 continues the one-process stream
-        ranks = state.get("rng_cpu_ranks") if path is not None else None
-        if ranks is not None and len(ranks) == d.world:
-            torch.set_rng_state(ranks[d.rank].clone())  # a row of the stack: own its storage
-            if cuda and state["rng_cuda_ranks"][d.rank].numel():
-                torch.cuda.set_rng_state(state["rng_cuda_ranks"][d.rank].clone(), device)
-        else:  # a fresh run, or resumed on a different number of processes
-            torch.manual_seed(int(np.random.SeedSequence([seed, d.rank, step]).generate_state(1)[0]))
-
-    images = dataset.train_images.to(device).contiguous()
-    labels = dataset.train_labels.to(device=device, dtype=torch.int64)
-    drawer = BatchDrawer(labels, dataset.num_classes)
-    hflip = dataset.source.hflip if tc.hflip is None else tc.hflip
-    null = dataset.num_classes
-    b = d.local_batch(tc.batch_size)  # this rank's share of the global batch
-    net = model
-    if d.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index or 0] if cuda else None)
+    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    run = _Run(
+        cfg=cfg, method=method, device=device, dist=current(), model=model, kwargs=kwargs, ema=ema, aux=aux,
+        model_params=model_params, ema_params=list(ema.parameters()), params=params,
+        opt=torch.optim.Adam(params, lr=tc.lr, **fused), diffusion=GaussianDiffusion.from_config(cfg.diffusion),
+        gen=torch.Generator(device=device).manual_seed(dev_seed), host=torch.Generator().manual_seed(host_seed),
+        identity=_identity(cfg, method, dataset, seed, kwargs), run_dir=run_dir,
+    )
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = _restore(run)
+    _seed_rank_streams(run, state, seed)
+    run.batches = Batches(
+        images=dataset.train_images.to(device), labels=dataset.train_labels.to(device=device, dtype=torch.int64),
+        num_classes=dataset.num_classes, batch_size=tc.batch_size,
+        hflip=dataset.source.hflip if tc.hflip is None else tc.hflip, label_drop=tc.label_drop,
+        label_drop_mode=tc.label_drop_mode, channels_last=tc.channels_last, gen=run.gen, host=run.host,
+        dist=run.dist,
+    )
+    run.net = _wrap(run)
     in_ddp = {id(p) for p in model.parameters()}
-    extra = [p for p in params if id(p) not in in_ddp]  # a method's own modules: averaged by hand
-    fmodel = torch.compile(net) if tc.compile else net
-    names = tuple(method.term_names)
-    columns = ["step", "loss", *names, "lr", "grad_norm", "images_per_s"]
-    log = TrainLog(run_dir / "train_log.csv", columns, resume_step=step) if d.main else _NoLog()
-    acc = torch.zeros(len(names) + 1, device=device)
-    window, t0 = 0, time.perf_counter()
+    run.extra = [p for p in params if id(p) not in in_ddp]
+    return run
+
+
+def _wrap(run: _Run) -> nn.Module:
+    """The module the method's loss terms call: the model, under DDP on several ranks, compiled if asked."""
+    net = run.model
+    if run.dist.world > 1:
+        ids = [run.device.index or 0] if run.cuda else None
+        net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    return torch.compile(net) if run.cfg.train.compile else net
+
+
+def _restore(run: _Run) -> dict | None:
+    """Continue from the latest checkpoint of this run, if any; return its state."""
+    path = latest_checkpoint(run.ckpt_dir)
+    if path is None:
+        return None
+    state = load(path)
+    if state["identity"] != run.identity:
+        raise TrainingError(
+            f"{path} was written by a different run configuration; delete {run.ckpt_dir} to start afresh "
+            "or use another results folder"
+        )
+    run.model.load_state_dict(state["model"])
+    run.ema.load_state_dict(state["ema"])
+    for k, m in run.aux.items():
+        m.load_state_dict(state["aux"][k])
+    run.opt.load_state_dict(state["optimizer"])
+    run.gen.set_state(state["gen_device"])
+    run.host.set_state(state["gen_host"])
+    torch.set_rng_state(state["rng_cpu"])
+    if run.cuda and state["rng_cuda"].numel():
+        torch.cuda.set_rng_state(state["rng_cuda"], run.device)
+    run.step = int(state["step"])
+    return state
+
+
+def _seed_rank_streams(run: _Run, state: dict | None, seed: int) -> None:
+    """Ranks 1.. own dropout streams; rank 0 continues the one-process stream."""
+    d = run.dist
+    if d.world == 1 or d.main:
+        return
+    ranks = state.get("rng_cpu_ranks") if state is not None else None
+    if ranks is not None and len(ranks) == d.world:
+        torch.set_rng_state(ranks[d.rank].clone())  # a row of the stack: own its storage
+        if run.cuda and state["rng_cuda_ranks"][d.rank].numel():
+            torch.cuda.set_rng_state(state["rng_cuda_ranks"][d.rank].clone(), run.device)
+    else:  # a fresh run, or resumed on a different number of processes
+        torch.manual_seed(int(np.random.SeedSequence([seed, d.rank, run.step]).generate_state(1)[0]))
+
+
+def _autocast(run: _Run) -> torch.autocast:
+    """The precision the forward pass runs in (bf16 autocast on CUDA when ``train.amp=bf16``)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.cuda and run.cfg.train.amp == "bf16")
+
+
+def _objective(run: _Run, batch: Batch) -> list[torch.Tensor]:
+    """The weighted batch mean of each of the method's loss terms (their sum is the loss)."""
+    method, names = run.method, tuple(run.method.term_names)
+    with _autocast(run), shard_draws(run.gen, local=run.batches.local):
+        terms = method.loss_terms(run.net, run.diffusion, batch.x0, batch.y_in, batch.cond, run.gen)
+    if tuple(terms) != names:
+        raise TrainingError(f"method {method.name!r} returned terms {tuple(terms)}, declared {names}")
+    w = method.sample_weights(batch.y)
+    return [(v * w).mean() if w is not None else v.mean() for v in terms.values()]
+
+
+def _step(run: _Run, batch: Batch) -> torch.Tensor:
+    """One optimiser step on ``batch``; returns the logged figures (each term's mean, grad norm)."""
+    tc = run.cfg.train
+    means = _objective(run, batch)
+    loss = torch.stack(means).sum()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()  # DDP averages the model's gradients over ranks: the global batch mean
+    if run.extra and run.dist.world > 1:
+        average_grads(run.extra)
     clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-    B = tc.batch_size
-    model.train()
+    gnorm = torch.nn.utils.clip_grad_norm_(run.params, clip, foreach=True)
+    run.opt.param_groups[0]["lr"] = tc.lr * min(1.0, (run.step + 1) / tc.warmup) if tc.warmup > 0 else tc.lr
+    run.opt.step()
+    torch._foreach_lerp_(run.ema_params, run.model_params, 1.0 - tc.ema_decay)
+    run.step += 1
+    return torch.stack([*[m.detach().float() for m in means], gnorm.detach().float()])
 
-    def save_checkpoint() -> None:
-        cstate = {
-            "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
-            "gen_device": gen.get_state(), "gen_host": host.get_state(), "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(device) if cuda else torch.zeros(0, dtype=torch.uint8),
-            "identity": identity, "config": to_json(cfg), "method": method.name,
-            "aux": {k: m.state_dict() for k, m in aux.items()},
-        }
-        if d.world > 1:  # every rank's dropout stream, so a resume on as many processes is exact
-            cpu_states, cuda_states = zip(*all_gather((cstate["rng_cpu"], cstate["rng_cuda"])))
-            cstate["rng_cpu_ranks"], cstate["rng_cuda_ranks"] = torch.stack(cpu_states), torch.stack(cuda_states)
-        if d.main:
-            atomic_save(cstate, ckpt_dir / f"ckpt_{step:08d}.pt")
-            prune_checkpoints(ckpt_dir, keep=f"ckpt_{step:08d}.pt")
-        barrier()
 
-    def flush() -> None:
-        nonlocal window, t0, acc
-        if window == 0:
+class _Window:
+    """The figures of the steps since the last log row, summed on the device; one host sync per row."""
+
+    def __init__(self, run: _Run, bar: tqdm) -> None:
+        self.run, self.bar = run, bar
+        self.names = tuple(run.method.term_names)
+        columns = ["step", "loss", *self.names, "lr", "grad_norm", "images_per_s"]
+        self.log = TrainLog(run.run_dir / "train_log.csv", columns, resume_step=run.step) if run.dist.main else _NoLog()
+        self.acc = torch.zeros(len(self.names) + 1, device=run.device)
+        self.steps, self.t0 = 0, time.perf_counter()
+
+    def add(self, figures: torch.Tensor) -> None:
+        self.acc += figures
+        self.steps += 1
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def flush(self) -> None:
+        """Write the window's mean figures; stop the run on a non-finite loss or gradient."""
+        if self.steps == 0:
             return
-        values = (mean(acc) / window).tolist()  # the one host sync of the window (same on every rank)
+        run, names, window = self.run, self.names, self.steps
+        values = (mean(self.acc) / window).tolist()  # the one host sync of the window (same on every rank)
         if not all(np.isfinite(values)):
-            last = latest_checkpoint(ckpt_dir)
+            last = latest_checkpoint(run.ckpt_dir)
             kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written yet"
             raise TrainingError(
-                f"non-finite loss or gradient between steps {step - window + 1} and {step} "
+                f"non-finite loss or gradient between steps {run.step - window + 1} and {run.step} "
                 f"({', '.join(f'{n}={v:.4g}' for n, v in zip([*names, 'grad_norm'], values))}); {kept}. "
                 "Lower train.lr, set train.amp=none, or check the data and the method's loss terms."
             )
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - self.t0
         terms = values[: len(names)]
-        log.write([step, sum(terms), *terms, opt.param_groups[0]["lr"], values[-1], window * B / max(dt, 1e-9)])
-        bar.set_postfix(loss=f"{sum(terms):.4f}")
-        acc = torch.zeros_like(acc)
-        window, t0 = 0, time.perf_counter()
+        lr = run.opt.param_groups[0]["lr"]
+        self.log.write([run.step, sum(terms), *terms, lr, values[-1], window * run.cfg.train.batch_size / max(dt, 1e-9)])
+        self.bar.set_postfix(loss=f"{sum(terms):.4f}")
+        self.acc = torch.zeros_like(self.acc)
+        self.steps = 0
+        self.restart_clock()
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.amp == "bf16")
-    bar = tqdm(total=tc.steps, initial=step, desc=f"train {method.name}", disable=not progress or not d.main)
+    def close(self) -> None:
+        self.log.close()
+
+
+def _loop(run: _Run, *, progress: bool) -> None:
+    """Train from ``run.step`` to ``train.steps``: log every ``log_every``, checkpoint every ``ckpt_every``."""
+    tc = run.cfg.train
+    run.model.train()
+    bar = tqdm(total=tc.steps, initial=run.step, desc=f"train {run.method.name}",
+               disable=not progress or not run.dist.main)  # fmt: skip
+    window = _Window(run, bar)
     try:
-        while step < tc.steps:
-            idx = drawer.draw(B, method.class_probs(step, tc.steps), gen)
-            x = images[idx]
-            if hflip:
-                flip = torch.rand(B, generator=gen, device=device) < 0.5
-                x = torch.where(flip[:, None, None, None], x.flip(3), x)
-            x0 = x.float() / 127.5 - 1.0
-            if tc.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            if tc.label_drop_mode == "batch":
-                cond = bool(torch.rand((), generator=host) >= tc.label_drop)  # CPU coin: no device sync
-                y_in = y if cond else torch.full_like(y, null)
-            else:
-                drop = torch.rand(B, generator=gen, device=device) < tc.label_drop
-                cond, y_in = ~drop, torch.where(drop, null, y)
-            if d.world > 1:  # the global batch was drawn exactly as in one process; keep this rank's slice
-                sl = slice(d.rank * b, (d.rank + 1) * b)
-                x0, y, y_in = x0[sl], y[sl], y_in[sl]
-                cond = cond[sl] if isinstance(cond, torch.Tensor) else cond
-            with autocast, shard_draws(gen, local=b):
-                terms = method.loss_terms(fmodel, diffusion, x0, y_in, cond, gen)
-            if tuple(terms) != names:
-                raise TrainingError(f"method {method.name!r} returned terms {tuple(terms)}, declared {names}")
-            w = method.sample_weights(y)
-            means = [(v * w).mean() if w is not None else v.mean() for v in terms.values()]
-            loss = torch.stack(means).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the model's gradients over ranks: the global batch mean
-            if extra and d.world > 1:
-                average_grads(extra)
-            gnorm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-            opt.param_groups[0]["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup) if tc.warmup > 0 else tc.lr
-            opt.step()
-            torch._foreach_lerp_(ema_params, model_params, 1.0 - tc.ema_decay)
-            acc += torch.stack([*[m.detach().float() for m in means], gnorm.detach().float()])
-            step += 1
-            window += 1
+        while run.step < tc.steps:
+            batch = run.batches.draw(run.method.class_probs(run.step, tc.steps))
+            window.add(_step(run, batch))
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.steps:
-                flush()
-            if step % tc.ckpt_every == 0 or step == tc.steps:
-                flush()
-                save_checkpoint()
-                t0 = time.perf_counter()  # checkpoint time does not count against images/s
+            if run.step % tc.log_every == 0 or run.step == tc.steps:
+                window.flush()
+            if run.step % tc.ckpt_every == 0 or run.step == tc.steps:
+                window.flush()
+                _save_checkpoint(run)
+                window.restart_clock()  # checkpoint time does not count against images/s
     finally:
         bar.close()
-        log.close()
+        window.close()
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Everything a bit-exact resume needs: weights, optimiser, step and every random stream."""
+    d, step = run.dist, run.step
+    state = {
+        "model": run.model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.opt.state_dict(),
+        "step": step, "gen_device": run.gen.get_state(), "gen_host": run.host.get_state(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(run.device) if run.cuda else torch.zeros(0, dtype=torch.uint8),
+        "identity": run.identity, "config": to_json(run.cfg), "method": run.method.name,
+        "aux": {k: m.state_dict() for k, m in run.aux.items()},
+    }
+    if d.world > 1:  # every rank's dropout stream, so a resume on as many processes is exact
+        cpu_states, cuda_states = zip(*all_gather((state["rng_cpu"], state["rng_cuda"])))
+        state["rng_cpu_ranks"], state["rng_cuda_ranks"] = torch.stack(cpu_states), torch.stack(cuda_states)
+    if d.main:
+        atomic_save(state, run.ckpt_dir / f"ckpt_{step:08d}.pt")
+        prune_checkpoints(run.ckpt_dir, keep=f"ckpt_{step:08d}.pt")
+    barrier()
+
+
+def _save_model(run: _Run, *, dataset, seed: int) -> Path:
+    """model.pt: the EMA weights, the kwargs that rebuild the backbone and what produced them."""
+    method = run.method
     info = {
         "method": method.name, "official_guidance": float(method.official_guidance), "seed": seed,
-        "steps": step, "config": to_json(cfg), "fingerprint": getattr(dataset, "fingerprint", None),
+        "steps": run.step, "config": to_json(run.cfg), "fingerprint": getattr(dataset, "fingerprint", None),
     }
-    final = run_dir / "model.pt"
-    if d.main:
-        atomic_save({"ema": ema.state_dict(), "model_kwargs": kwargs, "info": json.dumps(info)}, final)
+    final = run.run_dir / "model.pt"
+    if run.dist.main:
+        atomic_save({"ema": run.ema.state_dict(), "model_kwargs": run.kwargs, "info": json.dumps(info)}, final)
     barrier()
     return final
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmark import __version__
 from benchmark.core.config import Config, apply_overrides, to_json
 from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.names import GROUPS
 from benchmark.core.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -234,7 +235,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     print(f"\ntotal {int(ds.counts.sum())} images, {ds.num_classes} classes, profile {ds.profile}, "
           f"imbalance {ds.imbalance}, {ds.channels}x{ds.resolution}x{ds.resolution}")  # fmt: skip
-    for group in ("many", "medium", "few"):
+    for group in GROUPS:
         classes = ds.group_classes(group)
         print(f"{group:>6}: {len(classes)} classes" + ("" if classes else "  (empty)"))
     print(f"fingerprint {ds.fingerprint}")

@@ -13,7 +13,7 @@ from PIL import Image
 from benchmark.core.config import EvalConfig
 from benchmark.core.errors import DataError
 from benchmark.eval.evaluate import (
-    COLUMNS,
+    EVAL_COLUMNS,
     evaluate_set,
     floor_split,
     load_samples,
@@ -43,7 +43,7 @@ def test_evaluate_set_rows(ds, cache):
     images, labels = gen_set(ds)
     frame = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=False,
                          progress=False)
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == EVAL_COLUMNS
     metrics = {"fid", "kid", "precision", "recall", "density", "coverage", "label_acc", "evaluator_acc"}
     assert set(frame.metric) == metrics
     fid = frame[frame.metric == "fid"]
@@ -86,7 +86,7 @@ def test_real_floor_is_cached_and_held_out(ds, cache):
     held, rest, capped = floor_split(ds.source.test.labels.numpy(), 10, seed=0)
     assert len(set(held) & set(rest)) == 0 and len(held) == 40 and capped == 0
     frame = real_floor_rows(ds, CFG, 10, cache_dir=cache, device=CPU, progress=False)
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == EVAL_COLUMNS
     row = frame[(frame.metric == "fid") & (frame.group == "all")].iloc[0]
     assert row.n_gen == 40 and row.n_ref == 80 and "real_floor" in row.note
     again = real_floor_rows(ds, CFG, 10, cache_dir=cache, device=CPU, progress=False)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.harness.results import COLUMNS, append_cell, read_results
+from benchmark.harness.results import RESULT_COLUMNS, append_cell, read_results
 from benchmark.report.build import make_report
 from benchmark.report.leaderboard import leaderboards
 
@@ -20,7 +20,7 @@ def cell_rows(method, seed, fid, recall, *, dataset="digits", imbalance=0.1, pro
         rows.append({**base, "metric": "fid", "group": "class", "class": k, "value": fid * (1 + k)})
         rows.append({**base, "metric": "recall", "group": "class", "class": k, "value": recall / (1 + k)})
         rows.append({**base, "metric": "train_count", "group": "class", "class": k, "value": float(n)})
-    return pd.DataFrame(rows)[COLUMNS]
+    return pd.DataFrame(rows)[RESULT_COLUMNS]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.harness.results import COLUMNS, read_results
+from benchmark.harness.results import RESULT_COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"ddpm", "cbdm", "reweight", "resample"}
@@ -33,7 +33,7 @@ def test_results_table_has_every_method_group_and_metric(smoke):
     out, code = smoke
     assert code == 0
     table = read_results(out)
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == RESULT_COLUMNS
     assert set(table.method) == METHODS | {"real"}
     gen = table[table.method.isin(METHODS)]
     for method in METHODS:

@@ -2,6 +2,40 @@
 
 One place for each: the metrics write these strings into ``results.csv`` and the report reads
 them back, so a renamed metric can never leave a plot reading a column that no longer exists.
+The strings themselves are the published format of ``results.csv``: change a constant's name
+freely, its value only with a note in the README's results section.
 """
 
 REAL = "real"  # pseudo-method: real held-out images (metric floor) and the real-LT classifier
+
+# ---------------------------------------------------------------- values of the `group` column
+ALL = "all"  # the whole set
+MANY, MEDIUM, FEW = "many", "medium", "few"  # the frequency groups, head to tail
+GROUPS = (MANY, MEDIUM, FEW)
+CLASS = "class"  # one row per class; the class index is in the `class` column
+
+# ---------------------------------------------------------------- values of the `metric` column
+FID = "fid"
+KID = "kid"
+PRECISION, RECALL = "precision", "recall"  # improved precision/recall (one k-NN pass)
+DENSITY, COVERAGE = "density", "coverage"  # Naeem et al. 2020 (one k-NN pass)
+IS = "is"  # Inception Score (Inception features only)
+LABEL_ACC = "label_acc"  # the evaluator's accuracy on the generated images' intended labels
+EVALUATOR_ACC = "evaluator_acc"  # the classifier feature space's accuracy on the real test set
+CAS_ACC = "cas_acc"  # classifier trained on generated images, tested on real (CAS)
+AUG_ACC = "aug_acc"  # classifier trained on real-LT + generated images
+REAL_ACC = "real_acc"  # classifier trained on the real long-tailed set alone (downstream baseline)
+TRAIN_COUNT = "train_count"  # training images per class (a per-class row of every cell)
+
+
+def ci_low(metric: str) -> str:
+    """The metric name of the lower end of ``metric``'s bootstrap interval (e.g. 'fid_ci_low')."""
+    return f"{metric}_ci_low"
+
+
+def ci_high(metric: str) -> str:
+    return f"{metric}_ci_high"
+
+
+# ---------------------------------------------------------------- values of the `feature_space` column
+NO_FEATURES = "none"  # rows that use no feature space (downstream accuracy, class counts)

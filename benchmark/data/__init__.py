@@ -22,7 +22,6 @@ from benchmark.data.dataset import (
     describe_groups,
 )
 from benchmark.data.longtail import (
-    GROUP_NAMES,
     GROUP_RULES,
     PROFILES,
     assign_groups,
@@ -48,7 +47,6 @@ from benchmark.data.sources import (
 
 __all__ = [
     "DATASETS",
-    "GROUP_NAMES",
     "GROUP_RULES",
     "PROFILES",
     "RESIZE_METHODS",

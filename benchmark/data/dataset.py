@@ -16,8 +16,8 @@ import torch
 
 from benchmark.core.config import DataConfig
 from benchmark.core.errors import DataError
+from benchmark.core.names import GROUPS
 from benchmark.data.longtail import (
-    GROUP_NAMES,
     GROUP_RULES,
     PROFILES,
     assign_groups,
@@ -74,8 +74,8 @@ class LongTailDataset:
 
     def group_classes(self, group: str) -> list[int]:
         """Class indices in ``group`` ('many' | 'medium' | 'few'); [] for an empty group."""
-        if group not in GROUP_NAMES:
-            raise DataError(f"unknown group {group!r}; valid groups: {', '.join(GROUP_NAMES)}")
+        if group not in GROUPS:
+            raise DataError(f"unknown group {group!r}; valid groups: {', '.join(GROUPS)}")
         return [c for c, g in enumerate(self.groups) if g == group]
 
     def __len__(self) -> int:
@@ -153,7 +153,7 @@ def _check_pool(counts: np.ndarray, pool: np.ndarray, source: SourceData, *, fix
 
 def describe_groups(ds: LongTailDataset) -> dict[str, list[int]]:
     """{'many': [...], 'medium': [...], 'few': [...]}: every group present, empty ones as []."""
-    return {group: ds.group_classes(group) for group in GROUP_NAMES}
+    return {group: ds.group_classes(group) for group in GROUPS}
 
 
 def data_table(ds: LongTailDataset) -> pd.DataFrame:

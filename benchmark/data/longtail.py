@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.core.errors import DataError
+from benchmark.core.names import FEW, MANY, MEDIUM
 
 PROFILES = ("exp", "step", "none", "file")  # parametric: exp, step; others see build_dataset
 GROUP_RULES = ("thresholds", "thirds")
-GROUP_NAMES = ("many", "medium", "few")
 
 
 def check_imbalance(imbalance: float) -> float:
@@ -172,13 +172,13 @@ def assign_groups(counts: Sequence[int], *, rule: str, many: int = 100, few: int
     if rule == "thresholds":
         if few > many + 1:
             raise DataError(f"few threshold ({few}) must not exceed many threshold + 1 ({many + 1})")
-        return ["many" if n > many else "few" if n < few else "medium" for n in counts]
+        return [MANY if n > many else FEW if n < few else MEDIUM for n in counts]
     if rule == "thirds":
         num = len(counts)
         order = np.argsort(-counts, kind="stable")
         groups = [""] * num
         for rank, c in enumerate(order):
-            groups[c] = "many" if rank < num // 3 else "medium" if rank < 2 * num // 3 else "few"
+            groups[c] = MANY if rank < num // 3 else MEDIUM if rank < 2 * num // 3 else FEW
         return groups
     raise DataError(f"unknown group rule {rule!r}; valid rules: {', '.join(GROUP_RULES)} (or 'auto')")
 

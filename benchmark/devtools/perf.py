@@ -37,6 +37,7 @@ import torch
 
 from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
 from benchmark.core.device import resolve_device
+from benchmark.core.names import ALL, GROUPS
 from benchmark.devtools.perf_loops import (
     METHODS,
     cpu_gemm_tflops,
@@ -50,7 +51,7 @@ from benchmark.devtools.perf_loops import (
 from benchmark.engine.backbone import build_unet, count_parameters
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import balanced_labels, sample_images, sample_seeds
-from benchmark.eval.metrics import GROUPS, compute_rows
+from benchmark.eval.metrics import compute_rows
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, per GPU
 
@@ -111,7 +112,7 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
     ref = centres[labels] + rng.normal(size=(len(labels), dim))
     groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
     t0 = time.perf_counter()
-    compute_rows(gen, labels, ref, labels, groups=["all"] * num_classes, per_class=False, kid_subsets=kid_subsets)
+    compute_rows(gen, labels, ref, labels, groups=[ALL] * num_classes, per_class=False, kid_subsets=kid_subsets)
     t1 = time.perf_counter()
     rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets)
     return t1 - t0, time.perf_counter() - t1, len(rows)

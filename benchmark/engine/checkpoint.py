@@ -1,27 +1,24 @@
 """Checkpoint files and the training log: atomic writes, safe loads, only the latest kept.
 
-A half-written file never counts: everything is written to ``<name>.tmp`` and renamed into
-place, and loads use ``weights_only=True`` (so checkpoints hold only tensors and plain values:
+A half-written file never counts: everything is written through ``benchmark.core.files``
+(a temporary file renamed into place), and loads use ``weights_only=True`` (so checkpoints hold only tensors and plain values:
 generator states as uint8 tensors, the config as a JSON string).
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import torch
 
 from benchmark.core.errors import TrainingError
+from benchmark.core.files import write_atomic
 
 
 def atomic_save(obj: dict, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save(obj, path)``, atomically (the parent folder is created if missing)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load(path: Path) -> dict:

@@ -8,7 +8,6 @@ so the same image comes out for any batch size, GPU count or device (edm's gener
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from benchmark.core.config import SampleConfig
 from benchmark.core.distributed import barrier, current
 from benchmark.core.errors import ConfigError
+from benchmark.core.files import save_npz_atomic
 from benchmark.engine.diffusion import GaussianDiffusion, guided_eps
 
 SAMPLERS = ("ddim", "ddpm")
@@ -131,13 +131,6 @@ def sample_images(
     return torch.cat(out)
 
 
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, path)
-
-
 def generate_eval_set(
     model: torch.nn.Module,
     diffusion: GaussianDiffusion,
@@ -204,11 +197,11 @@ def generate_eval_set(
             model, diffusion, labels=labels[s : s + chunk], seeds=seeds[s : s + chunk], sampler=cfg.sampler,
             steps=cfg.steps, eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device,
         )
-        _atomic_savez(part, images=imgs.numpy(), key=np.array(key))
+        save_npz_atomic(part, images=imgs.numpy(), key=np.array(key))
         images.append(imgs)
     result = torch.cat(images)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_savez(out_path, images=result.numpy(), labels=labels.numpy())
+    save_npz_atomic(out_path, images=result.numpy(), labels=labels.numpy())
     shutil.rmtree(parts, ignore_errors=True)
     if d.world > 1:
         barrier()
@@ -223,4 +216,4 @@ def _sample_part(model, diffusion, part: Path, key: str, labels, seeds, cfg: Sam
                 return
     imgs = sample_images(model, diffusion, labels=labels, seeds=seeds, sampler=cfg.sampler, steps=cfg.steps,
                          eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device)  # fmt: skip
-    _atomic_savez(part, images=imgs.numpy(), key=np.array(key))
+    save_npz_atomic(part, images=imgs.numpy(), key=np.array(key))

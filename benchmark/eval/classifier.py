@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmark.core.errors import DataError
+from benchmark.engine.checkpoint import atomic_save
 
 RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=5e-4, batch_size=128, schedule="cosine", version=2)
 
@@ -208,8 +208,6 @@ def load_or_train_evaluator(source, *, seed: int, epochs: int, cache_dir: Path, 
     acc = float((probs.argmax(1) == source.test.labels.numpy()).mean()) if len(probs) else float("nan")
     info = dict(fingerprint=fp, arch=arch, test_acc=acc, n_train=int(len(pool)), n_test=int(len(probs)),
                 epochs=epochs, seed=seed, source_id=source.source_id, resolution=int(source.resolution))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(dict(state_dict={k: v.cpu() for k, v in net.state_dict().items()}, info=info), tmp)
-    os.replace(tmp, path)  # a half-written file never counts as a trained evaluator
+    # a half-written file never counts as a trained evaluator
+    atomic_save(dict(state_dict={k: v.cpu() for k, v in net.state_dict().items()}, info=info), path)
     return net, info

@@ -15,15 +15,15 @@ overall, many/medium/few and per-class accuracy (rows ``cas_acc``, ``aug_acc``, 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.core.files import write_text_atomic
+from benchmark.core.names import ALL, AUG_ACC, CAS_ACC, CLASS, GROUPS, REAL_ACC
 from benchmark.eval.classifier import RECIPE, arch_for, predict, train_classifier
-from benchmark.eval.metrics import GROUPS
 
 
 def accuracy_rows(metric: str, correct: np.ndarray, test_labels: np.ndarray, *, groups: list[str],
@@ -38,13 +38,13 @@ def accuracy_rows(metric: str, correct: np.ndarray, test_labels: np.ndarray, *, 
         rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=int(n_gen_per_class[classes].sum()),
                          n_ref=n, value=value, note=note if n else f"skipped: no test images;{note}"))
 
-    add("all", None, list(range(len(groups))))
+    add(ALL, None, list(range(len(groups))))
     for g in GROUPS:
         classes = [c for c, name in enumerate(groups) if name == g]
         if classes:  # an empty group has no rows (see metrics.py)
             add(g, None, classes)
     for c in range(len(groups)):
-        add("class", c, [c])
+        add(CLASS, c, [c])
     return rows
 
 
@@ -63,7 +63,7 @@ def cas_rows(gen_images: torch.Tensor, gen_labels: torch.Tensor, *, dataset, epo
     correct, note = _train_and_test(gen_images, gen_labels, dataset=dataset, epochs=epochs, seed=seed,
                                     device=device, progress=progress, desc="CAS")
     n_gen = np.bincount(gen_labels.numpy(), minlength=dataset.num_classes)
-    return accuracy_rows("cas_acc", correct, dataset.source.test.labels.numpy(), groups=list(dataset.groups),
+    return accuracy_rows(CAS_ACC, correct, dataset.source.test.labels.numpy(), groups=list(dataset.groups),
                          n_gen_per_class=n_gen, note=note)
 
 
@@ -86,7 +86,7 @@ def aug_rows(gen_images: torch.Tensor, gen_labels: torch.Tensor, *, dataset, epo
     short = int((used < need).sum())
     if short:  # fewer generated images than the gap: say so rather than pretend the classes were filled
         note += f";underfilled_classes={short}"
-    return accuracy_rows("aug_acc", correct, dataset.source.test.labels.numpy(), groups=list(dataset.groups),
+    return accuracy_rows(AUG_ACC, correct, dataset.source.test.labels.numpy(), groups=list(dataset.groups),
                          n_gen_per_class=used, note=note)
 
 
@@ -95,7 +95,7 @@ def real_rows(*, dataset, epochs: int, seed: int, device: torch.device, cache_di
     """Baseline trained on the real long-tailed subset; cached per (split fingerprint, recipe, seed)."""
     path = None
     if cache_dir is not None:
-        name = f"real_acc-{dataset.fingerprint}-{arch_for(channels=dataset.channels, resolution=dataset.resolution)}" \
+        name = f"{REAL_ACC}-{dataset.fingerprint}-{arch_for(channels=dataset.channels, resolution=dataset.resolution)}" \
                f"-v{RECIPE['version']}-e{epochs}-s{seed}.json"
         path = Path(cache_dir) / name
         if path.exists():
@@ -103,13 +103,10 @@ def real_rows(*, dataset, epochs: int, seed: int, device: torch.device, cache_di
     labels = torch.as_tensor(dataset.train_labels, dtype=torch.int64)
     correct, note = _train_and_test(dataset.train_images, labels, dataset=dataset, epochs=epochs, seed=seed,
                                     device=device, progress=progress, desc="real-LT baseline")
-    rows = accuracy_rows("real_acc", correct, dataset.source.test.labels.numpy(), groups=list(dataset.groups),
+    rows = accuracy_rows(REAL_ACC, correct, dataset.source.test.labels.numpy(), groups=list(dataset.groups),
                          n_gen_per_class=np.zeros(dataset.num_classes, np.int64), note=note)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(rows))
     return rows
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +22,14 @@ from PIL import Image
 from benchmark.core.config import EvalConfig
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
+from benchmark.core.files import write_csv_atomic
+from benchmark.core.names import ALL, EVALUATOR_ACC, NO_FEATURES
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
 from benchmark.eval.metrics import compute_rows
 
-COLUMNS = ["feature_space", "metric", "group", "class", "n_gen", "n_ref", "value", "note"]
+# what an evaluation yields; the harness adds the cell columns (harness.results.RESULT_COLUMNS)
+EVAL_COLUMNS = ["feature_space", "metric", "group", "class", "n_gen", "n_ref", "value", "note"]
 REFERENCES = ("test", "train-balanced", "longtail")
 
 
@@ -69,7 +71,7 @@ def _evaluator_row(space, n_ref: int) -> list[dict]:
     info = getattr(space, "info", None)
     if not info:
         return []
-    return [dict(feature_space=space.identity, metric="evaluator_acc", group="all", **{"class": None}, n_gen=0,
+    return [dict(feature_space=space.identity, metric=EVALUATOR_ACC, group=ALL, **{"class": None}, n_gen=0,
                  n_ref=info["n_test"], value=info["test_acc"], note=f"arch={info['arch']};epochs={info['epochs']}")]
 
 
@@ -100,9 +102,9 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     if downstream and cfg.downstream:
         down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.downstream_epochs, seed=seed,
                                device=device, cache_dir=cache_dir, progress=progress, include_real=False)
-        down.insert(0, "feature_space", "none")
+        down.insert(0, "feature_space", NO_FEATURES)
         parts.append(down)
-    frame = pd.concat([p for p in parts if len(p)], ignore_index=True)[COLUMNS]
+    frame = pd.concat([p for p in parts if len(p)], ignore_index=True)[EVAL_COLUMNS]
     frame["class"] = frame["class"].astype("Int64")  # class index, <NA> for overall / group rows
     return frame
 
@@ -136,7 +138,7 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
         frame["class"] = frame["class"].astype("Int64")
         frame["note"] = frame["note"].fillna("")
-        return frame[COLUMNS]
+        return frame[EVAL_COLUMNS]
     ref_images, ref_labels = reference_set(dataset, cfg.reference)
     ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress)  # shared with evaluate_set
     labels = ref_labels.numpy()
@@ -147,11 +149,9 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
         note += f";capped_classes={capped}"
     frame = _rows_from_features(gen, labels[held], {k: v[rest] for k, v in ref.items()}, labels[rest],
                                 dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note)
-    frame = frame[COLUMNS]
+    frame = frame[EVAL_COLUMNS]
     frame["class"] = frame["class"].astype("Int64")
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_csv_atomic(path, frame)
     return frame
 
 

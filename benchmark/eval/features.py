@@ -25,6 +25,7 @@ from tqdm import tqdm
 from benchmark.core.config import EvalConfig
 from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
+from benchmark.core.files import save_npz_atomic
 from benchmark.core.registry import Registry
 from benchmark.eval.classifier import load_or_train_evaluator, predict
 
@@ -270,10 +271,7 @@ def extract_cached(space: FeatureSpace, images: torch.Tensor, *, key: str | None
         out = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]} if parts else space.extract(images[:0])
     else:
         out = space.extract(images, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)  # readers never see a half-written file
+    save_npz_atomic(path, **out)  # readers never see a half-written file
     return out
 
 

@@ -44,8 +44,22 @@ from torch_fidelity.metric_prc import (
 )
 
 from benchmark.core.errors import MetricError
+from benchmark.core.names import (
+    ALL,
+    CLASS,
+    COVERAGE,
+    DENSITY,
+    FID,
+    GROUPS,
+    IS,
+    KID,
+    LABEL_ACC,
+    PRECISION,
+    RECALL,
+    ci_high,
+    ci_low,
+)
 
-GROUPS = ("many", "medium", "few")
 _PRC_BATCH = 5000  # rows per cdist block; above this the batched ("part") variant keeps memory bounded
 _KERNEL_CACHE_LIMIT = 30_000_000  # kernel entries we are willing to hold to reuse across KID subsets
 
@@ -172,14 +186,14 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
         raise MetricError(f"feature dims differ: generated {gen_feats.shape[1]}, reference {ref_feats.shape[1]}")
     opts = dict(k=k, dc_k=dc_k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                 bootstrap=bootstrap, seed=seed, backend=backend)
-    slices = [("all", None, np.ones(len(gen_labels), bool), np.ones(len(ref_labels), bool))]
+    slices = [(ALL, None, np.ones(len(gen_labels), bool), np.ones(len(ref_labels), bool))]
     for g in GROUPS:
         classes = [c for c, name in enumerate(groups) if name == g]
         if classes:
             slices.append((g, None, np.isin(gen_labels, classes), np.isin(ref_labels, classes)))
     if per_class:
         for c in range(len(groups)):
-            slices.append(("class", c, gen_labels == c, ref_labels == c))
+            slices.append((CLASS, c, gen_labels == c, ref_labels == c))
     rows = []
     for group, cls, gm, rm in slices:
         probs = None if gen_probs is None else np.asarray(gen_probs)[gm]
@@ -204,7 +218,7 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
                          value=float(value), note=note))
 
     small = "small-n" if min(n_gen, n_ref) < dim else ""
-    add("fid", lambda: (fid(gen, ref, backend=backend), _join(small, f"backend={backend}")))
+    add(FID, lambda: (fid(gen, ref, backend=backend), _join(small, f"backend={backend}")))
     kid_out = {}
 
     def kid_value():
@@ -212,19 +226,19 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
         kid_out["m"] = m
         return mean, f"kid_subset={m};kid_subsets={kid_subsets};std={std:.3g};backend={backend}"
 
-    add("kid", kid_value)
+    add(KID, kid_value)
     # each pair comes from one k-NN computation, made once and shared by its two rows
     for (first, second), fn, kk in (
-        (("precision", "recall"), precision_recall, k),
-        (("density", "coverage"), density_coverage, dc_k),
+        ((PRECISION, RECALL), precision_recall, k),
+        ((DENSITY, COVERAGE), density_coverage, dc_k),
     ):
         pair = functools.lru_cache(maxsize=1)(lambda fn=fn, kk=kk: fn(gen, ref, k=kk))
         add(first, lambda pair=pair, kk=kk: (pair()[0], f"k={kk}"))
         add(second, lambda pair=pair, kk=kk: (pair()[1], f"k={kk}"))
     if logits is not None:
-        add("is", lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception_score(logits)))
+        add(IS, lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception_score(logits)))
     if probs is not None:
-        add("label_acc", lambda: _label_acc(probs, gen_labels))
+        add(LABEL_ACC, lambda: _label_acc(probs, gen_labels))
     if bootstrap > 0:
         rows += _bootstrap_rows(gen, ref, group=group, cls=cls, B=bootstrap, seed=seed, backend=backend,
                                 kid_subsets=kid_subsets, kid_m=kid_out.get("m"))
@@ -249,11 +263,11 @@ def _bootstrap_rows(gen, ref, *, group, cls, B, seed, backend, kid_subsets, kid_
             kids.append(kid(sample, ref, subsets=max(1, kid_subsets // 10), subset_size=kid_m, seed=seed,
                             backend=backend)[0])
     rows = []
-    for name, values in (("fid", fids), ("kid", kids)):
+    for name, values in ((FID, fids), (KID, kids)):
         if len(values) < B:
             continue  # the point estimate row already says why this slice is not computable
         lo, hi = np.percentile(values, [2.5, 97.5])
-        for metric, v in ((f"{name}_ci_low", lo), (f"{name}_ci_high", hi)):
+        for metric, v in ((ci_low(name), lo), (ci_high(name), hi)):
             rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=len(gen), n_ref=len(ref),
                              value=float(v), note=f"bootstrap={B};95% percentile"))
     return rows

@@ -23,7 +23,7 @@ from benchmark.core.config import Config
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import broadcast, current
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.files import write_atomic, write_text_atomic
+from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.core.names import REAL
 from benchmark.harness.cells import (
     Cell,
@@ -32,7 +32,7 @@ from benchmark.harness.cells import (
     expand_grid,
     method_order,
 )
-from benchmark.harness.results import COLUMNS, append_cell
+from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import run_stages
 
 log = logging.getLogger("ltgen")
@@ -97,8 +97,8 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         log.info("cell %s, config %s", cell.name, folder / "config.json")
         announce("run")
         rows = run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=progress)
-        rows = rows[COLUMNS]
-        write_atomic(folder / "metrics.csv", lambda tmp: rows.to_csv(tmp, index=False))
+        rows = rows[RESULT_COLUMNS]
+        write_csv_atomic(folder / "metrics.csv", rows)
         append_cell(out / "results.csv", rows, replace=force)
         write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
         return CellOutcome(cell, folder, "done", time.time() - start)

@@ -25,6 +25,7 @@ from benchmark.core.config import Config
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import init_from_env
 from benchmark.core.errors import ConfigError
+from benchmark.core.files import write_text_atomic
 from benchmark.harness.cells import Cell, expand_grid, parent_cell
 from benchmark.harness.grid import CellOutcome, run_cell
 
@@ -252,7 +253,7 @@ def submit(
             job_of[cell] = str(job.job_id)
             record = {"launcher": kind, "job_id": str(job.job_id), "submitted": time.ctime(), "cell": cell.name,
                       "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), "after": after}  # fmt: skip
-            (folder / "slurm.json").write_text(json.dumps(record, indent=2))
+            write_text_atomic(folder / "slurm.json", json.dumps(record, indent=2))
             print(f"{cell.name}: job {job.job_id}  (log {job.paths.stdout})", flush=True)
             running[cell] = job
         if not wait:

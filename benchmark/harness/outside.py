@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,11 @@ from benchmark.core.config import Config, to_dict
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import DataError
+from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.data import build_dataset
 from benchmark.eval.evaluate import evaluate_set, load_samples
 from benchmark.harness.cells import Cell, dataset_slug
-from benchmark.harness.results import COLUMNS, append_cell
+from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import finish_rows
 
 
@@ -44,8 +44,8 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
     folder = cell.folder(out)
     if main:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "config.json").write_text(json.dumps({"external_samples": str(samples), "config": to_dict(cfg)},
-                                                       indent=2))  # fmt: skip
+        write_text_atomic(folder / "config.json",
+                          json.dumps({"external_samples": str(samples), "config": to_dict(cfg)}, indent=2))  # fmt: skip
     rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache", device=device,
                         seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True)  # fmt: skip
     if not main:
@@ -57,9 +57,8 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         "reference": cfg.eval.reference, "feature_space_default": cfg.eval.feature_space,
     }  # fmt: skip
     table = finish_rows(rows, ident, dataset)
-    table = table[COLUMNS]
-    table.to_csv(folder / "metrics.csv.tmp", index=False)
-    os.replace(folder / "metrics.csv.tmp", folder / "metrics.csv")
+    table = table[RESULT_COLUMNS]
+    write_csv_atomic(folder / "metrics.csv", table)
     if not append_cell(Path(out) / "results.csv", table, replace=force):
         print(f"rows for {name!r} (seed {seed}) were already in {Path(out) / 'results.csv'}; kept the existing ones")
     return table

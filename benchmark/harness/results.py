@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.files import write_csv_atomic
 
-COLUMNS = [
+RESULT_COLUMNS = [  # the columns of results.csv, in order
     "dataset", "profile", "imbalance", "split_fingerprint",
     "method", "seed", "train_steps",
     "protocol", "sampler", "sampler_steps", "guidance",
@@ -51,7 +51,7 @@ def read_results(path: Path) -> pd.DataFrame:
             "(python run_benchmark.py run --out DIR) or point `report` at a folder that has results.csv"
         )
     table = pd.read_csv(path, dtype={"split_fingerprint": str, "note": str, "method": str})
-    missing = [c for c in COLUMNS if c not in table.columns]
+    missing = [c for c in RESULT_COLUMNS if c not in table.columns]
     if missing:
         raise BenchmarkError(f"{path} is not an LTGen-Bench results table (missing columns: {', '.join(missing)})")
     table["note"] = table["note"].fillna("")
@@ -74,10 +74,10 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
     """Append one finished cell's rows; returns False when the cell was already present."""
     if rows.empty:
         raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
-    missing = [c for c in COLUMNS if c not in rows.columns]
+    missing = [c for c in RESULT_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"result rows lack columns {missing}")
-    rows = rows[COLUMNS]
+    rows = rows[RESULT_COLUMNS]
     key = {c: rows.iloc[0][c] for c in CELL_KEY}
     path = Path(path)
     with locked(path):
@@ -88,15 +88,10 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
                 if not replace:
                     return False
                 table = table[~present]
-                _write_atomic(path, pd.concat([table, rows], ignore_index=True))
+                write_csv_atomic(path, pd.concat([table, rows], ignore_index=True))
                 return True
             rows.to_csv(path, mode="a", header=False, index=False)
         else:
-            _write_atomic(path, rows)
+            write_csv_atomic(path, rows)
     return True
 
-
-def _write_atomic(path: Path, table: pd.DataFrame) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)

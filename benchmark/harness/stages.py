@@ -18,7 +18,7 @@ import pandas as pd
 from benchmark.core.config import Config
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import TrainingError
-from benchmark.core.names import REAL
+from benchmark.core.names import CLASS, NO_FEATURES, REAL, TRAIN_COUNT
 from benchmark.data import build_dataset
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set
@@ -27,7 +27,7 @@ from benchmark.eval.downstream import real_rows
 from benchmark.eval.evaluate import evaluate_set, real_floor_rows
 from benchmark.eval.features import resolve_feature_space_name
 from benchmark.harness.cells import dataset_slug
-from benchmark.harness.results import COLUMNS
+from benchmark.harness.results import RESULT_COLUMNS
 from methods import get_method
 
 log = logging.getLogger("ltgen")
@@ -44,7 +44,7 @@ def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> d
         "seed": cell.seed,
         "train_steps": 0 if is_real else cfg.train.steps,
         "protocol": cfg.protocol,
-        "sampler": "real" if is_real else cfg.sample.sampler,
+        "sampler": REAL if is_real else cfg.sample.sampler,
         "sampler_steps": 0 if is_real else cfg.sample.steps,
         "guidance": math.nan if is_real or guidance is None else float(guidance),
         "reference": cfg.eval.reference,
@@ -57,8 +57,8 @@ def count_rows(dataset) -> pd.DataFrame:
     groups = dataset.groups
     return pd.DataFrame(
         {
-            "metric": "train_count",
-            "group": "class",
+            "metric": TRAIN_COUNT,
+            "group": CLASS,
             "class": list(range(dataset.num_classes)),
             "n_gen": 0,
             "n_ref": 0,
@@ -76,7 +76,7 @@ def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame
     for key, value in ident.items():
         rows[key] = value
     rows["note"] = rows["note"].fillna("")
-    return rows[COLUMNS]
+    return rows[RESULT_COLUMNS]
 
 
 def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame | None:
@@ -95,7 +95,7 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
         if cfg.eval.downstream:
             real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
                                           device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
-            real.insert(0, "feature_space", "none")
+            real.insert(0, "feature_space", NO_FEATURES)
             parts.append(real)
         return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
 

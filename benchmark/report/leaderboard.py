@@ -14,7 +14,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.core.names import REAL
+from benchmark.core.names import (
+    ALL,
+    AUG_ACC,
+    CAS_ACC,
+    CLASS,
+    FEW,
+    FID,
+    KID,
+    LABEL_ACC,
+    MANY,
+    MEDIUM,
+    PRECISION,
+    REAL,
+    REAL_ACC,
+    RECALL,
+)
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows
 
 
@@ -27,50 +42,50 @@ class Column:
     digits: int = 2
 
 
-COLUMNS = [
-    Column("FID", "fid", "all", True),
-    Column("FID many", "fid", "many", True),
-    Column("FID med", "fid", "medium", True),
-    Column("FID few", "fid", "few", True),
-    Column("KIDx1e3", "kid", "all", True),
-    Column("Prec", "precision", "all", False, 3),
-    Column("Rec", "recall", "all", False, 3),
-    Column("Rec few", "recall", "few", False, 3),
-    Column("LabelAcc", "label_acc", "all", False, 3),
-    Column("CAS", "cas_acc", "all", False, 3),
-    Column("CAS few", "cas_acc", "few", False, 3),
-    Column("Aug", "aug_acc", "all", False, 3),
-    Column("Aug few", "aug_acc", "few", False, 3),
+LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
+    Column("FID", FID, ALL, True),
+    Column("FID many", FID, MANY, True),
+    Column("FID med", FID, MEDIUM, True),
+    Column("FID few", FID, FEW, True),
+    Column("KIDx1e3", KID, ALL, True),
+    Column("Prec", PRECISION, ALL, False, 3),
+    Column("Rec", RECALL, ALL, False, 3),
+    Column("Rec few", RECALL, FEW, False, 3),
+    Column("LabelAcc", LABEL_ACC, ALL, False, 3),
+    Column("CAS", CAS_ACC, ALL, False, 3),
+    Column("CAS few", CAS_ACC, FEW, False, 3),
+    Column("Aug", AUG_ACC, ALL, False, 3),
+    Column("Aug few", AUG_ACC, FEW, False, 3),
 ]
-SCALE = {"kid": 1e3}
+SCALE = {KID: 1e3}
 
 # Published numbers, second-hand transcriptions: ddpm1000 rows from the CORAL paper's table, ddim rows
 # from the Capacity Manipulation paper's table (see the README): (dataset, imbalance, protocol) -> rows
 PUBLISHED = {
     ("cifar100", 0.01, "ddpm1000"): {
-        "DDPM": {("fid", "all"): 7.70}, "CBDM": {("fid", "all"): 6.02},
-        "T2H": {("fid", "all"): 6.78}, "CORAL": {("fid", "all"): 5.37},
+        "DDPM": {(FID, ALL): 7.70}, "CBDM": {(FID, ALL): 6.02},
+        "T2H": {(FID, ALL): 6.78}, "CORAL": {(FID, ALL): 5.37},
     },
     ("cifar10", 0.01, "ddpm1000"): {
-        "DDPM": {("fid", "all"): 6.17, ("recall", "all"): 0.52},
-        "CBDM": {("fid", "all"): 5.62, ("recall", "all"): 0.57},
-        "T2H": {("fid", "all"): 7.01, ("recall", "all"): 0.54},
-        "CORAL": {("fid", "all"): 5.32, ("recall", "all"): 0.59},
+        "DDPM": {(FID, ALL): 6.17, (RECALL, ALL): 0.52},
+        "CBDM": {(FID, ALL): 5.62, (RECALL, ALL): 0.57},
+        "T2H": {(FID, ALL): 7.01, (RECALL, ALL): 0.54},
+        "CORAL": {(FID, ALL): 5.32, (RECALL, ALL): 0.59},
     },
     ("cifar100", 0.01, "ddim"): {
-        "DDPM": {("fid", "all"): 10.16, ("fid", "many"): 14.07, ("fid", "medium"): 15.66, ("fid", "few"): 22.19},
-        "CBDM": {("fid", "all"): 10.05}, "OC": {("fid", "all"): 8.31},
+        "DDPM": {(FID, ALL): 10.16, (FID, MANY): 14.07, (FID, MEDIUM): 15.66, (FID, FEW): 22.19},
+        "CBDM": {(FID, ALL): 10.05}, "OC": {(FID, ALL): 8.31},
     },
     ("cifar10", 0.01, "ddim"): {
-        "DDPM": {("fid", "all"): 10.70}, "CBDM": {("fid", "all"): 8.23}, "OC": {("fid", "all"): 8.39},
+        "DDPM": {(FID, ALL): 10.70}, "CBDM": {(FID, ALL): 8.23}, "OC": {(FID, ALL): 8.39},
     },
 }  # fmt: skip
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Long summary: one row per (table key, method, metric, group) with mean, std, n seeds."""
     agg = attach_feature_free_rows(table)
-    agg = agg[agg["group"] != "class"]
-    agg = agg[agg["metric"].isin({c.metric for c in COLUMNS})]
+    agg = agg[agg["group"] != CLASS]
+    agg = agg[agg["metric"].isin({c.metric for c in LEADERBOARD_COLUMNS})]
     per_seed = agg.groupby(TABLE_KEY + ["method", "metric", "group", "seed"], dropna=False)["value"].mean()
     grouped = per_seed.groupby(level=list(range(len(TABLE_KEY) + 3)), dropna=False)
     out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n_seeds": grouped.count()})
@@ -94,12 +109,12 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
         methods = sorted(m for m in block["method"].unique() if m != REAL)
         if REAL in set(block["method"]):
             methods.append(REAL)
-        display = pd.DataFrame(index=methods, columns=["seeds"] + [c.label for c in COLUMNS], dtype=object)
+        display = pd.DataFrame(index=methods, columns=["seeds"] + [c.label for c in LEADERBOARD_COLUMNS], dtype=object)
         marks = pd.DataFrame("", index=methods, columns=display.columns)
         for method in methods:
             rows = block[block["method"] == method]
             display.loc[method, "seeds"] = str(int(rows["n_seeds"].max())) if len(rows) else "0"
-        for col in COLUMNS:
+        for col in LEADERBOARD_COLUMNS:
             stats = {}
             for method in methods:
                 hit = block[(block["method"] == method) & (block["metric"] == col.metric) & (block["group"] == col.group)]
@@ -119,7 +134,7 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
             display.loc[label] = "-"
             marks.loc[label] = ""
             display.loc[label, "seeds"] = "paper"
-            for col in COLUMNS:
+            for col in LEADERBOARD_COLUMNS:
                 if (col.metric, col.group) in values:
                     display.loc[label, col.label] = f"{values[(col.metric, col.group)]:.{col.digits}f}"
         if REAL in display.index:
@@ -155,7 +170,7 @@ LEGEND = (
     "With a single seed the spread is unknown, so bold then marks only the best mean. "
     "FID/KID: lower is better; the rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
     "images at the same sample size (a perfect generator's score); its CAS/Aug columns are empty and its "
-    "downstream baseline (classifier on the real long-tailed set alone) is in the CSV as real_acc."
+    f"downstream baseline (classifier on the real long-tailed set alone) is in the CSV as {REAL_ACC}."
 )
 
 

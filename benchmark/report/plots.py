@@ -16,11 +16,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmark.core.names import REAL  # noqa: E402
+from benchmark.core.names import (  # noqa: E402
+    ALL,
+    CAS_ACC,
+    CLASS,
+    FEW,
+    FID,
+    GROUPS,
+    LABEL_ACC,
+    REAL,
+    RECALL,
+    TRAIN_COUNT,
+)
 from benchmark.harness.cells import Cell  # noqa: E402
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows  # noqa: E402
-
-GROUPS = ["many", "medium", "few"]
 
 
 def _save(fig, path_stem: Path) -> list[Path]:
@@ -40,14 +49,14 @@ def _slug(key: dict) -> str:
 
 
 def per_class_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
-    counts = block[(block["metric"] == "train_count") & (block["group"] == "class")]
+    counts = block[(block["metric"] == TRAIN_COUNT) & (block["group"] == CLASS)]
     counts = counts.groupby("class")["value"].first()
-    metrics = [m for m in ("recall", "fid", "label_acc") if ((block["metric"] == m) & (block["group"] == "class")).any()]
+    metrics = [m for m in (RECALL, FID, LABEL_ACC) if ((block["metric"] == m) & (block["group"] == CLASS)).any()]
     if counts.empty or not metrics:
         return []
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        rows = block[(block["metric"] == metric) & (block["group"] == "class")]
+        rows = block[(block["metric"] == metric) & (block["group"] == CLASS)]
         for method, mrows in sorted(rows.groupby("method"), key=lambda kv: (kv[0] == REAL, kv[0])):
             per_class = mrows.groupby("class")["value"].agg(["mean", "std"]).reindex(counts.index).dropna(subset=["mean"])
             x = counts.loc[per_class.index].to_numpy(float)
@@ -61,8 +70,8 @@ def per_class_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]
                 ax.fill_between(x[order], lo, hi, alpha=0.15, **({"color": "black"} if method == REAL else {}))
         ax.set_xscale("log")
         ax.set_xlabel("training images of the class (log)")
-        ax.set_ylabel({"fid": "per-class FID (lower is better)", "recall": "per-class recall (diversity)",
-                       "label_acc": "label accuracy of generated images"}[metric])  # fmt: skip
+        ax.set_ylabel({FID: "per-class FID (lower is better)", RECALL: "per-class recall (diversity)",
+                       LABEL_ACC: "label accuracy of generated images"}[metric])  # fmt: skip
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Per-class quality and diversity vs class size: {key['dataset']} imbalance {float(key['imbalance']):g}")
@@ -70,7 +79,7 @@ def per_class_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]
 
 
 def group_bars(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
-    metrics = [m for m in ("fid", "recall", "cas_acc") if ((block["metric"] == m) & block["group"].isin(GROUPS)).any()]
+    metrics = [m for m in (FID, RECALL, CAS_ACC) if ((block["metric"] == m) & block["group"].isin(GROUPS)).any()]
     if not metrics:
         return []
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
@@ -89,7 +98,7 @@ def group_bars(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
                    yerr=errs if np.isfinite(errs).any() else None)
         ax.set_xticks(np.arange(3), GROUPS)
         ax.set_ylabel(metric)
-        ax.set_title(metric + (" (lower is better)" if metric == "fid" else ""))
+        ax.set_title(metric + (" (lower is better)" if metric == FID else ""))
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Many / medium / few: {key['dataset']} imbalance {float(key['imbalance']):g}")
@@ -103,7 +112,7 @@ def imbalance_sweep(table: pd.DataFrame, folder: Path) -> list[Path]:
         if block["imbalance"].nunique() < 2:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for ax, (metric, group) in zip(axes, [("fid", "all"), ("recall", "few")]):
+        for ax, (metric, group) in zip(axes, [(FID, ALL), (RECALL, FEW)]):
             rows = block[(block["metric"] == metric) & (block["group"] == group)]
             for method, mrows in sorted(rows.groupby("method")):
                 stats = mrows.groupby("imbalance")["value"].agg(["mean", "std"])
@@ -132,7 +141,7 @@ def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 
             continue
         data = np.load(npz)
         images, labels = data["images"], data["labels"]
-        counts = table[(table["metric"] == "train_count") & (table["dataset"] == c["dataset"])
+        counts = table[(table["metric"] == TRAIN_COUNT) & (table["dataset"] == c["dataset"])
                        & (table["imbalance"] == c["imbalance"])].groupby("class")["value"].first()  # fmt: skip
         counts.index = counts.index.astype(int)
         classes = list(counts.sort_values(ascending=False).index) if len(counts) else sorted(set(labels.tolist()))
@@ -166,9 +175,9 @@ def write_plots(table: pd.DataFrame, out: Path) -> list[Path]:
     for key_values, block in table.groupby(TABLE_KEY, dropna=False):
         key = dict(zip(TABLE_KEY, key_values))
         # the class-size axis comes from the real cell / any cell of the same split
-        counts = table[(table["metric"] == "train_count") & (table["dataset"] == key["dataset"])
+        counts = table[(table["metric"] == TRAIN_COUNT) & (table["dataset"] == key["dataset"])
                        & (table["imbalance"] == key["imbalance"])]  # fmt: skip
-        block = pd.concat([block[block["metric"] != "train_count"], counts], ignore_index=True)
+        block = pd.concat([block[block["metric"] != TRAIN_COUNT], counts], ignore_index=True)
         paths += per_class_curves(block, key, folder)
         paths += group_bars(block, key, folder)
     paths += imbalance_sweep(table, folder)

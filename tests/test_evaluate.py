@@ -12,6 +12,7 @@ from PIL import Image
 
 from benchmark.core.config import EvalConfig
 from benchmark.core.errors import DataError
+from benchmark.data.imagefolder import IMAGE_EXTENSIONS, image_files, read_image
 from benchmark.eval.evaluate import (
     EVAL_COLUMNS,
     evaluate_set,
@@ -118,3 +119,19 @@ def test_load_samples_npz_and_folders(tmp_path):
     (tmp_path / "dir" / "cat").mkdir()
     with pytest.raises(DataError, match="class index"):
         load_samples(tmp_path / "dir")
+
+
+def test_sample_folders_are_read_like_dataset_folders(tmp_path):
+    """One reader for both: every extension the dataset reader takes, hidden files skipped, and a colour
+    set keeps its exactly-grey images in colour."""
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    for c, ext in ((0, ".tif"), (1, ".gif")):
+        (tmp_path / str(c)).mkdir()
+        Image.fromarray(colour if c == 0 else np.full((8, 8, 3), 7, np.uint8)).save(tmp_path / str(c) / f"x{ext}")
+        Image.fromarray(colour).save(tmp_path / str(c) / ".hidden.png")
+    assert {".tif", ".gif"} <= set(IMAGE_EXTENSIONS)
+    images, labels = load_samples(tmp_path)
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 1]
+    assert torch.equal(images[0], torch.from_numpy(read_image(image_files(tmp_path / "0")[0])).permute(2, 0, 1))
+    assert images[1].unique().tolist() == [7]  # grey, expanded to the set's 3 channels

@@ -49,13 +49,7 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
             f"image folder {root} has {len(classes)} class subfolder(s); it needs one subfolder per "
             "class and at least 2 classes (e.g. PATH/cat/*.png, PATH/dog/*.png)"
         )
-    files = {}
-    for name in classes:
-        entries = sorted(
-            Path(e.path) for e in os.scandir(root / name)
-            if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
-        )  # fmt: skip
-        files[name] = entries
+    files = {name: image_files(root / name) for name in classes}
     empty = [name for name, found in files.items() if not found]
     if empty:
         raise DataError(
@@ -65,7 +59,15 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
     return files
 
 
-def _read(path: Path) -> np.ndarray:
+def image_files(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by extension, hidden files skipped), sorted."""
+    return sorted(
+        Path(e.path) for e in os.scandir(folder)
+        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+    )  # fmt: skip
+
+
+def read_image(path: Path) -> np.ndarray:
     """HWC uint8 with 1 channel (grayscale) or 3 channels (colour)."""
     try:
         with Image.open(path) as img:
@@ -79,6 +81,11 @@ def _read(path: Path) -> np.ndarray:
     if (rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all():
         return rgb[:, :, :1].copy()  # RGB-saved grayscale: the data decides, not the file mode
     return rgb
+
+
+def set_channels(arrays: list[np.ndarray]) -> int:
+    """The channels of a set read by :func:`read_image`: 3 if any image is in colour, else 1."""
+    return 3 if any(a.shape[2] == 3 for a in arrays) else 1
 
 
 def _to_l(img) -> Image.Image:
@@ -99,7 +106,7 @@ def _load_folder(files: dict[str, list[Path]]) -> tuple[list[np.ndarray], np.nda
     arrays, labels = [], []
     for label, name in enumerate(files):
         for path in files[name]:
-            arrays.append(_read(path))
+            arrays.append(read_image(path))
             labels.append(label)
     return arrays, np.asarray(labels, dtype=np.int64)
 
@@ -169,7 +176,7 @@ def load_imagefolder(*, arg, data_root, reference_folder, resolution, resize) ->
             )
         ref_arrays, ref_labels = _load_folder(ref_files)
         identity += "\nref\n" + _listing(ref_files, ref, times=False)
-    channels = 3 if any(a.shape[2] == 3 for a in arrays + ref_arrays) else 1
+    channels = set_channels(arrays + ref_arrays)
     images, resized = _stack(arrays + ref_arrays, channels, resolution, resize)
     if ref is not None:
         train_images, test_images = images[: len(arrays)], images[len(arrays) :]

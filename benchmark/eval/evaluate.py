@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from benchmark.core.config import EvalConfig
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.files import write_csv_atomic
 from benchmark.core.names import ALL, EVALUATOR_ACC, NO_FEATURES
+from benchmark.data.imagefolder import IMAGE_EXTENSIONS, image_files, read_image, set_channels
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
 from benchmark.eval.metrics import compute_rows
@@ -211,15 +211,13 @@ def _load_folder(root: Path, class_names: list[str] | None) -> tuple[torch.Tenso
         else:
             raise DataError(f"class folder {folder.name!r} in {root} is neither a class index nor a class name "
                             f"({class_names or 'none given'}); rename it to its class index")
-        for f in sorted(folder.iterdir()):
-            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
-                continue
-            with Image.open(f) as im:
-                arr = np.asarray(im.convert("L" if im.mode in ("L", "1", "I;16") else "RGB"))
-            images.append(arr if arr.ndim == 3 else arr[:, :, None])
+        for f in image_files(folder):  # the dataset reader's files and decoding: one rule for both
+            images.append(read_image(f))
             labels.append(label)
     if not images:
-        raise DataError(f"no images (.png/.jpg) found in the class folders of {root}")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in the class folders of {root}")
+    if set_channels(images) == 3:  # a colour set keeps the odd exactly-grey image in colour too
+        images = [np.repeat(im, 3, axis=2) if im.shape[2] == 1 else im for im in images]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise DataError(f"images in {root} differ in size/channels {sorted(shapes)}; export them at one resolution")

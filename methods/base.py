@@ -101,9 +101,6 @@ class Method:
         then sets ``train.init_from`` itself)."""
         return cfg
 
-    def describe(self) -> str:
-        return self.name
-
 
 def overrides(cls: type[Method], attr: str) -> bool:
     """Whether method class ``cls`` supplies its own ``attr`` (used to compose methods)."""

@@ -7,7 +7,7 @@ so typos surface at once and the command line can take its choices from the regi
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from benchmark.core.errors import ConfigError
@@ -66,5 +66,3 @@ class Registry(Generic[T]):
     def items(self) -> list[tuple[str, T]]:
         return [(n, self._items[n]) for n in self.names()]
 
-
-Factory = Callable[..., T]

@@ -28,6 +28,7 @@ from benchmark.core.errors import DataError
 from benchmark.engine.checkpoint import atomic_save
 
 RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=5e-4, batch_size=128, schedule="cosine", version=2)
+EVALUATOR_SEED = 0  # one evaluator per data source: every cell and seed of a grid is scored by the same network
 
 
 class SmallCNN(nn.Module):

@@ -27,7 +27,7 @@ from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
 from benchmark.core.registry import Registry
-from benchmark.eval.classifier import load_or_train_evaluator, predict
+from benchmark.eval.classifier import EVALUATOR_SEED, load_or_train_evaluator, predict
 
 FEATURE_SPACES: Registry = Registry("feature space")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -203,9 +203,9 @@ class ClassifierSpace(FeatureSpace):
 
     name = "classifier"
 
-    def __init__(self, *, dataset, cfg: EvalConfig, cache_dir: Path, device: torch.device, seed: int = 0,
+    def __init__(self, *, dataset, cfg: EvalConfig, cache_dir: Path, device: torch.device,
                  progress: bool = False) -> None:
-        self.net, self.info = load_or_train_evaluator(dataset.source, seed=seed, epochs=cfg.classifier_epochs,
+        self.net, self.info = load_or_train_evaluator(dataset.source, seed=EVALUATOR_SEED, epochs=cfg.classifier_epochs,
                                                       cache_dir=cache_dir, device=device, progress=progress,
                                                       per_class=cfg.classifier_per_class)
         self.device, self.batch_size = device, cfg.batch_size

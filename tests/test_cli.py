@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
+from benchmark.core.presets import PRESETS, PROTOCOLS
+from benchmark.data import DATASETS
+from benchmark.eval.features import FEATURE_SPACES
+from methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,12 +48,19 @@ def test_bad_input_is_one_clear_line(argv, fragment, capsys):
     assert "Traceback" not in err
 
 
-def test_list_names_everything(capsys):
+def test_list_names_every_registered_name_in_its_own_section(capsys):
     assert main(["list"]) == 0
-    out = capsys.readouterr().out
-    for name in ("demo", "smoke", "cifar100lt", "ddpm1000", "cbdm", "resample", "reweight", "fashion-mnist",
-                 "digits", "classifier", "inception"):  # fmt: skip
-        assert name in out
+    sections: dict[str, list[str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if not line.startswith(" "):
+            current = sections.setdefault(line.split(" (")[0].rstrip(":"), [])
+        else:
+            current.append(line.split()[0].split(":")[0])  # the name (imagefolder is listed as imagefolder:PATH)
+    expected = {"presets": PRESETS, "protocols": PROTOCOLS, "methods": METHODS, "datasets": DATASETS,
+                "feature spaces": FEATURE_SPACES}  # fmt: skip
+    assert sorted(sections) == sorted(expected)
+    for section, registry in expected.items():
+        assert sorted(sections[section]) == sorted(registry.names()), section
 
 
 def test_data_command_csv(capsys):

@@ -21,12 +21,12 @@ from engine_helpers import TINY_MODEL, tiny_config, tiny_data
 
 from benchmark.cli import main
 from benchmark.core.distributed import Dist, ShardDraws, gather_batch
-from benchmark.core.errors import ConfigError
+from benchmark.core.errors import ConfigError, TrainingError
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set
 from benchmark.engine.trainer import load_model, train
 from benchmark.harness.results import read_results
-from methods import get_method
+from methods import METHODS, get_method
 
 METHOD = "cbdm+reweight"  # per-sample t, noise and y' draws; per-sample weights
 
@@ -84,8 +84,7 @@ def _losses(run_dir):
         return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(fh)]
 
 
-# coral: a batch-global term (SupCon over the batch, lambda from the batch's t), gathered under DDP
-@pytest.mark.parametrize("method_name", [METHOD, "coral"])
+@pytest.mark.parametrize("method_name", [METHOD])  # every other method: the test below
 def test_two_gloo_processes_match_one_process(tmp_path, method_name):
     one, two = tmp_path / "one", tmp_path / "two"
     _run(one, method_name=method_name)
@@ -105,6 +104,43 @@ def test_two_gloo_processes_match_one_process(tmp_path, method_name):
     assert ckpt["rng_cpu_ranks"].shape[0] == 2  # every rank's dropout stream, for an exact resume
 
 
+def _rank_every_method(rank, world, port, out):
+    import torch.distributed as dist
+
+    from benchmark.core.distributed import init_from_env
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    init_from_env("cpu")
+    try:
+        for name in METHODS.names():
+            _train(out / name, name)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_method_gives_the_one_process_objective_on_two_processes(tmp_path):
+    """Every registered method, those whose loss couples the samples of a batch included (CORAL's
+    SupCon over the batch with lambda from the batch's t, T2H's targets swapped between batch
+    images): the same logged objective and final weights as one process.  One spawn for all."""
+    names = METHODS.names()
+    for name in names:
+        _train(tmp_path / "one" / name, name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_rank_every_method, args=(2, port, tmp_path / "two"), nprocs=2, join=True)
+    for name in names:
+        one, two = tmp_path / "one" / name, tmp_path / "two" / name
+        a, b = _losses(one), _losses(two)
+        assert [s for s, _ in a] == [s for s, _ in b] and len(a) == 4, name
+        np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-4, err_msg=name)
+        ema1, ema2 = (torch.load(p / "model.pt", weights_only=True)["ema"] for p in (one, two))
+        for k in ema1:
+            torch.testing.assert_close(ema2[k], ema1[k], atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_shard_draws_slice_the_global_draws(rank):
     probs = torch.tensor([0.2, 0.5, 0.3])
@@ -120,7 +156,7 @@ def test_shard_draws_slice_the_global_draws(rank):
         part = draws(gen, 3)
     for f, p in zip(full, part):
         assert torch.equal(p, f if f.dim() == 0 else f[rank * 3 : rank * 3 + 3])
-    with pytest.raises(Exception, match="cannot be split exactly"), ShardDraws(gen, local=3, d=Dist(rank, 2, rank)):
+    with pytest.raises(TrainingError, match="cannot be split exactly"), ShardDraws(gen, local=3, d=Dist(rank, 2, rank)):
         torch.bernoulli(torch.full((3,), 0.5), generator=gen)
 
 

@@ -5,6 +5,7 @@ from engine_helpers import TINY_MODEL
 
 import benchmark.engine.sampling as sampling
 from benchmark.core.config import SampleConfig
+from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import (
@@ -56,7 +57,7 @@ def test_generate_eval_set_is_atomic_and_resumes(model, tmp_path, monkeypatch):
     cfg = SampleConfig(steps=3, guidance=None, n_per_class=3, batch_size=2)
     out = tmp_path / "samples.npz"
     kw = dict(num_classes=3, n_per_class=3, cfg=cfg, seed=0, out_path=out, device="cpu", progress=False, chunk_size=4)
-    with pytest.raises(Exception, match="guidance"):
+    with pytest.raises(ConfigError, match="no guidance strength"):
         generate_eval_set(model, DIFF, **kw)
     images, labels = generate_eval_set(model, DIFF, guidance=0.8, **kw)
     assert images.shape == (9, 1, 8, 8) and torch.bincount(labels).tolist() == [3, 3, 3]

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from benchmark.core.errors import ConfigError
 from benchmark.harness.results import RESULT_COLUMNS, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,5 +131,5 @@ def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
     check_or_write_config(folder, cell_config(cfg, cell), cell)  # accepted
     record["config"]["train"]["steps"] = 999
     (folder / "config.json").write_text(json.dumps(record))
-    with pytest.raises(Exception, match="train.steps"):
+    with pytest.raises(ConfigError, match="train.steps"):
         check_or_write_config(folder, cell_config(cfg, cell), cell)

@@ -1,5 +1,3 @@
-import csv
-
 import pytest
 import torch
 from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
@@ -7,8 +5,8 @@ from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
 from benchmark.core.errors import TrainingError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.checkpoint import latest_checkpoint, load
-from benchmark.engine.trainer import _seeds, load_model, train
-from methods import METHODS, get_method
+from benchmark.engine.trainer import _seeds, train
+from methods import get_method
 
 DATA = tiny_data()
 
@@ -22,25 +20,6 @@ def _train(run_dir, name="ddpm", cfg=None, method=None, seed=0):
 def _init_weights(seed=0):
     torch.manual_seed(_seeds(seed)[0])
     return build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).state_dict()
-
-
-@pytest.mark.parametrize("name", METHODS.names() + ["cbdm+resample"])
-def test_contract_training_changes_weights_and_logs(tmp_path, name):
-    path = _train(tmp_path, name)
-    model, info = load_model(path, "cpu")
-    assert info["method"] == name and info["steps"] == 6
-    init = _init_weights()
-    assert any(not torch.equal(v, init[k]) for k, v in model.state_dict().items())
-    with open(tmp_path / "train_log.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in rows] == [2, 3, 4, 6]
-    method = get_method(name, class_counts=DATA.counts)
-    for r in rows:
-        assert all(torch.isfinite(torch.tensor(float(r[k]))) for k in ("loss", "grad_norm", *method.term_names))
-    # a checkpoint round trip: the latest checkpoint holds the same EMA weights as model.pt
-    ckpt = load(latest_checkpoint(tmp_path / "checkpoints"))
-    assert all(torch.equal(ckpt["ema"][k], v) for k, v in model.state_dict().items())
-    assert ckpt["step"] == 6 and not list(tmp_path.rglob("*.tmp"))
 
 
 @pytest.mark.parametrize(

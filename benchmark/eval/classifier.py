@@ -161,7 +161,9 @@ def predict(net: nn.Module, images: torch.Tensor, *, device: torch.device, batch
         if features:
             feats.append(f.double().cpu().numpy())
     p = np.concatenate(probs) if probs else np.zeros((0, net.head.out_features))
-    return p, (np.concatenate(feats) if features else None)
+    if not features:
+        return p, None
+    return p, np.concatenate(feats) if feats else np.zeros((0, net.head.in_features))
 
 
 def balanced_pool(labels: np.ndarray, *, seed: int, per_class: int | None = None) -> np.ndarray:

@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--groups", default="auto", help="auto | thresholds | thirds")
     data.add_argument("--resolution", type=int, default=None)
     data.add_argument("--data-root", default=None)
+    data.add_argument("--reference-folder", default=None,
+                      help="imagefolder: a separate evaluation folder with the same class subfolders")
+    data.add_argument("--reference-protocol", default="auto",
+                      help="folders without a reference split: auto | holdout | holdout-only | balanced | folder")
+    data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="any data.* or eval.* field, e.g. --set data.reference_fraction=0.3 or "
+                           "--set eval.reference=train-balanced")  # fmt: skip
     data.add_argument("--format", choices=["table", "csv"], default="table")
 
     ev = sub.add_parser("evaluate", help="score class-labelled samples from any model with the benchmark protocol")
@@ -220,15 +227,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from benchmark.core.config import DataConfig
-    from benchmark.data import build_dataset, data_table
+    from benchmark.data import build_dataset, computable_lines, data_table
 
-    cfg = DataConfig(
+    data = DataConfig(
         dataset=args.dataset, imbalance=args.imbalance, profile=args.profile, counts_file=args.counts_file,
         n_max=args.n_max, split_seed=args.split_seed, groups=args.groups, resolution=args.resolution,
-        data_root=args.data_root,
+        data_root=args.data_root, reference_folder=args.reference_folder, reference_protocol=args.reference_protocol,
     )  # fmt: skip
-    ds = build_dataset(cfg)
-    table = data_table(ds)
+    cfg = apply_overrides(Config(data=data), args.overrides)
+    ds = build_dataset(cfg.data)
+    table = data_table(ds, reference=cfg.eval.reference)
     if args.format == "csv":
         sys.stdout.write(table.to_csv(index=False))
         return 0
@@ -239,6 +247,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         classes = ds.group_classes(group)
         print(f"{group:>6}: {len(classes)} classes" + ("" if classes else "  (empty)"))
     print(f"fingerprint {ds.fingerprint}")
+    label = f"{cfg.eval.reference}" + (f":{ds.source.reference_protocol}" if ds.source.reference_protocol else "")
+    print(f"\nevaluation split: reference {label} ({ds.source.test_note}); the classifier evaluator trains on "
+          f"eval_train (class-balanced), stops early on eval_val and is tested on eval_test "
+          f"({int(table['eval_test'].sum())} images, smallest class {int(table['eval_test'].min())})")  # fmt: skip
+    print("per-class metrics computable:")
+    for line in computable_lines(table, min_ref_fid=cfg.eval.min_ref_fid, pr_k=cfg.eval.pr_k, dc_k=cfg.eval.dc_k):
+        print(f"  {line}")
     return 0
 
 

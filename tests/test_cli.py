@@ -66,7 +66,8 @@ def test_list_names_every_registered_name_in_its_own_section(capsys):
 def test_data_command_csv(capsys):
     assert main(["data", "--dataset", "digits", "--imbalance", "0.1", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "class,name,count,group"
+    assert lines[0] == "class,name,count,group,reference,ref_from,eval_train,eval_val,eval_test"
+    assert lines[1].split(",")[4:] == ["30", "test split", "133", "15", "30"]  # digits: 30 held out per class
     assert len(lines) == 11
 
 

@@ -34,15 +34,20 @@ def test_grayscale_folder_with_holdout(tmp_path):
     (root / "ant" / "notes.txt").write_text("not an image: ignored")
     src = get_source(f"imagefolder:{root}")
     assert src.class_names == ["ant", "bee", "cat"] and src.channels == 1 and src.resolution == 8
-    assert torch.bincount(src.test.labels).tolist() == [1, 1, 1]  # smallest class 5 // 5
-    assert torch.bincount(src.train.labels).tolist() == [9, 5, 4]
-    assert src.hflip and src.group_rule == "thirds" and "hold-out, 1 per class" in src.test_note
+    assert torch.bincount(src.test.labels).tolist() == [2, 1, 1]  # default holdout: round(0.2 n), at least 1
+    assert torch.bincount(src.train.labels).tolist() == [8, 5, 4]
+    assert src.hflip and src.group_rule == "thirds" and "hold-out of 0.2 per class" in src.test_note
+    assert src.reference_protocol == "holdout-0.2-min20" and src.fallback_classes == (0, 1, 2)
+    old = get_source(f"imagefolder:{root}", reference_protocol="balanced")  # the old rule, by name
+    assert torch.bincount(old.test.labels).tolist() == [1, 1, 1]  # smallest class 5 // 5
+    assert torch.bincount(old.train.labels).tolist() == [9, 5, 4] and "hold-out, 1 per class" in old.test_note
+    assert old.reference_protocol == "balanced-1" and old.source_id != src.source_id
     again = get_source(f"imagefolder:{root}")
     assert again is src  # unchanged folder: cached
     original = np.asarray(Image.open(root / "ant" / "img000.png"))
     loaded = [img[0].numpy() for img in src.train.images] + [img[0].numpy() for img in src.test.images]
     assert any(np.array_equal(original, img) for img in loaded)
-    ds = build_dataset(DataConfig(dataset=f"imagefolder:{root}", profile="none"))
+    ds = build_dataset(DataConfig(dataset=f"imagefolder:{root}", profile="none", reference_protocol="balanced"))
     assert ds.counts.tolist() == [9, 5, 4] and describe_groups(ds) == {"many": [0], "medium": [1], "few": [2]}
 
 
@@ -64,6 +69,11 @@ def test_reference_folder(tmp_path):
     src = get_source(f"imagefolder:{root}", reference_folder=ref)
     assert len(src.train) == 6 and torch.bincount(src.test.labels).tolist() == [3, 3]
     assert src.channels == 3 and "reference folder" in src.test_note  # colour in ref -> both RGB
+    assert src.reference_protocol == "folder" and src.fallback_classes == ()
+    with pytest.raises(DataError, match="reference_folder is set too"):
+        get_source(f"imagefolder:{root}", reference_folder=ref, reference_protocol="holdout")
+    with pytest.raises(DataError, match="reference_protocol=folder needs data.reference_folder"):
+        get_source(f"imagefolder:{root}", reference_protocol="folder")
     bad_ref = make_folder(tmp_path / "badref", {"a": 2, "c": 2})
     with pytest.raises(DataError, match="same class subfolders.*missing: b; extra: c"):
         get_source(f"imagefolder:{root}", reference_folder=bad_ref)
@@ -131,3 +141,25 @@ def test_error_class_too_small_for_holdout(tmp_path):
     root = make_folder(tmp_path / "set", {"a": 3, "b": 1})
     with pytest.raises(DataError, match="class folder\\(s\\) b .*hold 1 image.*reference folder"):
         get_source(f"imagefolder:{root}")
+
+
+def test_reference_protocols_on_a_long_tailed_folder(tmp_path):
+    root = make_folder(tmp_path / "lt", {"a": 150, "b": 60, "c": 20, "d": 6}, size=(2, 2))
+    src = get_source(f"imagefolder:{root}")  # holdout 0.2, min 20
+    assert torch.bincount(src.test.labels).tolist() == [30, 12, 4, 1]
+    assert torch.bincount(src.train.labels).tolist() == [120, 48, 16, 5]
+    assert src.fallback_classes == (1, 2, 3) and "train-fallback" in src.test_note
+    strict = get_source(f"imagefolder:{root}", reference_protocol="holdout-only", reference_fraction=0.1)
+    assert torch.bincount(strict.test.labels).tolist() == [15, 6, 2, 1] and strict.fallback_classes == ()
+    assert strict.reference_protocol == "holdout-only-0.1"
+    lower = get_source(f"imagefolder:{root}", reference_min=10)
+    assert lower.fallback_classes == (2, 3) and lower.reference_protocol == "holdout-0.2-min10"
+    # the held-out images are real images of their class, disjoint from the train pool
+    pool = {bytes(x.numpy()) for x in src.train.images}
+    assert not any(bytes(x.numpy()) in pool for x in src.test.images)
+    with pytest.raises(DataError, match="unknown data.reference_protocol 'half'.*holdout-only"):
+        get_source(f"imagefolder:{root}", reference_protocol="half")
+    with pytest.raises(DataError, match="reference_fraction must lie in"):
+        get_source(f"imagefolder:{root}", reference_fraction=1.5)
+    with pytest.raises(DataError, match="applies to folders without a reference split.*digits"):
+        get_source("digits", reference_protocol="holdout")

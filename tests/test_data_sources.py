@@ -183,7 +183,8 @@ def test_empty_groups_are_reported():
     assert describe_groups(ds) == {"many": [], "medium": list(range(10)), "few": []}
     assert ds.group_classes("few") == []
     table = data_table(ds)
-    assert list(table.columns) == ["class", "name", "count", "group"] and len(table) == 10
+    assert list(table.columns)[:4] == ["class", "name", "count", "group"] and len(table) == 10
+    assert list(table.columns)[4:] == ["reference", "ref_from", "eval_train", "eval_val", "eval_test"]
     assert table.attrs["empty_groups"] == ["many", "few"] and table.attrs["fingerprint"] == ds.fingerprint
     assert table.attrs["total"] == 500
     with pytest.raises(DataError, match="valid groups"):

@@ -45,8 +45,13 @@ def test_evaluate_set_rows(ds, cache):
     frame = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=False,
                          progress=False)
     assert list(frame.columns) == EVAL_COLUMNS
-    metrics = {"fid", "kid", "precision", "recall", "density", "coverage", "label_acc", "evaluator_acc"}
+    metrics = {"fid", "kid", "precision", "recall", "density", "coverage", "label_acc", "evaluator_acc",
+               "evaluator_balanced_acc"}
     assert set(frame.metric) == metrics
+    gate = frame[frame.metric == "evaluator_balanced_acc"].iloc[0]
+    assert gate.value > 0.9 and "trusted=yes" in gate.note and not frame.note.str.contains("untrusted").any()
+    acc = frame[frame.metric == "evaluator_acc"]
+    assert set(acc.group) == {"all", "many", "medium", "few", "class"} and acc[acc.group == "all"].n_ref.item() == 120
     fid = frame[frame.metric == "fid"]
     assert set(fid.group) == {"all", "many", "medium", "few", "class"}
     assert fid[fid.group == "all"].n_gen.item() == 60 and fid[fid.group == "all"].n_ref.item() == 120

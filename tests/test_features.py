@@ -100,7 +100,7 @@ def test_classifier_space_trains_caches_reloads_and_is_batch_size_independent(tm
     assert space.info["test_acc"] > 0.6  # structured classes are learnt in a few tiny epochs
     out = space.extract(ds.source.test.images)
     assert out["features"].shape == (120, 128) and out["probs"].shape == (120, 4)
-    monkeypatch.setattr(classifier, "train_classifier", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(classifier, "train_evaluator", lambda *a, **k: pytest.fail("retrained"))
     again = get_feature_space("auto", dataset=dataclasses.replace(ds, source=dataclasses.replace(
         ds.source, name="fashion-mnist")), cfg=dataclasses.replace(cfg, batch_size=64), cache_dir=tmp_path, device=CPU)
     assert again.identity == space.identity and again.info == space.info

@@ -33,6 +33,10 @@ class DataConfig:
     many_threshold: int = 100  # many: count > this
     few_threshold: int = 20  # few: count < this
     reference_folder: str | None = None  # imagefolder: separate balanced evaluation folder
+    # folders without a reference split: auto | holdout | holdout-only | balanced | folder (benchmark/data/reference.py)
+    reference_protocol: str = "auto"
+    reference_fraction: float = 0.2  # holdout: fraction of every class held out (reference + evaluator test)
+    reference_min: int = 20  # holdout: a class with fewer held out is scored against all its images (flagged)
 
 
 @dataclass(frozen=True)
@@ -121,14 +125,16 @@ class EvalConfig:
     inception_weights: str | None = None  # path; else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache
     pr_k: int = 3
     dc_k: int = 5
+    min_ref_fid: int = 20  # FID / KID of a slice (overall, group, class) need this many reference images, else NaN
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # shrunk to the smaller set when n is small (recorded)
     bootstrap: int = 0  # bootstrap resamples for confidence intervals (0 = off)
     real_floor: bool = True
     downstream: bool = True
     batch_size: int = 256
-    classifier_epochs: int = 10  # the domain evaluator (classifier feature space)
-    classifier_per_class: int | None = None  # cap on the evaluator's balanced training pool (None: all)
+    classifier_epochs: int = 10  # the domain evaluator (classifier feature space): at most this many epochs
+    classifier_patience: int = 3  # ... stopping after this many epochs without a held-out gain
+    classifier_per_class: int | None = None  # cap on the evaluator's balanced training pool (None: all images)
     downstream_epochs: int = 10  # CAS / augmentation / real-LT classifiers
 
 

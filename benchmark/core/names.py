@@ -22,6 +22,7 @@ DENSITY, COVERAGE = "density", "coverage"  # Naeem et al. 2020 (one k-NN pass)
 IS = "is"  # Inception Score (Inception features only)
 LABEL_ACC = "label_acc"  # the evaluator's accuracy on the generated images' intended labels
 EVALUATOR_ACC = "evaluator_acc"  # the classifier feature space's accuracy on the real test set
+EVALUATOR_BALANCED_ACC = "evaluator_balanced_acc"  # its mean per-class recall: what the trust gate judges
 CAS_ACC = "cas_acc"  # classifier trained on generated images, tested on real (CAS)
 AUG_ACC = "aug_acc"  # classifier trained on real-LT + generated images
 REAL_ACC = "real_acc"  # classifier trained on the real long-tailed set alone (downstream baseline)

@@ -18,8 +18,10 @@ from benchmark.data import builtin, imagefolder  # noqa: F401  (register the bui
 from benchmark.data.dataset import (
     LongTailDataset,
     build_dataset,
+    computable_lines,
     data_table,
     describe_groups,
+    reference_counts,
 )
 from benchmark.data.longtail import (
     GROUP_RULES,
@@ -32,6 +34,7 @@ from benchmark.data.longtail import (
     smallest_valid_imbalance,
     split_fingerprint,
 )
+from benchmark.data.reference import REFERENCE_PROTOCOLS
 from benchmark.data.sources import (
     DATASETS,
     RESIZE_METHODS,
@@ -49,6 +52,7 @@ __all__ = [
     "DATASETS",
     "GROUP_RULES",
     "PROFILES",
+    "REFERENCE_PROTOCOLS",
     "RESIZE_METHODS",
     "ImageSet",
     "LongTailDataset",
@@ -60,11 +64,13 @@ __all__ = [
     "check_imbalance",
     "class_counts",
     "clear_source_cache",
+    "computable_lines",
     "data_table",
     "default_data_root",
     "describe_groups",
     "get_source",
     "read_counts_file",
+    "reference_counts",
     "resize_images",
     "select_longtail",
     "smallest_valid_imbalance",

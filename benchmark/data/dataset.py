@@ -26,6 +26,7 @@ from benchmark.data.longtail import (
     select_longtail,
     split_fingerprint,
 )
+from benchmark.data.reference import validation_split
 from benchmark.data.sources import SourceData, get_source
 
 
@@ -98,6 +99,9 @@ def build_dataset(cfg: DataConfig) -> LongTailDataset:
         resolution=cfg.resolution,
         resize=cfg.resize,
         reference_folder=cfg.reference_folder,
+        reference_protocol=cfg.reference_protocol,
+        reference_fraction=cfg.reference_fraction,
+        reference_min=cfg.reference_min,
     )
     labels = source.train.labels.numpy()
     num_classes = source.num_classes
@@ -156,18 +160,52 @@ def describe_groups(ds: LongTailDataset) -> dict[str, list[int]]:
     return {group: ds.group_classes(group) for group in GROUPS}
 
 
-def data_table(ds: LongTailDataset) -> pd.DataFrame:
-    """One row per class: columns class, name, count, group.
+def reference_counts(ds: LongTailDataset, reference: str = "test") -> np.ndarray:
+    """Reference images per class for ``eval.reference`` (test: held-out images, plus the pool's
+    images of the fallback classes; train-balanced: the pool; longtail: the training subset)."""
+    k = ds.num_classes
+    if reference == "test":
+        counts = np.bincount(ds.source.test.labels.numpy(), minlength=k)
+        pool = np.bincount(ds.source.train.labels.numpy(), minlength=k)
+        for c in ds.source.fallback_classes:
+            counts[c] += pool[c]
+        return counts.astype(np.int64)
+    if reference == "train-balanced":
+        return np.bincount(ds.source.train.labels.numpy(), minlength=k).astype(np.int64)
+    if reference == "longtail":
+        return ds.counts.astype(np.int64)
+    raise DataError(f"unknown eval.reference {reference!r}; use one of test, train-balanced, longtail")
 
-    ``attrs`` carries fingerprint, source_id, profile, imbalance, total and empty_groups
-    (names of groups with no class), so a printed table can report them.
+
+def data_table(ds: LongTailDataset, *, reference: str = "test", evaluator_seed: int = 0) -> pd.DataFrame:
+    """One row per class: class, name, count (training images), group, and the evaluation split:
+    ``reference`` (images the metrics compare with, for ``eval.reference``), ``ref_from``
+    (held-out / train-fallback / test split / reference folder / pool / training set), and the
+    classifier evaluator's ``eval_train`` / ``eval_val`` (early stopping) / ``eval_test`` images.
+
+    ``attrs`` carries fingerprint, source_id, profile, imbalance, total, empty_groups (names of
+    groups with no class), reference, reference_protocol and test_note.
     """
+    source = ds.source
+    k = ds.num_classes
+    pool_labels = source.train.labels.numpy()
+    train_idx, val_idx = validation_split(pool_labels, seed=evaluator_seed)
+    if reference == "test":
+        own = {"folder": "reference folder", "": "test split"}.get(source.reference_protocol, "held-out")
+        ref_from = ["train-fallback" if c in source.fallback_classes else own for c in range(k)]
+    else:
+        ref_from = ["pool" if reference == "train-balanced" else "training set"] * k
     table = pd.DataFrame(
         {
-            "class": np.arange(ds.num_classes, dtype=np.int64),
+            "class": np.arange(k, dtype=np.int64),
             "name": ds.class_names,
             "count": ds.counts.astype(np.int64),
             "group": ds.groups,
+            "reference": reference_counts(ds, reference),
+            "ref_from": ref_from,
+            "eval_train": np.bincount(pool_labels[train_idx], minlength=k).astype(np.int64),
+            "eval_val": np.bincount(pool_labels[val_idx], minlength=k).astype(np.int64),
+            "eval_test": np.bincount(source.test.labels.numpy(), minlength=k).astype(np.int64),
         }
     )
     table.attrs.update(
@@ -177,5 +215,29 @@ def data_table(ds: LongTailDataset) -> pd.DataFrame:
         imbalance=ds.imbalance,
         total=int(ds.counts.sum()),
         empty_groups=[g for g, members in describe_groups(ds).items() if not members],
+        reference=reference,
+        reference_protocol=source.reference_protocol,
+        test_note=source.test_note,
     )
     return table
+
+
+def computable_lines(table: pd.DataFrame, *, min_ref_fid: int, pr_k: int, dc_k: int) -> list[str]:
+    """Which per-class metrics the reference counts of a :func:`data_table` allow, one line each."""
+    lines = []
+    for what, least, key in (
+        ("FID / KID", min_ref_fid, "eval.min_ref_fid"),
+        (f"precision / recall (k={pr_k})", pr_k + 1, "eval.pr_k + 1"),
+        (f"density / coverage (k={dc_k})", dc_k + 1, "eval.dc_k + 1"),
+    ):
+        short = table[table["reference"] < least]
+        head = f"{what}: {len(table) - len(short)} of {len(table)} classes (n_ref >= {least}, {key})"
+        if len(short):
+            shown = ", ".join(f"{int(r['class'])} {r['name']} ({int(r['reference'])})" for _, r in short.head(8).iterrows())
+            head += f"; NaN for {shown}{', ...' if len(short) > 8 else ''}"
+        lines.append(head)
+    fallback = table[table["ref_from"] == "train-fallback"]
+    if len(fallback):
+        lines.append(f"{len(fallback)} class(es) are scored against all their images, training images included "
+                     f"(reference=train-fallback): {', '.join(str(int(c)) for c in fallback['class'])}")
+    return lines

@@ -4,9 +4,10 @@
   sorted order, so the pool order (and with it the long-tail selection) is reproducible.
 * Channels follow the data: if every image is grayscale (mode L/1/I/F, or RGB with equal
   channels) the set has 1 channel, else 3 (alpha is dropped).
-* Evaluation split: ``data.reference_folder`` (same class subfolders) when given, else a
-  balanced hold-out of max(1, smallest class // 5) images per class drawn with
-  ``RandomState(IMAGEFOLDER_HOLDOUT_SEED)``; the rest, in file order, is the train pool.
+* Evaluation split: ``data.reference_folder`` (same class subfolders) when given, else one
+  held out of the folder by ``data.reference_protocol`` (default: a fifth of every class, tail
+  classes scored against all their images; see :mod:`benchmark.data.reference`); the rest, in
+  file order, is the train pool.
 * Images of one square size are kept as they are (or resized later in one batch); mixed or
   non-square sizes need ``data.resolution``: each image is center-cropped to a square and
   resized with ``data.resize``.
@@ -27,14 +28,11 @@ from benchmark.data.sources import (
     DATASETS,
     ImageSet,
     RawSource,
-    balanced_holdout,
     resize_images,
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp", ".gif")
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-IMAGEFOLDER_HOLDOUT_SEED = 0
-HOLDOUT_FRACTION = 5  # hold out smallest-class // 5 images of every class
 
 
 def _class_files(root: Path) -> dict[str, list[Path]]:
@@ -182,19 +180,10 @@ def load_imagefolder(*, arg, data_root, reference_folder, resolution, resize) ->
         train_images, test_images = images[: len(arrays)], images[len(arrays) :]
         train_labels, test_labels = labels, ref_labels
         note = f"reference folder {ref}"
-    else:
-        smallest = int(np.bincount(labels).min())
-        if smallest < 2:
-            tiny = [names[c] for c in range(len(names)) if (labels == c).sum() < 2]
-            raise DataError(
-                f"class folder(s) {', '.join(tiny)} in {root} hold 1 image, too few for a balanced "
-                "evaluation hold-out; add images or pass a reference folder (data.reference_folder)"
-            )
-        n_hold = max(1, smallest // HOLDOUT_FRACTION)
-        train_idx, test_idx = balanced_holdout(labels, n_hold, seed=IMAGEFOLDER_HOLDOUT_SEED)
-        train_images, test_images = images[train_idx], images[test_idx]
-        train_labels, test_labels = labels[train_idx], labels[test_idx]
-        note = f"balanced hold-out, {n_hold} per class (seed {IMAGEFOLDER_HOLDOUT_SEED})"
+    else:  # get_source holds the reference out by data.reference_protocol
+        train_images, test_images = images, images[:0]
+        train_labels, test_labels = labels, labels[:0]
+        note = "held out by data.reference_protocol"
     return RawSource(
         train=ImageSet(images=train_images.contiguous(), labels=torch.from_numpy(train_labels)),
         test=ImageSet(images=test_images.contiguous(), labels=torch.from_numpy(test_labels)),
@@ -204,6 +193,8 @@ def load_imagefolder(*, arg, data_root, reference_folder, resolution, resize) ->
         identity=identity,
         test_note=note,
         resize=resize if resized else "none",
+        holdout=ref is None,
+        reference_protocol="folder" if ref is not None else "",
     )
 
 

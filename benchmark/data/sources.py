@@ -16,6 +16,7 @@ the result a ``source_id`` that changes whenever the data, resolution or resize 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 from benchmark.core.errors import DataError
 from benchmark.core.registry import Registry, UnknownNameError
+from benchmark.data.reference import resolve_protocol, split_reference
 
 # name -> (torch interpolate mode, antialias); 'nearest' uses nearest-exact, which matches
 # PIL / scikit-image (torch's legacy 'nearest' shifts the image by half a pixel)
@@ -67,6 +69,10 @@ class RawSource:
 
     ``identity`` is extra text folded into the source id (for example a file listing);
     ``test_note`` says how the evaluation split was made (shown to users, kept in SourceData).
+    ``holdout=True``: the source has no evaluation split of its own (``test`` is empty) and
+    :func:`get_source` holds one out of ``train`` by ``data.reference_protocol``
+    (:mod:`benchmark.data.reference`); ``reference_protocol`` names a split the loader made
+    itself (``folder`` for a reference folder; empty for a dataset's own test split).
     """
 
     train: ImageSet
@@ -77,6 +83,8 @@ class RawSource:
     identity: str = ""
     test_note: str = "test split"
     resize: str = "none"  # resize method the loader already applied (folders of mixed sizes)
+    holdout: bool = False
+    reference_protocol: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +93,9 @@ class SourceData:
 
     ``train`` is the full train pool, ``test`` the balanced evaluation split, ``resize`` the
     resize method applied ('none' when the native size was kept), ``source_id`` the identity
-    of all of it (content hash + resolution + resize).
+    of all of it (content hash + resolution + resize).  ``reference_protocol`` is the recorded
+    name of a held-out or folder reference ('' for a dataset's own test split) and
+    ``fallback_classes`` the classes scored against all their images (protocol holdout).
     """
 
     name: str
@@ -99,6 +109,8 @@ class SourceData:
     group_rule: str
     resize: str
     test_note: str = "test split"
+    reference_protocol: str = ""
+    fallback_classes: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -170,11 +182,15 @@ def get_source(
     resolution: int | None = None,
     resize: str = "bicubic-antialias",
     reference_folder: str | Path | None = None,
+    reference_protocol: str = "auto",
+    reference_fraction: float = 0.2,
+    reference_min: int = 20,
 ) -> SourceData:
     """Load a source by spec: 'fashion-mnist' | 'mnist' | 'cifar10' | 'cifar100' | 'digits'
     | 'imagefolder:PATH' (or any name registered in ``DATASETS``).
 
-    ``resolution`` None keeps the native size.  Results are cached in-process by the
+    ``resolution`` None keeps the native size.  ``reference_*`` choose how a source without an
+    evaluation split of its own (a folder) gets one (see :mod:`benchmark.data.reference`).  Results are cached in-process by the
     arguments (and, for folders, a listing of file names, sizes and times), so asking
     twice is free.  Raises :class:`DataError` for data that is missing or unreadable, and a
     ConfigError listing the valid names for an unknown dataset.
@@ -193,7 +209,8 @@ def get_source(
     ref = str(Path(reference_folder).expanduser().resolve()) if reference_folder is not None else None
     token_fn = getattr(loader, "cache_token", None)  # loaders over user folders fingerprint them
     token = token_fn(arg=arg, reference_folder=ref) if token_fn is not None else ""
-    return _cached_source(name, arg, root, None if resolution is None else int(resolution), resize, ref, token)
+    split = (reference_protocol, float(reference_fraction), int(reference_min))
+    return _cached_source(name, arg, root, None if resolution is None else int(resolution), resize, ref, token, split)
 
 
 def clear_source_cache() -> None:
@@ -202,7 +219,7 @@ def clear_source_cache() -> None:
 
 
 @functools.lru_cache(maxsize=4)  # a source at 64px CIFAR size is ~0.6 GB
-def _cached_source(name, arg, root, resolution, resize, ref, token) -> SourceData:
+def _cached_source(name, arg, root, resolution, resize, ref, token, split) -> SourceData:
     loader = DATASETS.get(name)
     raw: RawSource = loader(
         arg=arg,
@@ -213,6 +230,7 @@ def _cached_source(name, arg, root, resolution, resize, ref, token) -> SourceDat
     )
     if len(raw.class_names) < 2:
         raise DataError(f"dataset {name!r} has {len(raw.class_names)} class(es); a benchmark needs at least 2")
+    raw, fallback = _apply_reference_protocol(name, arg, raw, *split)
     identity = _content_hash(name, raw)
     native = tuple(raw.train.images.shape[-2:])
     if resolution is None:
@@ -237,7 +255,34 @@ def _cached_source(name, arg, root, resolution, resize, ref, token) -> SourceDat
         group_rule=raw.group_rule,
         resize=used,
         test_note=raw.test_note,
+        reference_protocol=raw.reference_protocol,
+        fallback_classes=fallback,
     )
+
+
+def _apply_reference_protocol(name: str, arg: str | None, raw: RawSource, protocol: str, fraction: float,
+                              minimum: int) -> tuple[RawSource, tuple[int, ...]]:
+    """Hold a reference out of a source that has none; check the protocol fits one that has."""
+    if not raw.holdout:
+        if raw.reference_protocol == "folder":
+            resolve_protocol(protocol, has_folder=True)  # holdout + reference folder: the error says pick one
+        elif protocol != "auto":
+            own = f"its own evaluation split ({raw.test_note})"
+            raise DataError(f"data.reference_protocol={protocol} applies to folders without a reference split; "
+                            f"dataset {name!r} has {own}: leave data.reference_protocol=auto")
+        return raw, ()
+    resolved = resolve_protocol(protocol, has_folder=False)
+    where = arg if arg is not None else name
+    cut = split_reference(raw.train.labels.numpy(), resolved, fraction=fraction, minimum=minimum,
+                          class_names=list(raw.class_names), where=where)
+
+    def part(idx: np.ndarray) -> ImageSet:
+        index = torch.from_numpy(idx)
+        return ImageSet(images=raw.train.images[index].contiguous(), labels=raw.train.labels[index])
+
+    raw = dataclasses.replace(raw, train=part(cut.train), test=part(cut.test), holdout=False, test_note=cut.note,
+                              reference_protocol=cut.label, identity=f"{raw.identity}\nreference={cut.label}")
+    return raw, cut.fallback
 
 
 def _content_hash(name: str, raw: RawSource) -> str:

@@ -10,6 +10,18 @@ Recipes are fixed, seeded and named (the name and its hyper-parameters enter eve
 Training: Adam (lr 1e-3, weight decay 5e-4), cosine decay to 0, batch 128, horizontal flips
 when the dataset allows them, plus 4-px random-shift crops for RGB; the seed fixes the
 initialisation and the batch order without touching the global RNG.
+
+The domain evaluator (``train_evaluator``) is trained on every real image of the train pool
+(no balanced cap unless ``eval.classifier_per_class`` asks for one): batches are drawn
+class-balanced (each class equally likely, images with replacement; an epoch is
+max(pool size, ``EPOCH_MIN_DRAWS``) draws, so a small folder still gets enough steps), every
+image is flipped (when allowed) and shifted by up to ``resolution // 8`` pixels on its own;
+``EVALUATOR_VAL_FRACTION`` of every class (at least one image of a class with three or more)
+is held out of training for early stopping: training stops when the validation balanced
+accuracy has not improved for ``eval.classifier_patience`` epochs, or at
+``eval.classifier_epochs``, and the best epoch's weights are kept.  Its accuracy is then
+measured on the source's test split (never used for stopping) and judged by the trust gate
+(:mod:`benchmark.eval.trust`).
 """
 
 from __future__ import annotations
@@ -25,10 +37,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from benchmark.core.errors import DataError
+from benchmark.data.reference import EVALUATOR_VAL_FRACTION, validation_split
 from benchmark.engine.checkpoint import atomic_save
+from benchmark.eval.trust import evaluator_trust
 
 RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=5e-4, batch_size=128, schedule="cosine", version=2)
 EVALUATOR_SEED = 0  # one evaluator per data source: every cell and seed of a grid is scored by the same network
+EPOCH_MIN_DRAWS = 4096
+EVALUATOR_RECIPE = dict(RECIPE, version=3, sampling="class-balanced", val_fraction=EVALUATOR_VAL_FRACTION,
+                        epoch_min_draws=EPOCH_MIN_DRAWS, shift="resolution//8", stop="val-balanced-acc")
 
 
 class SmallCNN(nn.Module):
@@ -181,36 +198,125 @@ def balanced_pool(labels: np.ndarray, *, seed: int, per_class: int | None = None
     return np.sort(np.concatenate(keep))
 
 
+def _shift_each(x: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.Tensor:
+    """Translate every image by its own random offset in [-max_shift, max_shift] (reflect padding)."""
+    n, c, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+
+
+def _val_balanced_acc(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+    probs, _ = predict(net, images, device=device)
+    pred, true = probs.argmax(1), labels.numpy()
+    return float(np.mean([(pred[true == c] == c).mean() for c in np.unique(true)]))
+
+
+def train_evaluator(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, max_epochs: int, patience: int,
+                    seed: int, device: torch.device, hflip: bool = False, arch: str | None = None,
+                    progress: bool = False) -> tuple[nn.Module, dict]:
+    """The domain evaluator's recipe (module docstring); returns the net and how training went."""
+    if len(images) == 0:
+        raise DataError("cannot train the evaluator on an empty image set; the dataset's train pool is empty")
+    channels, resolution = images.shape[1], images.shape[2]
+    arch = arch or arch_for(channels=channels, resolution=resolution)
+    train_idx, val_idx = validation_split(labels.numpy(), seed=seed)
+    x_train, y_train = images[torch.from_numpy(train_idx)], labels[torch.from_numpy(train_idx)]
+    x_val, y_val = images[torch.from_numpy(val_idx)], labels[torch.from_numpy(val_idx)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_net(arch, channels=channels, num_classes=num_classes).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    bs = RECIPE["batch_size"]
+    draws = max(len(x_train), EPOCH_MIN_DRAWS)
+    steps_per_epoch = max(1, draws // bs)
+    weights = 1.0 / torch.bincount(y_train, minlength=num_classes).double()[y_train]  # each class equally likely
+    opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs * steps_per_epoch)
+    max_shift = max(1, resolution // 8)
+    best, best_acc, best_epoch, stale, epochs, history = None, -1.0, 0, 0, 0, []
+    bar = tqdm(total=max_epochs * steps_per_epoch, desc="evaluator", disable=not progress, leave=False)
+    for epoch in range(1, max_epochs + 1):
+        net.train()
+        order = torch.multinomial(weights, steps_per_epoch * bs, replacement=True, generator=gen)
+        for idx in order.split(bs):
+            x = _prep(x_train[idx])
+            if hflip:
+                x = _augment(x, gen, hflip=True, shift=False)
+            x = _shift_each(x, gen, max_shift)
+            loss = F.cross_entropy(net(x.to(device)), y_train[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+        epochs = epoch
+        if len(x_val) == 0:
+            continue  # nothing to stop on: run every epoch
+        acc = _val_balanced_acc(net, x_val, y_val, device)
+        history.append(round(acc, 4))
+        if acc > best_acc + 1e-4:
+            best, best_acc, best_epoch, stale = {k: v.detach().clone() for k, v in net.state_dict().items()}, acc, epoch, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    bar.close()
+    if best is not None:
+        net.load_state_dict(best)
+    stop = ("no validation images" if len(x_val) == 0 else
+            f"plateau ({patience} epochs without gain)" if epochs < max_epochs else "max epochs")
+    info = dict(epochs=epochs, best_epoch=best_epoch if best is not None else epochs, stop=stop,
+                val_balanced_acc=best_acc if best is not None else float("nan"), val_history=history,
+                n_train=int(len(x_train)), n_val=int(len(x_val)),
+                train_per_class=torch.bincount(y_train, minlength=num_classes).tolist())
+    return net.eval(), info
+
+
 def evaluator_fingerprint(*, source_id: str, resolution: int, seed: int, epochs: int, arch: str,
-                          per_class: int | None = None) -> str:
+                          per_class: int | None = None, patience: int | None = None) -> str:
     extra = {} if per_class is None else {"per_class": int(per_class)}  # old fingerprints stay valid
-    blob = json.dumps(dict(source=source_id, resolution=resolution, seed=seed, epochs=epochs, arch=arch, **RECIPE,
+    recipe = RECIPE if patience is None else dict(EVALUATOR_RECIPE, patience=int(patience))
+    blob = json.dumps(dict(source=source_id, resolution=resolution, seed=seed, epochs=epochs, arch=arch, **recipe,
                            **extra),
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_or_train_evaluator(source, *, seed: int, epochs: int, cache_dir: Path, device: torch.device,
-                            progress: bool = False, per_class: int | None = None) -> tuple[nn.Module, dict]:
-    """The domain evaluator of a source: trained once on its balanced train pool, cached by fingerprint."""
+                            progress: bool = False, per_class: int | None = None,
+                            patience: int = 3) -> tuple[nn.Module, dict]:
+    """The domain evaluator of a source, trained once on its train pool (see ``train_evaluator``),
+    tested on its test split and judged by the trust gate; cached by fingerprint."""
     arch = arch_for(channels=source.channels, resolution=source.resolution)
     fp = evaluator_fingerprint(source_id=source.source_id, resolution=source.resolution, seed=seed,
-                               epochs=epochs, arch=arch, per_class=per_class)
+                               epochs=epochs, arch=arch, per_class=per_class, patience=patience)
     path = Path(cache_dir) / f"evaluator-{fp}.pt"
     num_classes = len(source.class_names)
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         net = build_net(arch, channels=source.channels, num_classes=num_classes)
         net.load_state_dict(blob["state_dict"])
-        return net.to(device).eval(), dict(blob["info"])
-    pool = balanced_pool(source.train.labels.numpy(), seed=seed, per_class=per_class)
-    net = train_classifier(source.train.images[pool], source.train.labels[pool], num_classes=num_classes,
-                           epochs=epochs, seed=seed, device=device, hflip=bool(source.hflip), arch=arch,
-                           progress=progress, desc="evaluator")
+        return net.to(device).eval(), json.loads(blob["info"])
+    labels = source.train.labels.numpy()
+    pool = np.arange(len(labels)) if per_class is None else balanced_pool(labels, seed=seed, per_class=per_class)
+    net, trained = train_evaluator(source.train.images[pool], source.train.labels[pool], num_classes=num_classes,
+                                   max_epochs=epochs, patience=patience, seed=seed, device=device,
+                                   hflip=bool(source.hflip), arch=arch, progress=progress)
     probs, _ = predict(net, source.test.images, device=device)
-    acc = float((probs.argmax(1) == source.test.labels.numpy()).mean()) if len(probs) else float("nan")
-    info = dict(fingerprint=fp, arch=arch, test_acc=acc, n_train=int(len(pool)), n_test=int(len(probs)),
-                epochs=epochs, seed=seed, source_id=source.source_id, resolution=int(source.resolution))
+    test_labels = source.test.labels.numpy()
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    acc = float((pred == test_labels).mean()) if len(probs) else float("nan")
+    verdict = evaluator_trust(test_labels, pred, num_classes=num_classes, seed=seed)
+    test_n = np.bincount(test_labels, minlength=num_classes)
+    test_correct = np.bincount(test_labels[pred == test_labels], minlength=num_classes)
+    info = dict(fingerprint=fp, arch=arch, test_acc=acc, n_test=int(len(probs)), seed=seed,
+                source_id=source.source_id, resolution=int(source.resolution), max_epochs=epochs, patience=patience,
+                test_per_class=test_n.tolist(), test_correct_per_class=test_correct.tolist(),
+                trust=verdict.as_dict(), **trained)
     # a half-written file never counts as a trained evaluator
-    atomic_save(dict(state_dict={k: v.cpu() for k, v in net.state_dict().items()}, info=info), path)
+    atomic_save(dict(state_dict={k: v.cpu() for k, v in net.state_dict().items()}, info=json.dumps(info)), path)
     return net, info

@@ -5,13 +5,20 @@ value, note]; ``real_floor_rows`` scores real held-out reference images the same
 perfect generator would score at that sample size); ``load_samples`` reads images generated
 outside the harness.  The reference set is a named choice (``EvalConfig.reference``):
 ``test`` (the balanced test split), ``train-balanced`` (the balanced full train pool) or
-``longtail`` (the long-tailed train subset); its name is in every row's note.
+``longtail`` (the long-tailed train subset); its name is in every row's note, and
+``reference_label`` adds the data's reference protocol for the ``reference`` column (folders:
+e.g. ``test:holdout-0.2-min20``).  With protocol ``holdout`` the reference of a *fallback class*
+(too few held out) is all its real images: the rows of that class, and of the group and overall
+slices holding it, carry ``reference=train-fallback``.  FID and KID of a slice with fewer than
+``eval.min_ref_fid`` reference images are NaN with the reason (precision / recall need k + 1,
+density / coverage dc_k + 1: metrics.py says so itself).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,25 +29,70 @@ from benchmark.core.config import EvalConfig
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.files import write_csv_atomic
-from benchmark.core.names import ALL, EVALUATOR_ACC, NO_FEATURES
+from benchmark.core.names import ALL, CLASS, EVALUATOR_ACC, EVALUATOR_BALANCED_ACC, GROUPS, NO_FEATURES
 from benchmark.data.imagefolder import IMAGE_EXTENSIONS, image_files, read_image, set_channels
+from benchmark.data.reference import FALLBACK_NOTE
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
 from benchmark.eval.metrics import compute_rows
+from benchmark.eval.trust import UNTRUSTED_NOTE, TrustVerdict, fix_advice
 
 # what an evaluation yields; the harness adds the cell columns (harness.results.RESULT_COLUMNS)
 EVAL_COLUMNS = ["feature_space", "metric", "group", "class", "n_gen", "n_ref", "value", "note"]
 REFERENCES = ("test", "train-balanced", "longtail")
 
 
+MIN_REF_METRICS = ("fid", "kid", "fid_ci_low", "fid_ci_high", "kid_ci_low", "kid_ci_high")
+
+
 def reference_set(dataset, reference: str) -> tuple[torch.Tensor, torch.Tensor]:
     if reference == "test":
-        return dataset.source.test.images, dataset.source.test.labels
+        test, fallback = dataset.source.test, fallback_classes(dataset, reference)
+        if not fallback:
+            return test.images, test.labels
+        pool = dataset.source.train
+        extra = torch.from_numpy(np.flatnonzero(np.isin(pool.labels.numpy(), fallback)))
+        images = torch.cat([test.images, pool.images[extra]])
+        labels = torch.cat([test.labels, pool.labels[extra]])
+        order = torch.argsort(labels, stable=True)  # class blocks: held-out images first, then the pool's
+        return images[order].contiguous(), labels[order]
     if reference == "train-balanced":
         return dataset.source.train.images, dataset.source.train.labels
     if reference == "longtail":
         return dataset.train_images, torch.as_tensor(dataset.train_labels, dtype=torch.int64)
     raise ConfigError(f"unknown eval.reference {reference!r}; use one of {', '.join(REFERENCES)}")
+
+
+def fallback_classes(dataset, reference: str) -> tuple[int, ...]:
+    """Classes whose reference is all their real images (protocol holdout, reference test)."""
+    return tuple(getattr(dataset.source, "fallback_classes", ())) if reference == "test" else ()
+
+
+def reference_label(reference: str, dataset) -> str:
+    """The ``reference`` column: the reference set and, for a held-out or folder reference, its protocol."""
+    protocol = getattr(dataset.source, "reference_protocol", "")
+    return f"{reference}:{protocol}" if protocol else reference
+
+
+def enforce_min_ref(frame: pd.DataFrame, *, min_ref: int) -> pd.DataFrame:
+    """FID / KID rows of slices with fewer than ``min_ref`` reference images become NaN with the reason."""
+    if frame.empty:
+        return frame
+    small = frame["metric"].isin(MIN_REF_METRICS) & (frame["n_ref"] < min_ref)
+    frame = frame.copy()
+    frame.loc[small, "value"] = float("nan")
+    frame.loc[small, "note"] = [
+        f"skipped: {m} needs at least {min_ref} reference images per slice (eval.min_ref_fid), got n_ref={n}"
+        for m, n in zip(frame.loc[small, "metric"], frame.loc[small, "n_ref"])
+    ]
+    return frame
+
+
+def _fallback_mask(frame: pd.DataFrame, groups: list[str], fallback: tuple[int, ...]) -> pd.Series:
+    hit_groups = {"all"} | {groups[c] for c in fallback}
+    cls = frame["class"]
+    in_class = (frame["group"] == "class") & cls.isin(fallback)
+    return in_class | ((frame["group"] != "class") & frame["group"].isin(hit_groups))
 
 
 def _check_images(images: torch.Tensor, labels: torch.Tensor, dataset) -> None:
@@ -61,18 +113,87 @@ def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset
                         k=cfg.pr_k, dc_k=cfg.dc_k, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
                         gen_probs=gen.get("probs"), gen_logits=gen.get("logits"), bootstrap=cfg.bootstrap, seed=seed,
                         backend=cfg.fid_backend)
-    frame = pd.DataFrame(rows)
+    frame = enforce_min_ref(pd.DataFrame(rows), min_ref=cfg.min_ref_fid)
     frame["note"] = [";".join(p for p in (n, extra_note) if p) for n in frame["note"]]
+    fallback = fallback_classes(dataset, cfg.reference)
+    if fallback and len(frame):
+        flag = _fallback_mask(frame, list(dataset.groups), fallback)
+        frame.loc[flag, "note"] = [f"{n};{FALLBACK_NOTE}" if n else FALLBACK_NOTE for n in frame.loc[flag, "note"]]
     frame.insert(0, "feature_space", space_id)
     return frame
 
 
-def _evaluator_row(space, n_ref: int) -> list[dict]:
+def evaluator_rows(space, dataset) -> list[dict]:
+    """The classifier evaluator's held-out accuracy: overall, per group and per class
+    (``evaluator_acc``), and the balanced accuracy the trust gate judges (``evaluator_balanced_acc``)."""
     info = getattr(space, "info", None)
     if not info:
         return []
-    return [dict(feature_space=space.identity, metric=EVALUATOR_ACC, group=ALL, **{"class": None}, n_gen=0,
-                 n_ref=info["n_test"], value=info["test_acc"], note=f"arch={info['arch']};epochs={info['epochs']}")]
+    n = np.asarray(info["test_per_class"], dtype=np.int64)
+    hit = np.asarray(info["test_correct_per_class"], dtype=np.int64)
+    trust = info["trust"]
+    base = f"arch={info['arch']};epochs={info['epochs']};best_epoch={info['best_epoch']};stop={info['stop']}"
+
+    def row(metric, group, cls, classes, value=None, note=base):
+        count = int(n[classes].sum())
+        if value is None:
+            value = float(hit[classes].sum() / count) if count else float("nan")
+        return dict(feature_space=space.identity, metric=metric, group=group, **{"class": cls}, n_gen=0, n_ref=count,
+                    value=value, note=note if count else f"skipped: no test images;{note}")
+
+    every = list(range(len(n)))
+    rows = [row(EVALUATOR_ACC, ALL, None, every)]
+    groups = list(dataset.groups)
+    for g in GROUPS:
+        members = [c for c, name in enumerate(groups) if name == g]
+        if members:
+            rows.append(row(EVALUATOR_ACC, g, None, members))
+    rows += [row(EVALUATOR_ACC, CLASS, c, [c]) for c in every]
+    gate = (f"trusted={'yes' if trust['trusted'] else 'no'};chance={trust['chance']:.4g};"
+            f"threshold={trust['threshold']:.4g};p={trust['p_value']:.3g};{base}")
+    rows.append(row(EVALUATOR_BALANCED_ACC, ALL, None, every, value=float(trust["balanced_acc"]), note=gate))
+    return rows
+
+
+def flag_untrusted(frame: pd.DataFrame, space) -> pd.DataFrame:
+    """Every row of an evaluator that failed the trust gate carries ``untrusted-evaluator``."""
+    info = getattr(space, "info", None)
+    if not info or info["trust"]["trusted"] or frame.empty:
+        return frame
+    frame = frame.copy()
+    mine = frame["feature_space"] == space.identity
+    frame.loc[mine, "note"] = [f"{n};{UNTRUSTED_NOTE}" if n else UNTRUSTED_NOTE for n in frame.loc[mine, "note"]]
+    return frame
+
+
+_WARNED: set[str] = set()
+
+
+def untrusted_message(space, dataset) -> str | None:
+    """What the console says about an evaluator that failed the gate (None when it passed)."""
+    info = getattr(space, "info", None)
+    if not info or info["trust"]["trusted"]:
+        return None
+    t = info["trust"]
+    source = dataset.source
+    tips = fix_advice(channels=source.channels, resolution=source.resolution,
+                      smallest_train=int(min(info["train_per_class"])),
+                      has_reference_folder=source.reference_protocol == "folder",
+                      holdout=bool(source.reference_protocol))
+    verdict = TrustVerdict(**t)
+    lines = [f"WARNING: the classifier evaluator {space.identity} failed the trust gate: {verdict.sentence()}; "
+             f"{t['reason']} (trained {info['epochs']} epochs on {info['n_train']} images). Its features cannot "
+             f"separate the methods: every row from it carries '{UNTRUSTED_NOTE}' and the leaderboard ranks nothing "
+             "in its table. What helps:"]
+    lines += [f"  - {tip}" for tip in tips]
+    return "\n".join(lines)
+
+
+def _warn_untrusted(space, dataset) -> None:
+    message = untrusted_message(space, dataset)
+    if message and space.identity not in _WARNED:
+        _WARNED.add(space.identity)
+        print(message, file=sys.stderr, flush=True)
 
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: EvalConfig, cache_dir: Path,
@@ -98,14 +219,15 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
         return None
     frame = _rows_from_features(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
                                 space_id=space.identity, extra_note=f"reference={cfg.reference}")
-    parts = [frame, pd.DataFrame(_evaluator_row(space, len(ref_labels)))]
+    parts = [frame, pd.DataFrame(evaluator_rows(space, dataset))]
     if downstream and cfg.downstream:
         down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.downstream_epochs, seed=seed,
                                device=device, cache_dir=cache_dir, progress=progress, include_real=False)
         down.insert(0, "feature_space", NO_FEATURES)
         parts.append(down)
-    frame = pd.concat([p for p in parts if len(p)], ignore_index=True)[EVAL_COLUMNS]
+    frame = flag_untrusted(pd.concat([p for p in parts if len(p)], ignore_index=True)[EVAL_COLUMNS], space)
     frame["class"] = frame["class"].astype("Int64")  # class index, <NA> for overall / group rows
+    _warn_untrusted(space, dataset)
     return frame
 
 
@@ -149,7 +271,7 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
         note += f";capped_classes={capped}"
     frame = _rows_from_features(gen, labels[held], {k: v[rest] for k, v in ref.items()}, labels[rest],
                                 dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note)
-    frame = frame[EVAL_COLUMNS]
+    frame = flag_untrusted(frame[EVAL_COLUMNS], space)
     frame["class"] = frame["class"].astype("Int64")
     write_csv_atomic(path, frame)
     return frame

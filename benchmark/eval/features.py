@@ -52,16 +52,33 @@ def default_space(dataset_name: str) -> str:
     return "classifier" if dataset_name in CLASSIFIER_DEFAULT else "inception"
 
 
-def resolve_feature_space_name(name: str, dataset) -> str:
-    """'auto' -> the dataset's default space; any other name is checked against the registry."""
-    name = default_space(dataset.source.name) if name == "auto" else name
+def inception_weights_absent(cfg: EvalConfig) -> bool:
+    """True when no Inception weights were pointed to and none are in the torch hub cache.  A path
+    given explicitly (option or environment) is never 'absent': a wrong one stays an error."""
+    if cfg.inception_weights or os.environ.get("LTGEN_INCEPTION_WEIGHTS"):
+        return False
+    return not (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE).is_file()
+
+
+def resolve_feature_space_name(name: str, dataset, cfg: EvalConfig | None = None) -> str:
+    """'auto' -> the dataset's default space; any other name is checked against the registry.
+
+    With ``cfg``, 'auto' on a dataset whose default is Inception falls back to ``classifier`` when
+    the Inception weights are absent (nothing is downloaded), so the imagefolder preset works
+    offline; :func:`benchmark.eval.trust.evaluator_outlook` says so before training, and the
+    trust gate judges the classifier.  An explicit ``inception`` never falls back.
+    """
+    if name == "auto":
+        name = default_space(dataset.source.name)
+        if name == "inception" and cfg is not None and inception_weights_absent(cfg):
+            name = "classifier"
     FEATURE_SPACES.get(name)  # unknown names fail here with the valid list
     return name
 
 
 def get_feature_space(name: str, *, dataset, cfg: EvalConfig, cache_dir: Path, device: torch.device,
                       progress: bool = False) -> FeatureSpace:
-    name = resolve_feature_space_name(name, dataset)
+    name = resolve_feature_space_name(name, dataset, cfg)
     if cfg.resize not in RESIZES:
         raise ConfigError(f"unknown eval.resize {cfg.resize!r}; use clean (clean-fid's PIL bicubic) or legacy")
     factory = FEATURE_SPACES.get(name)
@@ -207,7 +224,8 @@ class ClassifierSpace(FeatureSpace):
                  progress: bool = False) -> None:
         self.net, self.info = load_or_train_evaluator(dataset.source, seed=EVALUATOR_SEED, epochs=cfg.classifier_epochs,
                                                       cache_dir=cache_dir, device=device, progress=progress,
-                                                      per_class=cfg.classifier_per_class)
+                                                      per_class=cfg.classifier_per_class,
+                                                      patience=cfg.classifier_patience)
         self.device, self.batch_size = device, cfg.batch_size
         self.resolution, self.channels = dataset.source.resolution, dataset.source.channels
         self.identity = f"classifier:{self.info['fingerprint']}"

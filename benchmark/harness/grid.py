@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,9 +22,11 @@ import pandas as pd
 from benchmark.core.config import Config
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import broadcast, current
-from benchmark.core.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError, DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.core.names import REAL
+from benchmark.data import build_dataset
+from benchmark.eval.outlook import evaluator_outlook
 from benchmark.harness.cells import (
     Cell,
     cell_config,
@@ -56,6 +58,8 @@ def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = Tr
     say = print if current().main else (lambda *a, **k: None)  # under torchrun rank 0 speaks
     for name in method_order(cfg.grid.methods)[1]:
         say(f"note: method {name!r} added to the grid: a method of the grid fine-tunes its models", flush=True)
+    for line in evaluation_check(cfg, cells):
+        say(line, flush=True)
     for i, cell in enumerate(cells, 1):
         folder = cell.folder(out)
         say(f"[{i}/{len(cells)}] {cell.name}  ->  {folder}", flush=True)
@@ -64,6 +68,21 @@ def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = Tr
         say(f"[{i}/{len(cells)}] {cell.name}: {status.status} in {status.seconds:.0f}s"
               + (f"  ERROR: {status.error}" if status.error else ""), flush=True)  # fmt: skip
     return outcomes
+
+
+def evaluation_check(cfg: Config, cells: list[Cell]) -> list[str]:
+    """Before the first cell: what 'auto' resolves to, and how far a classifier evaluator can be trusted
+    at this data's size (see benchmark/eval/outlook.py).  Missing Inception weights for an explicit
+    ``eval.feature_space=inception`` are an error here, before any training.  Data that cannot be
+    loaded is left to the cells, which report it."""
+    if not cells:
+        return []
+    try:
+        first = cells[0]
+        dataset = build_dataset(replace(cfg.data, dataset=first.dataset, profile=first.profile, imbalance=first.imbalance))
+    except DataError:
+        return []
+    return evaluator_outlook(dataset, cfg.eval)
 
 
 def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False, progress: bool = True) -> CellOutcome:

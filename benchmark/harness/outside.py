@@ -20,7 +20,7 @@ from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.data import build_dataset
-from benchmark.eval.evaluate import evaluate_set, load_samples
+from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import finish_rows
@@ -54,7 +54,7 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         "dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
         "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "train_steps": math.nan,
         "protocol": cfg.protocol, "sampler": "external", "sampler_steps": 0, "guidance": math.nan,
-        "reference": cfg.eval.reference, "feature_space_default": cfg.eval.feature_space,
+        "reference": reference_label(cfg.eval.reference, dataset), "feature_space_default": cfg.eval.feature_space,
     }  # fmt: skip
     table = finish_rows(rows, ident, dataset)
     table = table[RESULT_COLUMNS]

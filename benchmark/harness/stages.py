@@ -24,7 +24,7 @@ from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set
 from benchmark.engine.trainer import load_model, train
 from benchmark.eval.downstream import real_rows
-from benchmark.eval.evaluate import evaluate_set, real_floor_rows
+from benchmark.eval.evaluate import evaluate_set, real_floor_rows, reference_label
 from benchmark.eval.features import resolve_feature_space_name
 from benchmark.harness.cells import dataset_slug
 from benchmark.harness.results import RESULT_COLUMNS
@@ -47,8 +47,8 @@ def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> d
         "sampler": REAL if is_real else cfg.sample.sampler,
         "sampler_steps": 0 if is_real else cfg.sample.steps,
         "guidance": math.nan if is_real or guidance is None else float(guidance),
-        "reference": cfg.eval.reference,
-        "feature_space_default": resolve_feature_space_name(cfg.eval.feature_space, dataset),
+        "reference": reference_label(cfg.eval.reference, dataset),
+        "feature_space_default": resolve_feature_space_name(cfg.eval.feature_space, dataset, cfg.eval),
     }
 
 

@@ -4,6 +4,10 @@ One table per (dataset, profile, imbalance, protocol, feature space, reference):
 methods, cells are mean +- std over seeds.  The best method per column is marked, and marked
 as not separable when its lead over the runner-up is within the seed spread.  Published
 numbers appear as labelled reference rows only when the protocol matches.
+
+A table whose feature space is a classifier evaluator that failed the trust gate
+(rows noted ``untrusted-evaluator``, see benchmark/eval/trust.py) ranks nothing: its numbers
+are shown without any mark, and a line under its title says why (``untrusted_tables``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from benchmark.core.names import (
     AUG_ACC,
     CAS_ACC,
     CLASS,
+    EVALUATOR_BALANCED_ACC,
     FEW,
     FID,
     KID,
@@ -30,6 +35,7 @@ from benchmark.core.names import (
     REAL_ACC,
     RECALL,
 )
+from benchmark.eval.trust import UNTRUSTED_NOTE
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows
 
 
@@ -92,6 +98,34 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def untrusted_tables(table: pd.DataFrame) -> dict[tuple, str]:
+    """{table key values: why the table ranks nothing} for tables from an untrusted evaluator."""
+    flagged = table[table["note"].astype(str).str.contains(UNTRUSTED_NOTE, regex=False)]
+    out = {}
+    for key_values, block in flagged.groupby(TABLE_KEY, dropna=False, sort=True):
+        gate = block[block["metric"] == EVALUATOR_BALANCED_ACC]
+        if len(gate):
+            row = gate.iloc[0]
+            fields = dict(part.split("=", 1) for part in str(row["note"]).split(";") if "=" in part)
+            detail = (f"its held-out balanced accuracy is {float(row['value']):.3f} on {int(row['n_ref'])} real "
+                      f"images, chance {float(fields.get('chance', 'nan')):.3f}; the gate needs at least "
+                      f"{float(fields.get('threshold', 'nan')):.3f} and p < 0.01 (p = {fields.get('p', '?')})")
+        else:
+            detail = "its rows are marked untrusted-evaluator"
+        out[tuple(key_values)] = (
+            f"No ranking: the classifier evaluator of this table failed the trust gate ({detail}), so its features "
+            "cannot separate the methods and no method is marked best. Numbers are shown for inspection only. "
+            "What helps: Inception or DINOv2 weights for natural images, a reference folder "
+            "(data.reference_folder), more images per class."
+        )
+    return out
+
+
+def no_ranking_lines(table: pd.DataFrame) -> list[str]:
+    """One console line per leaderboard table that ranks nothing because its evaluator is untrusted."""
+    return [f"leaderboard {_title(dict(zip(TABLE_KEY, key)))}: {why}" for key, why in untrusted_tables(table).items()]
+
+
 def _fmt(mean: float, std: float, n: int, digits: int) -> str:
     if np.isnan(mean):
         return "-"
@@ -103,9 +137,11 @@ def _fmt(mean: float, std: float, n: int, digits: int) -> str:
 def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataFrame]]:
     """[(key, display frame, marks frame)] where marks are '' / 'best' / 'tie'."""
     summary = summarize(table)
+    untrusted = untrusted_tables(table)
     boards = []
     for key_values, block in summary.groupby(TABLE_KEY, dropna=False, sort=True):
         key = dict(zip(TABLE_KEY, key_values))
+        no_ranking = untrusted.get(tuple(key_values))
         methods = sorted(m for m in block["method"].unique() if m != REAL)
         if REAL in set(block["method"]):
             methods.append(REAL)
@@ -127,7 +163,8 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
                 display.loc[method, col.label] = _fmt(mean, std, n, col.digits)
                 if method != REAL and not np.isnan(mean):
                     stats[method] = (mean, 0.0 if np.isnan(std) else std)
-            _mark_best(stats, col, marks)
+            if not no_ranking:
+                _mark_best(stats, col, marks)
         published = PUBLISHED.get((key["dataset"], round(float(key["imbalance"]), 6), key["protocol"]), {})
         for name, values in published.items():
             label = f"{name} (published)"
@@ -140,6 +177,8 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
         if REAL in display.index:
             display = display.rename(index={REAL: "real data (floor)"})
             marks = marks.rename(index={REAL: "real data (floor)"})
+        if no_ranking:
+            display.attrs["no_ranking"] = no_ranking
         boards.append((key, display, marks))
     return boards
 
@@ -179,10 +218,14 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
     boards = leaderboards(table)
     md, tex, flat = ["# Leaderboards", "", LEGEND, ""], [], []
     for key, display, marks in boards:
-        md += [f"## {_title(key)}", "", _markdown(display, marks), ""]
+        md += [f"## {_title(key)}", ""]
+        if display.attrs.get("no_ranking"):
+            md += [f"> {display.attrs['no_ranking']}", ""]
+        md += [_markdown(display, marks), ""]
         tex += [_latex(key, display, marks), ""]
         frame = display.copy()
         frame.insert(0, "method", frame.index)
+        frame["ranking"] = "none: untrusted evaluator" if display.attrs.get("no_ranking") else ""
         for k, v in reversed(list(key.items())):
             frame.insert(0, k, v)
         flat.append(frame)
@@ -214,7 +257,7 @@ def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
 
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
-        rf"\caption{{{esc(_title(key))}}}",
+        rf"\caption{{{esc(_title(key) + ('. ' + display.attrs['no_ranking'] if display.attrs.get('no_ranking') else ''))}}}",
         r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
         "Method & " + " & ".join(esc(c) for c in cols) + r" \\", r"\midrule",
     ]  # fmt: skip

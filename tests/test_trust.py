@@ -14,7 +14,7 @@ from benchmark.core.config import EvalConfig
 from benchmark.eval.evaluate import evaluate_set
 from benchmark.eval.features import get_feature_space
 from benchmark.eval.trust import UNTRUSTED_NOTE, evaluator_trust
-from benchmark.harness.results import COLUMNS, append_cell, read_results
+from benchmark.harness.results import RESULT_COLUMNS, append_cell, read_results
 from benchmark.report.build import make_report
 from benchmark.report.leaderboard import leaderboards
 
@@ -85,7 +85,7 @@ def _cell(method, seed, fid, *, untrusted, space="classifier:abc"):
                  "n_gen": 0, "n_ref": 120,
                  "note": f"trusted={'no' if untrusted else 'yes'};chance=0.1667;threshold=0.3333;p=0.43" +
                          (f";{UNTRUSTED_NOTE}" if untrusted else "")})
-    return pd.DataFrame(rows)[COLUMNS]
+    return pd.DataFrame(rows)[RESULT_COLUMNS]
 
 
 def test_leaderboard_ranks_nothing_from_an_untrusted_evaluator_and_says_why(tmp_path, capsys):

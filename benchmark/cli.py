@@ -190,6 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if d.world > 1 and (args.launcher != "local" or args.jobs > 1):
         raise ConfigError("under torchrun every process runs the same cells: drop --launcher/--jobs, "
                           "or submit with --launcher slurm --slurm-gpus N from a plain shell")  # fmt: skip
+    if (args.launcher != "local" or args.jobs > 1) and d.main:  # run_grid says it itself for the local run
+        from benchmark.harness.grid import evaluation_check
+
+        for line in evaluation_check(cfg, cells):
+            print(line, flush=True)
     if args.launcher != "local":
         from benchmark.harness.launch import SlurmOptions, submit
 

@@ -5,6 +5,15 @@ Index ``num_classes`` is the null label used for classifier-free guidance: it co
 class embedding at all (its row is masked out), exactly like "no label" in the official code.
 Works for any channel count and resolution (odd sizes such as 7x7 included: upsampling goes
 to the size of the matching skip connection rather than a fixed factor of two).
+
+Initialisation (:func:`init_official`) is the one the official CBDM / T2H / CORAL code runs (the
+DDPM PyTorch port all three share): every convolution and linear layer xavier-uniform with zero
+bias, then gain 1e-5 on the last convolution of each residual branch and on the output
+convolution, so a fresh model predicts almost 0.  The class embedding keeps PyTorch's N(0, 1).
+The attention output projection: the official attention block sets gain 1e-5 on it, but the
+residual block that holds the attention block re-initialises every convolution inside itself
+afterwards, so the projection the official model trains from has gain 1; we follow what runs.
+Our fused q/k/v convolution is initialised as the three separate C -> C convolutions it replaces.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ def _groups(channels: int) -> int:
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(_groups(channels), channels)
+
+
+# gains of the official initialisation (see the module docstring)
+RESIDUAL_OUT_GAIN = 1e-5  # last conv of each residual branch (after dropout)
+OUTPUT_GAIN = 1e-5  # the output convolution
+ATTN_PROJ_GAIN = 1.0  # attention output projection: 1e-5 is overwritten by the enclosing block's re-init
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -135,6 +150,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Conv2d(cur_ch, cur_ch, 3, padding=1))  # after a nearest upsample
                 size = size * 2
         self.tail = nn.Sequential(_norm(cur_ch), nn.SiLU(), nn.Conv2d(cur_ch, in_channels, 3, padding=1))
+        init_official(self)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, return_bottleneck: bool = False
@@ -157,6 +173,24 @@ class UNet(nn.Module):
                 h = layer(F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest"))
         out = self.tail(h)
         return (out, bottleneck) if return_bottleneck else out
+
+
+@torch.no_grad()
+def init_official(model: UNet) -> None:
+    """The official DDPM-port initialisation (module docstring); draws from the global RNG."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, AttnBlock):
+            c = m.proj.out_channels
+            for i in range(3):  # q, k, v: each a C -> C convolution in the official model
+                nn.init.xavier_uniform_(m.qkv.weight[i * c : (i + 1) * c])
+            nn.init.xavier_uniform_(m.proj.weight, gain=ATTN_PROJ_GAIN)
+        elif isinstance(m, ResBlock):
+            nn.init.xavier_uniform_(m.block2[-1].weight, gain=RESIDUAL_OUT_GAIN)
+    nn.init.xavier_uniform_(model.tail[-1].weight, gain=OUTPUT_GAIN)
 
 
 def build_unet(model_cfg: ModelConfig, *, channels: int, resolution: int, num_classes: int) -> UNet:

@@ -1,8 +1,15 @@
 """CORAL (Rodriguez et al., NeurIPS 2025): supervised contrastive regularisation of the UNet bottleneck.
 
     z      = normalize(Linear(bottleneck channels -> coral_dim)(global-average-pool(middle-block output)))
-    lambda = w * mean_batch(exp((1 - t/T) / s))                  w = 0.5, s = 0.3
+    lambda = w * mean_batch(exp((1 - t/T) / s))                  s = 0.3
     L      = mean(L_ddpm) + lambda * L_supcon(z, y; temperature 0.1)
+
+The weight w: the paper's w (the official ``supcon_weight`` flag) is 0.5, but the official
+training script then backpropagates ``loss_ddpm + supcon_temp * loss_supcon`` (its "gradient
+rescaling", supcon_temp = 0.1), so the objective the official model optimises is
+L_ddpm + 0.1 * (0.5 * mean(exp(...)) * L_supcon): an effective w of 0.05, our default
+(``method.coral_weight``).  The paper's w maps to ours as coral_weight = 0.1 * w
+(``--set method.coral_weight=0.5`` trains with the paper's w literally, ten times the official weight).
 
 L_supcon is the supervised contrastive loss of Khosla et al. (2020) with one view: for anchor i,
 l_i = -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/tau) / sum_{a != i} exp(z_i.z_a/tau)), P(i) the
@@ -14,11 +21,6 @@ epsilon prediction, so one forward gives both terms (``UNet.forward(..., return_
 The projection head belongs to the method (``trainable_modules``): the trainer optimises and
 checkpoints it, and it is not part of ``model.pt``, so sampling never sees it.  No contrastive
 term on unconditional batches; with per-sample label drop it runs over the conditional samples.
-
-Note: the official training script (main.py) further multiplies the contrastive term by the
-SupCon temperature before the backward pass ("gradient rescaling"), an effective weight of
-0.5 * 0.1; ``--set method.coral_weight=0.05`` reproduces that.  The default follows
-REFERENCE.md section 5 (w = 0.5).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from benchmark.core.distributed import current, gather_batch
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
+
+PAPER_W = 0.5  # the paper's w, the official supcon_weight flag
+GRADIENT_RESCALE = 0.1  # the official main.py multiplies the contrastive term by supcon_temp before backward
+OFFICIAL_WEIGHT = GRADIENT_RESCALE * PAPER_W  # 0.05: the effective weight the official code trains with
 
 
 def coral_loss(z: torch.Tensor, y: torch.Tensor, *, temperature: float = 0.1,
@@ -58,7 +64,7 @@ def mean_nonzero_as_per_sample(per_anchor: torch.Tensor) -> torch.Tensor:
     return per_anchor * (per_anchor.shape[0] / n)
 
 
-def coral_lambda(t: torch.Tensor, T: int, *, weight: float = 0.5, time_scale: float = 0.3) -> torch.Tensor:
+def coral_lambda(t: torch.Tensor, T: int, *, weight: float = OFFICIAL_WEIGHT, time_scale: float = 0.3) -> torch.Tensor:
     """The batch's weight of the contrastive term, w * mean_batch(exp((1 - t/T) / s)): largest at low noise."""
     return weight * torch.exp((1.0 - t.float() / T) / time_scale).mean()
 
@@ -74,7 +80,7 @@ def project(head: nn.Module, bottleneck: torch.Tensor) -> torch.Tensor:
 
 def coral_terms(
     model: torch.nn.Module, head: nn.Module, diffusion, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-    noise: torch.Tensor, *, weight: float = 0.5, temperature: float = 0.1, time_scale: float = 0.3,
+    noise: torch.Tensor, *, weight: float = OFFICIAL_WEIGHT, temperature: float = 0.1, time_scale: float = 0.3,
     cond: Cond = True,
 ) -> dict[str, torch.Tensor]:
     """Per-sample {'ddpm', 'supcon'}; 'supcon' already carries lambda, so L = sum of the batch means."""

@@ -18,6 +18,7 @@ from benchmark.engine.checkpoint import latest_checkpoint, load
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.trainer import _seeds, train
 from methods import coral_lambda, coral_loss, get_method, t2h_probs, t2h_targets
+from methods.base import draw_t_noise
 from methods.coral import coral_terms, projection_head
 
 COUNTS = np.array([12, 6, 2])
@@ -173,6 +174,25 @@ def test_coral_terms_equal_the_pipeline_and_train_the_head():
     assert head.weight.grad.abs().sum() > 0 and model.mid1.block1[2].weight.grad.abs().sum() > 0
     off = coral_terms(model, head, diffusion, x0, torch.full_like(y, 3), t, noise, cond=False)
     assert (off["supcon"] == 0).all() and not off["supcon"].requires_grad  # no contrastive term unconditioned
+
+
+def test_coral_default_weight_is_the_official_effective_weight():
+    # official objective (coral-lt-diffusion diffusion.py + main.py): loss_supcon = supcon_weight (0.5)
+    # * mean(exp((1 - t/T) / 0.3)) * SupCon, then loss = loss_ddpm + supcon_temp (0.1) * loss_supcon
+    assert MethodConfig().coral_weight == 0.05
+    torch.manual_seed(0)
+    model = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval()
+    method = get_method("coral", class_counts=COUNTS)
+    diffusion = GaussianDiffusion(T=50)
+    x0 = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    y = torch.tensor([0, 0, 1, 1, 2, 0])
+    terms = method.loss_terms(model, diffusion, x0, y, True, torch.Generator().manual_seed(5))
+    t, noise = draw_t_noise(diffusion, x0, torch.Generator().manual_seed(5))  # the method's own draws
+    _, h = model(diffusion.q_sample(x0, t, noise), t, y, return_bottleneck=True)
+    z = F.normalize(method.head(h.mean(dim=(2, 3))), dim=1)
+    supcon, _ = _supcon_by_hand(z.detach().double(), y, 0.1)
+    official = 0.1 * (0.5 * torch.exp((1 - t.float() / 50) / 0.3).mean().item() * supcon)
+    assert math.isclose(terms["supcon"].mean().item(), official, rel_tol=1e-5)
 
 
 def test_coral_head_is_trained_checkpointed_resumed_and_not_in_model_pt(tmp_path):

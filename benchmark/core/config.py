@@ -100,7 +100,9 @@ class MethodConfig:
     # cbdm-ft: fine-tuning steps on top of the grid's ddpm model; None = a tenth of train.steps
     cbdm_ft_steps: int | None = None
     t2h_gate: str = "t2h"  # oriented calibration: t2h (swap towards more frequent classes) | h2t | full
-    coral_weight: float = 0.5  # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale))
+    # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale)); 0.05 = the official code's effective
+    # weight (the paper's w = 0.5 times the 0.1 its script rescales the term by; see methods/coral.py)
+    coral_weight: float = 0.05
     coral_temperature: float = 0.1  # supervised contrastive temperature
     coral_dim: int = 128  # width of the projection head on the UNet bottleneck
     coral_time_scale: float = 0.3

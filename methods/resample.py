@@ -1,8 +1,11 @@
 """Class re-sampling (Kang et al. 2020): class c is drawn with probability proportional to n_c^q.
 
 q = 1 instance-balanced (plain training), q = 1/2 square-root, q = 0 class-balanced.  The
-``progressive`` schedule moves q linearly from 1 to 0 over training.  Empty classes are never
-drawn (0^0 would otherwise give them mass).
+``progressive`` schedule is Kang et al.'s progressively-balanced sampling: it interpolates the
+PROBABILITIES, p_c(s) = (1 - s) p_c(q=1) + s p_c(q=0) with s = step / total steps.  The other
+reading, moving the exponent q linearly from 1 to 0, is kept as ``progressive-exponent`` (it is
+not Kang's rule: at s = 1/2 it gives square-root sampling, not the mean of the two ends).  Empty
+classes are never drawn (0^0 would otherwise give them mass).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from benchmark.core.errors import ConfigError
 from .base import Method
 from .registry import METHODS
 
-SCHEDULES = ("fixed", "progressive")
+SCHEDULES = ("fixed", "progressive", "progressive-exponent")
 
 
 def resample_probs(counts, q: float) -> torch.Tensor:
@@ -23,9 +26,18 @@ def resample_probs(counts, q: float) -> torch.Tensor:
     return (p / p.sum()).float()
 
 
+def progressive_probs(counts, s: float) -> torch.Tensor:
+    """Kang et al.'s progressively-balanced distribution at training progress ``s`` in [0, 1]."""
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    instance = n / n.sum()
+    balanced = (n > 0).double() / (n > 0).sum()
+    return ((1.0 - s) * instance + s * balanced).float()
+
+
 @METHODS.register("resample")
 class Resample(Method):
-    """Class-sampling probability proportional to n_c^q (method.resample_q, method.resample_schedule)."""
+    """Class-sampling probability proportional to n_c^q (method.resample_q), or Kang's progressive
+    schedule (method.resample_schedule)."""
 
     name = "resample"
 
@@ -38,12 +50,11 @@ class Resample(Method):
             )
         self._fixed = resample_probs(self.class_counts, options.resample_q)
 
-    def q_at(self, step: int, total_steps: int) -> float:
-        if self.options.resample_schedule == "fixed":
-            return self.options.resample_q
-        return 1.0 - step / max(1, total_steps)
-
     def class_probs(self, step: int, total_steps: int) -> torch.Tensor:
-        if self.options.resample_schedule == "fixed":
+        schedule = self.options.resample_schedule
+        if schedule == "fixed":
             return self._fixed
-        return resample_probs(self.class_counts, self.q_at(step, total_steps))
+        s = min(1.0, step / max(1, total_steps))
+        if schedule == "progressive":
+            return progressive_probs(self.class_counts, s)
+        return resample_probs(self.class_counts, 1.0 - s)

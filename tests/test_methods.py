@@ -132,6 +132,20 @@ def test_reweight_weights():
     assert torch.allclose(m.sample_weights(torch.tensor([0, 2])), torch.tensor(w[[0, 2]], dtype=torch.float32))
 
 
+def test_progressive_resampling_is_kangs_rule():
+    # Kang et al. 2020, progressively-balanced sampling: p_j(t) = (1 - t/T) p_j^IB + (t/T) p_j^CB, with
+    # p^IB = n_j / sum n (instance-balanced) and p^CB = 1/C (class-balanced; here the 3 non-empty classes)
+    counts = np.array([100, 25, 4, 0])
+    p_ib = np.array([100, 25, 4, 0]) / 129
+    p_cb = np.array([1, 1, 1, 0]) / 3
+    m = get_method("resample", class_counts=counts, options=MethodConfig(resample_schedule="progressive"))
+    for step, total in [(0, 400), (100, 400), (300, 400)]:
+        s = step / total
+        expect = (1 - s) * p_ib + s * p_cb
+        assert np.allclose(m.class_probs(step, total).numpy(), expect, atol=1e-7)
+    assert np.allclose(m.class_probs(400, 400).numpy(), p_cb, atol=1e-7)
+
+
 def test_resample_frequencies():
     counts = np.array([100, 25, 4, 0])
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
@@ -142,8 +156,10 @@ def test_resample_frequencies():
         idx = drawer.draw(60000, m.class_probs(0, 1), gen)
         freq = np.bincount(labels[idx].numpy(), minlength=4) / 60000
         assert np.allclose(freq, expect, atol=0.01)
-    prog = get_method("resample", class_counts=counts, options=MethodConfig(resample_schedule="progressive"))
+    prog = get_method("resample", class_counts=counts,
+                      options=MethodConfig(resample_schedule="progressive-exponent"))  # fmt: skip
     assert torch.allclose(prog.class_probs(0, 10), resample_probs(counts, 1.0))
+    assert torch.allclose(prog.class_probs(5, 10), resample_probs(counts, 0.5))  # q moves, not p
     assert torch.allclose(prog.class_probs(10, 10), resample_probs(counts, 0.0))
     uniform_idx = drawer.draw(60000, None, gen)  # None: uniform over instances
     assert np.allclose(np.bincount(labels[uniform_idx].numpy(), minlength=4) / 60000, counts / 129, atol=0.01)

@@ -96,7 +96,8 @@ class MethodConfig:
     reweight_scheme: str = "inverse"  # inverse | effective
     reweight_beta: float = 0.999
     resample_q: float = 0.0  # class drawn with prob ~ n_c ** q
-    resample_schedule: str = "fixed"  # fixed | progressive (q: 1 -> 0 over training)
+    # fixed | progressive (Kang: p = (1 - s) p_instance + s p_class, s = step/steps) | progressive-exponent (q: 1 -> 0)
+    resample_schedule: str = "fixed"
     # cbdm-ft: fine-tuning steps on top of the grid's ddpm model; None = a tenth of train.steps
     cbdm_ft_steps: int | None = None
     t2h_gate: str = "t2h"  # oriented calibration: t2h (swap towards more frequent classes) | h2t | full

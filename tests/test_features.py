@@ -86,6 +86,27 @@ def test_inception_clean_path_matches_torch_fidelity_forward(random_inception_we
     np.testing.assert_allclose(clean.extract(gray)["features"], together["features"], rtol=1e-4, atol=1e-5)
 
 
+def test_bilinear_resize_is_the_cbdm_evaluators(random_inception_weights, monkeypatch):
+    # pytorch-fid's InceptionV3 as the CBDM / OC evaluators call it: x in [0, 1], F.interpolate(x, (299, 299),
+    # mode='bilinear', align_corners=False), then 2x - 1 into the network.  align_corners=False upsampling
+    # of [a, b] to 4 samples reads source positions -0.25, 0.25, 0.75, 1.25 (clamped at the edges):
+    row = torch.tensor([[[[0, 255]]]], dtype=torch.uint8).expand(1, 3, 1, 2)
+    up = features.bilinear_unit(row, 4, CPU)[0, 0]
+    assert torch.allclose(up, torch.tensor([0.0, 0.25, 0.75, 1.0]).expand(4, 4), atol=1e-6)
+    monkeypatch.setenv("LTGEN_INCEPTION_WEIGHTS", str(random_inception_weights))
+    space = features.InceptionSpace(cfg=EvalConfig(resize="bilinear", batch_size=2), device=CPU)
+    assert space.identity.endswith(":bilinear")
+    images = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    x = torch.nn.functional.interpolate(images.float() / 255, size=(299, 299), mode="bilinear", align_corners=False)
+    x = 2 * x - 1
+    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+                 "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+                 "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool"):  # fmt: skip
+        x = getattr(space.net, name)(x)
+    np.testing.assert_allclose(space.extract(images)["features"], x.flatten(1).double().numpy(), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+
+
 def test_clean_resize_gray_to_rgb():
     out = features.clean_resize(torch.full((2, 1, 8, 8), 100, dtype=torch.uint8), 20)
     assert out.shape == (2, 3, 20, 20) and out.dtype == torch.float32

@@ -116,6 +116,9 @@ class SampleConfig:
     eta: float = 0.0
     guidance: float | None = 1.5  # omega; None = each method's official strength
     n_per_class: int = 5000
+    # the evaluation set's size in all, split evenly over the classes (n_total // C each) when set;
+    # the published protocols set 50k (their evaluators' sample size)
+    n_total: int | None = None
     batch_size: int = 256
 
 

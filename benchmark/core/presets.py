@@ -8,7 +8,7 @@ never mixed in one leaderboard, so the protocol name is recorded with every row.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from benchmark.core.config import (
     MODEL_SIZES,
@@ -41,33 +41,80 @@ def get_preset(name: str, protocol: str | None = None) -> Config:
 # ---------------------------------------------------------------- protocols
 
 
-@PROTOCOLS.register("ddpm1000")
-def _ddpm1000(cfg: Config) -> Config:
-    """Protocol A: DDPM ancestral sampling over all T steps, each method's official guidance
-    (DDPM 0.8, CBDM 1.6, T2H 1.5), Inception features against the balanced train set."""
-    return _protocol(cfg, "ddpm1000", sampler="ddpm", steps=cfg.diffusion.T, eta=1.0, guidance=None)
+@dataclass(frozen=True)
+class Evaluator:
+    """The measurement settings of a published evaluator: what its numbers rest on."""
+
+    name: str
+    feature_space: str  # our feature space that reproduces its network
+    features: str  # the network and layer, in words
+    resize: str  # eval.resize that reproduces its resizing
+    pr_k: int  # k of improved precision / recall
+    reference: str  # eval.reference
+    n_total: int  # generated images in all
 
 
-def _protocol(cfg: Config, name: str, *, sampler: str, steps: int, eta: float, guidance: float | None) -> Config:
-    """The published protocols all score against the balanced train set; they differ in sampling."""
+# qym7/CBDM-pytorch score/: pytorch-fid's InceptionV3 (the TF 2015-12-05 graph), float images in [0, 1]
+# resized to 299 with F.interpolate(bilinear, align_corners=False), pool3; FID against the balanced train
+# set's statistics; improved P/R (k = 5) on those Inception features, only at exactly 50k samples.
+# MediaBrain-SJTU/OC_LT (T2H) ships the same score/ code (FID and IS; no P/R).
+CBDM_EVALUATOR = Evaluator(
+    name="cbdm", feature_space="inception", features="Inception-v3 pool3 (TF 2015-12-05 port)",
+    resize="bilinear", pr_k=5, reference="train-balanced", n_total=50_000,
+)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    sampler: str
+    steps: int
+    eta: float
+    guidance: float | None  # None: each method's official omega
+    evaluator: Evaluator
+    source: str  # whose evaluation it is
+
+
+PROTOCOL_SETTINGS: dict[str, Protocol] = {
+    "ddpm1000": Protocol("ddpm", 1000, 1.0, None, CBDM_EVALUATOR, "CBDM's evaluation (the CORAL paper's table)"),
+    # the Capacity Manipulation code is not released; its evaluator is taken to be the one of the
+    # OC / CBDM code it builds on (see the README's fidelity table)
+    "ddim": Protocol("ddim", 50, 0.0, 1.5, CBDM_EVALUATOR, "the Capacity Manipulation paper's table"),
+    "ddim100": Protocol("ddim", 100, 0.0, 1.5, CBDM_EVALUATOR, "T2H's own evaluation (OC_LT)"),
+}
+
+
+def describe_protocol(name: str) -> str:
+    p = PROTOCOL_SETTINGS[name]
+    e = p.evaluator
+    omega = "each method's official guidance" if p.guidance is None else f"guidance {p.guidance:g}"
+    steps = "all T steps" if p.sampler == "ddpm" else f"{p.steps} steps, eta {p.eta:g}"
+    return (f"{p.sampler.upper()} ({steps}), {omega}; {p.source}: {e.features}, {e.resize} resize, "
+            f"P/R k={e.pr_k}, reference {e.reference}, {e.n_total} images")
+
+
+def apply_protocol(cfg: Config, name: str) -> Config:
+    """The protocol's sampler and its evaluator's settings, recorded in the config (and so in config.json)."""
+    p = PROTOCOL_SETTINGS[name]
+    e = p.evaluator
+    steps = cfg.diffusion.T if p.sampler == "ddpm" else p.steps
     return replace(
         cfg,
         protocol=name,
-        sample=replace(cfg.sample, sampler=sampler, steps=steps, eta=eta, guidance=guidance),
-        eval=replace(cfg.eval, reference="train-balanced"),
+        sample=replace(cfg.sample, sampler=p.sampler, steps=steps, eta=p.eta, guidance=p.guidance, n_total=e.n_total),
+        eval=replace(cfg.eval, feature_space=e.feature_space, resize=e.resize, pr_k=e.pr_k, reference=e.reference),
     )
 
 
-@PROTOCOLS.register("ddim")
-def _ddim(cfg: Config) -> Config:
-    """Protocol B: DDIM 50 steps (eta 0), guidance 1.5, class-balanced labels."""
-    return _protocol(cfg, "ddim", sampler="ddim", steps=50, eta=0.0, guidance=1.5)
+def _register_protocol(name: str) -> None:
+    def fn(cfg: Config) -> Config:
+        return apply_protocol(cfg, name)
+
+    fn.__doc__ = describe_protocol(name)
+    PROTOCOLS.register(name, fn)
 
 
-@PROTOCOLS.register("ddim100")
-def _ddim100(cfg: Config) -> Config:
-    """T2H's official evaluation: DDIM 100 steps (eta 0), guidance 1.5, balanced train reference."""
-    return _protocol(cfg, "ddim100", sampler="ddim", steps=100, eta=0.0, guidance=1.5)
+for _name in PROTOCOL_SETTINGS:
+    _register_protocol(_name)
 
 
 # ---------------------------------------------------------------- presets
@@ -133,11 +180,11 @@ def _paper(dataset: str, name: str) -> Config:
         data=DataConfig(dataset=dataset, profile="exp", imbalance=0.01),
         model=MODEL_SIZES["paper"],
         train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",)),
-        sample=SampleConfig(n_per_class=50_000 // (10 if dataset == "cifar10" else 100), batch_size=512),
-        eval=EvalConfig(feature_space="inception", reference="train-balanced", pr_k=3),
+        sample=SampleConfig(batch_size=512),
+        eval=EvalConfig(feature_space="inception"),
         grid=GridConfig(methods=GPU_METHODS, imbalances=(0.01,), seeds=(0,)),
     )
-    return _ddim(cfg)
+    return apply_protocol(cfg, "ddim")
 
 
 @PRESETS.register("cifar10lt")

@@ -24,6 +24,17 @@ from benchmark.engine.diffusion import GaussianDiffusion, guided_eps
 SAMPLERS = ("ddim", "ddpm")
 
 
+def images_per_class(cfg, num_classes: int) -> int:
+    """Images per class of the evaluation set: ``n_total // C`` when the protocol fixes the total
+    (``sample.n_total``), else ``sample.n_per_class``."""
+    if cfg.n_total is None:
+        return cfg.n_per_class
+    if cfg.n_total < 2 * num_classes:
+        raise ConfigError(f"sample.n_total={cfg.n_total} leaves fewer than 2 images for each of the {num_classes} "
+                          "classes; raise it or set sample.n_total=none and sample.n_per_class")
+    return cfg.n_total // num_classes
+
+
 def balanced_labels(num_classes: int, n_per_class: int) -> torch.Tensor:
     """[0]*n, [1]*n, ... : exactly ``n_per_class`` images of every class."""
     return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(n_per_class)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from cleanfid.resize import make_resizer
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -33,7 +34,7 @@ FEATURE_SPACES: Registry = Registry("feature space")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DINOV2_FILE = "dinov2_vits14_pretrain.pth"
 CLASSIFIER_DEFAULT = ("fashion-mnist", "mnist", "digits")
-RESIZES = ("clean", "legacy")
+RESIZES = ("clean", "legacy", "bilinear")
 _INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
                     "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
@@ -80,7 +81,8 @@ def get_feature_space(name: str, *, dataset, cfg: EvalConfig, cache_dir: Path, d
                       progress: bool = False) -> FeatureSpace:
     name = resolve_feature_space_name(name, dataset, cfg)
     if cfg.resize not in RESIZES:
-        raise ConfigError(f"unknown eval.resize {cfg.resize!r}; use clean (clean-fid's PIL bicubic) or legacy")
+        raise ConfigError(f"unknown eval.resize {cfg.resize!r}; use clean (clean-fid's PIL bicubic), legacy "
+                          "(torch-fidelity's) or bilinear (the CBDM / OC evaluator's)")
     factory = FEATURE_SPACES.get(name)
     return factory(dataset=dataset, cfg=cfg, cache_dir=Path(cache_dir), device=device, progress=progress)
 
@@ -99,6 +101,13 @@ def clean_resize(images: torch.Tensor, size: int) -> torch.Tensor:
     fn = make_resizer("PIL", False, "bicubic", (size, size))
     hwc = to_rgb(images).permute(0, 2, 3, 1).numpy()
     return torch.from_numpy(np.stack([fn(im) for im in hwc])).permute(0, 3, 1, 2).contiguous()
+
+
+def bilinear_unit(images: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """The CBDM / OC evaluator's input (pytorch-fid's InceptionV3 with resize_input): images as floats in
+    [0, 1], resized with F.interpolate(mode='bilinear', align_corners=False); still in [0, 1]."""
+    x = to_rgb(images).to(device, torch.float32) / 255.0
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def _batched(images: torch.Tensor, batch_size: int, progress: bool, desc: str):
@@ -158,9 +167,13 @@ class InceptionSpace(FeatureSpace):
 
     @torch.no_grad()
     def _forward_float(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # torch-fidelity's forward only takes uint8; the clean protocol feeds float 299 px images,
-        # so run the same layers from the point after its (identity at 299 px) resize.
-        x = (x.to(self.device, torch.float32) - 128) / 128
+        # torch-fidelity's forward only takes uint8; the clean protocol feeds float 299 px images in
+        # 0..255, so run the same layers from the point after its (identity at 299 px) resize.
+        return self._trunk((x.to(self.device, torch.float32) - 128) / 128)
+
+    @torch.no_grad()
+    def _trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pool3 features and unbiased logits of normalised 299 px input (about [-1, 1])."""
         for name in _INCEPTION_TRUNK:
             x = getattr(self.net, name)(x)
         pool = torch.flatten(x, 1)
@@ -172,6 +185,8 @@ class InceptionSpace(FeatureSpace):
         for batch in _batched(images, self.batch_size, progress, "inception"):
             if self.resize == "clean":
                 f, lg = self._forward_float(clean_resize(batch, self.size))
+            elif self.resize == "bilinear":  # pytorch-fid's scaling of [0, 1] input: 2x - 1
+                f, lg = self._trunk(2 * bilinear_unit(batch, self.size, self.device) - 1)
             else:
                 f, lg = self.net(to_rgb(batch).to(self.device))
             feats.append(f.double().cpu().numpy())
@@ -206,9 +221,12 @@ class DinoV2Space(FeatureSpace):
         std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1) * 255
         feats = []
         for batch in _batched(images, self.batch_size, progress, "dinov2"):
-            if self.resize == "clean":
-                x = (clean_resize(batch, self.size).to(self.device) - mean) / std
-                f = self.net.model(x)
+            if self.resize in ("clean", "bilinear"):
+                if self.resize == "clean":
+                    x = clean_resize(batch, self.size).to(self.device)
+                else:
+                    x = bilinear_unit(batch, self.size, self.device) * 255
+                f = self.net.model((x - mean) / std)
             else:
                 (f,) = self.net(to_rgb(batch).to(self.device))
             feats.append(f.double().cpu().numpy())

@@ -20,6 +20,7 @@ from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.data import build_dataset
+from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
@@ -37,9 +38,10 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
     images, labels = load_samples(samples)
     _check_samples(images, labels, dataset)
     counts = np.bincount(np.asarray(labels), minlength=dataset.num_classes)
-    if main and (len(set(counts.tolist())) > 1 or counts[0] != cfg.sample.n_per_class):
+    per_class = images_per_class(cfg.sample, dataset.num_classes)
+    if main and (len(set(counts.tolist())) > 1 or counts[0] != per_class):
         print(f"note: the samples hold {counts.min()}..{counts.max()} images per class, the preset uses "
-              f"{cfg.sample.n_per_class}; FID depends on n, so compare with runs of the same n (n_gen is recorded)")  # fmt: skip
+              f"{per_class}; FID depends on n, so compare with runs of the same n (n_gen is recorded)")  # fmt: skip
     cell = Cell(cfg.data.dataset, cfg.data.profile, cfg.data.imbalance, name, seed)
     folder = cell.folder(out)
     if main:

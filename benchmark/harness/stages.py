@@ -21,7 +21,7 @@ from benchmark.core.errors import TrainingError
 from benchmark.core.names import CLASS, NO_FEATURES, REAL, TRAIN_COUNT
 from benchmark.data import build_dataset
 from benchmark.engine.diffusion import GaussianDiffusion
-from benchmark.engine.sampling import generate_eval_set
+from benchmark.engine.sampling import generate_eval_set, images_per_class
 from benchmark.engine.trainer import load_model, train
 from benchmark.eval.downstream import real_rows
 from benchmark.eval.evaluate import evaluate_set, real_floor_rows, reference_label
@@ -89,8 +89,8 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
         parts = []
         if cfg.eval.real_floor:
             parts.append(real_floor_rows(
-                dataset, cfg=cfg.eval, n_per_class=cfg.sample.n_per_class, cache_dir=cache_dir, device=device,
-                seed=cell.seed, progress=progress,
+                dataset, cfg=cfg.eval, n_per_class=images_per_class(cfg.sample, dataset.num_classes),
+                cache_dir=cache_dir, device=device, seed=cell.seed, progress=progress,
             ))  # fmt: skip
         if cfg.eval.downstream:
             real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
@@ -114,11 +114,12 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     model, _info = load_model(model_path, device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
 
-    log.info("stage sample (%d per class, %s %d steps, guidance %s)", cfg.sample.n_per_class, cfg.sample.sampler,
+    n_per_class = images_per_class(cfg.sample, dataset.num_classes)
+    log.info("stage sample (%d per class, %s %d steps, guidance %s)", n_per_class, cfg.sample.sampler,
              cfg.sample.steps, guidance)  # fmt: skip
     # every method of a cell seed draws from the same initial noise: a paired comparison
     images, labels = generate_eval_set(
-        model, diffusion, num_classes=dataset.num_classes, n_per_class=cfg.sample.n_per_class,
+        model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class,
         cfg=replace(cfg.sample, guidance=guidance), seed=cell.seed, out_path=folder / "samples.npz",
         device=device, progress=progress,
     )  # fmt: skip

@@ -55,13 +55,45 @@ def test_leaderboard_marks_best_and_ties(table_dir):
     assert marks.loc["real data (floor)"].eq("").all()  # the floor never competes
 
 
-def test_published_rows_only_for_matching_protocol():
-    table = pd.concat([cell_rows("ddpm", 0, 9.0, 0.5, dataset="cifar10", imbalance=0.01, protocol="ddim")])
+def _paper_rows(method, protocol, dataset="cifar100", space="inception-v3-compat:abc:bilinear", k=5):
+    rows = cell_rows(method, 0, 9.0, 0.5, dataset=dataset, imbalance=0.01, protocol=protocol)
+    rows["feature_space"] = space
+    rows.loc[rows["metric"] == "recall", "note"] = f"k={k}"
+    return rows
+
+
+def test_published_rows_only_with_their_own_settings():
+    # The CORAL paper's Table 1 (CIFAR-100-LT IR100): DDPM / CBDM / CORAL with the CBDM sampler (DDPM-1000),
+    # 150k steps x 128, 50k samples, FID / IS on Inception; T2H trained 200k steps and sampled with DDIM-100;
+    # recall on VGG16 fc2 with k = 3, which is not the CBDM evaluator's recall (Inception, k = 5).
+    table = pd.concat([_paper_rows("ddpm", "ddpm1000"), _paper_rows("coral", "ddpm1000")])
     [(_, display, _)] = leaderboards(table)
-    assert display.loc["DDPM (published)", "FID"] == "10.70"
-    table = cell_rows("ddpm", 0, 9.0, 0.5, dataset="cifar10", imbalance=0.01, protocol="cpu")
-    [(_, display, _)] = leaderboards(table)
-    assert not any("published" in i for i in display.index)
+    assert list(display.index) == ["coral", "CORAL (published)", "ddpm", "DDPM (published)", "CBDM (published)"]
+    assert display.loc["DDPM (published)", "FID"] == "7.70" and display.loc["DDPM (published)", "IS"] == "13.20"
+    assert display.loc["CORAL (published)", "FID"] == "5.37"
+    assert display.loc["DDPM (published)", "Rec"] == "-"  # VGG16 k=3 is not this column's recall
+    settings = display.loc["DDPM (published)", "settings"]
+    for part in ("CORAL paper", "DDPM-1000", "guidance 0.8", "150k steps x batch 128", "50k images",
+                 "VGG16 fc2 k=3", "recall 0.50"):
+        assert part in settings
+    assert display.loc["ddpm", "settings"] == "DDIM-10; guidance 1; 10 steps; 10 images; P/R k=5"
+    # T2H's published row is a DDIM-100 one: it appears under protocol ddim100 only
+    [(_, display, _)] = leaderboards(_paper_rows("t2h", "ddim100"))
+    assert list(display.index) == ["t2h", "T2H (published)"]
+    assert display.loc["T2H (published)", "FID"] == "6.78"
+    assert "DDIM-100; guidance 1.5; 200k steps x batch 128" in display.loc["T2H (published)", "settings"]
+    # the Capacity Manipulation paper (DDIM-50, guidance 1.5), CIFAR-10-LT IR100: CM 7.73 next to OC 8.39,
+    # CBDM 8.23, DDPM 10.70; the baselines' training budgets are not stated
+    [(_, display, _)] = leaderboards(_paper_rows("ddpm", "ddim", dataset="cifar10"))
+    assert display.loc["CM (published)", "FID"] == "7.73" and display.loc["OC (published)", "FID"] == "8.39"
+    assert display.loc["CBDM (published)", "FID"] == "8.23" and display.loc["DDPM (published)", "FID"] == "10.70"
+    assert "training budget not stated" in display.loc["DDPM (published)", "settings"]
+    [(_, display, _)] = leaderboards(_paper_rows("ddpm", "ddim"))
+    assert display.loc["CM (published)", "FID"] == "7.52" and display.loc["CM (published)", "FID few"] == "18.73"
+    # another protocol, or features that are not Inception: no published rows at all
+    for rows in (_paper_rows("ddpm", "cpu"), _paper_rows("ddpm", "ddim", space="classifier:x")):
+        [(_, display, _)] = leaderboards(rows)
+        assert not any("published" in i for i in display.index)
 
 
 def test_report_regenerates_identical_tables(table_dir):

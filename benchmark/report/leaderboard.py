@@ -3,7 +3,8 @@
 One table per (dataset, profile, imbalance, protocol, feature space, reference): rows are
 methods, cells are mean +- std over seeds.  The best method per column is marked, and marked
 as not separable when its lead over the runner-up is within the seed spread.  Published
-numbers appear as labelled reference rows only when the protocol matches.
+numbers appear as labelled reference rows only when the protocol matches, each beside our row of
+the same method and with what it was measured with (``settings``; see ``published.py``).
 
 A table whose feature space is a classifier evaluator that failed the trust gate
 (rows noted ``untrusted-evaluator``, see benchmark/eval/trust.py) ranks nothing: its numbers
@@ -26,6 +27,7 @@ from benchmark.core.names import (
     EVALUATOR_BALANCED_ACC,
     FEW,
     FID,
+    IS,
     KID,
     LABEL_ACC,
     MANY,
@@ -36,6 +38,7 @@ from benchmark.core.names import (
     RECALL,
 )
 from benchmark.eval.trust import UNTRUSTED_NOTE
+from benchmark.report.published import describe, published_for
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows
 
 
@@ -54,6 +57,7 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
     Column("FID med", FID, MEDIUM, True),
     Column("FID few", FID, FEW, True),
     Column("KIDx1e3", KID, ALL, True),
+    Column("IS", IS, ALL, False),
     Column("Prec", PRECISION, ALL, False, 3),
     Column("Rec", RECALL, ALL, False, 3),
     Column("Rec few", RECALL, FEW, False, 3),
@@ -64,28 +68,6 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
     Column("Aug few", AUG_ACC, FEW, False, 3),
 ]
 SCALE = {KID: 1e3}
-
-# Published numbers, second-hand transcriptions: ddpm1000 rows from the CORAL paper's table, ddim rows
-# from the Capacity Manipulation paper's table (see the README): (dataset, imbalance, protocol) -> rows
-PUBLISHED = {
-    ("cifar100", 0.01, "ddpm1000"): {
-        "DDPM": {(FID, ALL): 7.70}, "CBDM": {(FID, ALL): 6.02},
-        "T2H": {(FID, ALL): 6.78}, "CORAL": {(FID, ALL): 5.37},
-    },
-    ("cifar10", 0.01, "ddpm1000"): {
-        "DDPM": {(FID, ALL): 6.17, (RECALL, ALL): 0.52},
-        "CBDM": {(FID, ALL): 5.62, (RECALL, ALL): 0.57},
-        "T2H": {(FID, ALL): 7.01, (RECALL, ALL): 0.54},
-        "CORAL": {(FID, ALL): 5.32, (RECALL, ALL): 0.59},
-    },
-    ("cifar100", 0.01, "ddim"): {
-        "DDPM": {(FID, ALL): 10.16, (FID, MANY): 14.07, (FID, MEDIUM): 15.66, (FID, FEW): 22.19},
-        "CBDM": {(FID, ALL): 10.05}, "OC": {(FID, ALL): 8.31},
-    },
-    ("cifar10", 0.01, "ddim"): {
-        "DDPM": {(FID, ALL): 10.70}, "CBDM": {(FID, ALL): 8.23}, "OC": {(FID, ALL): 8.39},
-    },
-}  # fmt: skip
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Long summary: one row per (table key, method, metric, group) with mean, std, n seeds."""
@@ -165,15 +147,21 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
                     stats[method] = (mean, 0.0 if np.isnan(std) else std)
             if not no_ranking:
                 _mark_best(stats, col, marks)
-        published = PUBLISHED.get((key["dataset"], round(float(key["imbalance"]), 6), key["protocol"]), {})
-        for name, values in published.items():
-            label = f"{name} (published)"
+        own = _settings(table, key)
+        display.insert(1, "settings", [own.get(m, "") for m in display.index])
+        marks.insert(1, "settings", "")
+        published = published_for(dataset=key["dataset"], imbalance=float(key["imbalance"]), protocol=key["protocol"],
+                                  feature_space=key["feature_space"], pr_k=_pr_k(table, key))  # fmt: skip
+        for row in published:
+            label = f"{row.label} (published)"
             display.loc[label] = "-"
             marks.loc[label] = ""
             display.loc[label, "seeds"] = "paper"
+            display.loc[label, "settings"] = f"{row.settings.source}: {describe(row.settings)}"
             for col in LEADERBOARD_COLUMNS:
-                if (col.metric, col.group) in values:
-                    display.loc[label, col.label] = f"{values[(col.metric, col.group)]:.{col.digits}f}"
+                if (col.metric, col.group) in row.values:
+                    display.loc[label, col.label] = f"{row.values[(col.metric, col.group)]:.{col.digits}f}"
+        display, marks = _beside_ours(display, marks, published)
         if REAL in display.index:
             display = display.rename(index={REAL: "real data (floor)"})
             marks = marks.rename(index={REAL: "real data (floor)"})
@@ -181,6 +169,52 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
             display.attrs["no_ranking"] = no_ranking
         boards.append((key, display, marks))
     return boards
+
+
+def _key_rows(table: pd.DataFrame, key: dict) -> pd.DataFrame:
+    rows = table
+    for k, v in key.items():
+        rows = rows[rows[k].astype(str) == str(v)]
+    return rows
+
+
+def _pr_k(table: pd.DataFrame, key: dict) -> int | None:
+    """k of this table's precision / recall rows (their note says k=...), or None."""
+    notes = _key_rows(table, key)
+    notes = notes[notes["metric"].isin([PRECISION, RECALL])]["note"].astype(str)
+    ks = {int(p[2:]) for n in notes for p in n.split(";") if p.startswith("k=") and p[2:].isdigit()}
+    return ks.pop() if len(ks) == 1 else None
+
+
+def _settings(table: pd.DataFrame, key: dict) -> dict[str, str]:
+    """Per method of one table: sampler and steps, guidance, training steps, images, P/R k (from its rows)."""
+    rows = _key_rows(table, key)
+    k = _pr_k(table, key)
+    out = {}
+    for method, block in rows.groupby("method"):
+        if method == REAL:
+            continue
+        first = block.iloc[0]
+        sampler = f"{str(first['sampler']).upper()}-{int(first['sampler_steps'])}"
+        guidance = "" if pd.isna(first["guidance"]) else f"guidance {float(first['guidance']):g}"
+        steps = sorted({int(s) for s in block["train_steps"].dropna()})
+        fid = block[(block["metric"] == "fid") & (block["group"] == "all")]
+        parts = [sampler, guidance, "/".join(str(s) for s in steps) + " steps" if steps else "",
+                 f"{int(fid['n_gen'].iloc[0])} images" if len(fid) else "", f"P/R k={k}" if k else ""]
+        out[method] = "; ".join(p for p in parts if p)
+    return out
+
+
+def _beside_ours(display: pd.DataFrame, marks: pd.DataFrame, published) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each published row right after our row of the same method (the rest after ours, before the floor)."""
+    pub = {f"{r.label} (published)": r.method for r in published}
+    ours = [i for i in display.index if i not in pub and i != REAL]
+    order = []
+    for i in ours:
+        order += [i] + [p for p, m in pub.items() if m == i]
+    order += [p for p, m in pub.items() if m not in ours]
+    order += [i for i in display.index if i == REAL]
+    return display.loc[order], marks.loc[order]
 
 
 def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:

@@ -149,10 +149,13 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def validate(cfg: Config) -> None:
     """Check names and ranges up front, before any cell starts."""
-    from methods import get_method_class
+    from methods import fine_tuner, get_method_class
 
     for name in cfg.grid.methods:
         get_method_class(name)
+        tuner = fine_tuner(name)
+        if tuner is not None:  # its options (e.g. cbdm-ft's start fraction) fail here, before any cell runs
+            tuner.fine_tune_config(cfg)
     for imbalance in cfg.grid.imbalances:
         if not 0 < imbalance <= 1:
             raise ConfigError(f"imbalance {imbalance} is outside (0, 1]; it is n_min/n_max, e.g. 0.01 for IR 100")

@@ -8,7 +8,7 @@ from . import cbdm, coral, ddpm, resample, reweight, t2h  # noqa: F401  (registr
 from .base import Method, ddpm_loss, mse_per_sample
 from .cbdm import cbdm_loss
 from .coral import coral_lambda, coral_loss
-from .registry import METHODS, Composite, fine_tuner, get_method, get_method_class
+from .registry import METHODS, Composite, fine_tuner, get_method, get_method_class, objective_class, options_read
 from .resample import resample_probs
 from .reweight import class_weights
 from .t2h import t2h_probs, t2h_targets
@@ -16,4 +16,5 @@ from .t2h import t2h_probs, t2h_targets
 __all__ = [
     "METHODS", "Method", "Composite", "get_method", "get_method_class", "ddpm_loss", "cbdm_loss", "mse_per_sample",
     "class_weights", "resample_probs", "t2h_probs", "t2h_targets", "coral_loss", "coral_lambda", "fine_tuner",
+    "objective_class", "options_read",
 ]

@@ -19,9 +19,10 @@ Two further hooks, for methods that need them:
   builds the optimiser; it moves them to the device, optimises them with the model, clips their
   gradients with the model's and keeps their state in every checkpoint, but not in ``model.pt``:
   they are dropped at sampling time.  Default: none.
-* ``init_from_method`` (class attribute) and ``fine_tune_config(cfg)``: a method that fine-tunes
-  another method's model names that method; the grid runs that method's cell of the same dataset,
-  imbalance and seed first and starts this one from its ``model.pt`` with the cell config
+* ``init_from_method`` (class attribute), ``fine_tune_config(cfg)`` and ``init_step(cfg)``: a method
+  that fine-tunes another method's model names that method; the grid runs that method's cell of the
+  same dataset, imbalance and seed first (keeping its EMA weights at ``init_step``, when given) and
+  starts this one from them, or from its final ``model.pt``, with the cell config
   ``fine_tune_config`` returns (CBDM's fine-tune protocol, ``cbdm-ft``).
 
 ``y`` handed to ``loss_terms`` already carries the null label (``model.num_classes``) where the
@@ -69,6 +70,10 @@ class Method:
     official_guidance: float = 0.8  # omega of the method's published evaluation
     term_names: tuple[str, ...] = ("ddpm",)
     init_from_method: str | None = None  # fine-tuning methods: the method whose finished model they start from
+    # the MethodConfig fields (name prefixes) the method reads; a cell's folder compares only these, so
+    # changing another method's option never orphans this one's finished cells.  None (the safe default
+    # for a method that does not say): all of them.
+    options_read: tuple[str, ...] | None = None
 
     def __init__(self, *, class_counts: np.ndarray, options: MethodConfig) -> None:
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
@@ -98,8 +103,15 @@ class Method:
     @classmethod
     def fine_tune_config(cls, cfg: Config) -> Config:
         """The cell config of a fine-tuning run (read only when ``init_from_method`` is set; the grid
-        then sets ``train.init_from`` itself)."""
+        then sets ``train.init_from`` itself).  ``cfg`` is the cell config before fine-tuning, so its
+        ``train.steps`` is the parent's budget.  Raises ConfigError for options out of range."""
         return cfg
+
+    @classmethod
+    def init_step(cls, cfg: Config) -> int | None:
+        """The parent's training step whose EMA weights a fine-tuning run starts from (the parent's cell
+        keeps them), or None for the parent's final model.  ``cfg`` as in :meth:`fine_tune_config`."""
+        return None
 
 
 def overrides(cls: type[Method], attr: str) -> bool:

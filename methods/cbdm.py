@@ -62,6 +62,7 @@ class CBDM(Method):
 
     name = "cbdm"
     official_guidance = 1.6
+    options_read = ("cbdm_tau", "cbdm_gamma", "cbdm_prior")
     term_names = ("ddpm", "reg", "com")
 
     def __init__(self, *, class_counts: np.ndarray, options) -> None:
@@ -89,22 +90,47 @@ class CBDM(Method):
 
 @METHODS.register("cbdm-ft")
 class CBDMFineTune(CBDM):
-    """CBDM's fine-tune protocol: the grid's finished ddpm model of the same data and seed, fine-tuned
-    with the CBDM regulariser and uniform y' for method.cbdm_ft_steps steps."""
+    """CBDM's fine-tune protocol: the grid's ddpm model of the same data and seed, taken at
+    method.cbdm_ft_start of its budget, fine-tuned with the CBDM regulariser and uniform y'.
+
+    Official (qym7/CBDM-pytorch README and main.py): the DDPM EMA weights of the 200k checkpoint of a
+    300k budget (``cbdm_ft_start`` = 2/3) are loaded into a fresh model, EMA and Adam (warmup again)
+    and fine-tuned about 50k steps (evaluated at 250k: ``cbdm_ft_steps`` defaults to a sixth of the
+    parent's budget) at CBDM's batch 48 (``train.method_batch_size``'s cbdm rule covers cbdm-ft),
+    uniform y', and sampled at omega 2.0.
+    """
 
     name = "cbdm-ft"
     init_from_method = "ddpm"
+    options_read = (*CBDM.options_read, "cbdm_ft_")
+    official_guidance = 2.0
 
     def __init__(self, *, class_counts, options) -> None:
         # y' is uniform in the fine-tune protocol whatever method.cbdm_prior says (the grid sets it too)
         super().__init__(class_counts=class_counts, options=replace(options, cbdm_prior="uniform"))
 
     @classmethod
+    def init_step(cls, cfg):
+        """The parent's step method.cbdm_ft_start * train.steps (None at 1: its final model)."""
+        frac = cfg.method.cbdm_ft_start
+        if not 0 < frac <= 1:
+            raise ConfigError(
+                f"method.cbdm_ft_start={frac:g} is outside (0, 1]: it is the fraction of the ddpm parent's "
+                "train.steps whose EMA weights cbdm-ft starts from; use e.g. 0.6667 (the official 200k of 300k) "
+                "or 1 (the parent's final model)"
+            )
+        step = max(1, round(frac * cfg.train.steps))
+        return None if step >= cfg.train.steps else step
+
+    @classmethod
     def fine_tune_config(cls, cfg):
-        """method.cbdm_ft_steps steps (default a tenth of train.steps), warmup at most a tenth of
-        those, uniform y'."""
+        """method.cbdm_ft_steps steps (default a sixth of the parent's train.steps: 50k of 300k), warmup
+        at most a tenth of those, uniform y'."""
+        cls.init_step(cfg)  # the start fraction is checked with every fine-tune config
         t, o = cfg.train, cfg.method
-        steps = o.cbdm_ft_steps if o.cbdm_ft_steps is not None else max(1, t.steps // 10)
+        if o.cbdm_ft_steps is not None and o.cbdm_ft_steps < 1:
+            raise ConfigError(f"method.cbdm_ft_steps={o.cbdm_ft_steps} must be at least 1 (or none for the default)")
+        steps = o.cbdm_ft_steps if o.cbdm_ft_steps is not None else max(1, round(t.steps / 6))
         return replace(
             cfg, train=replace(t, steps=steps, warmup=min(t.warmup, steps // 10)),
             method=replace(o, cbdm_prior="uniform"),

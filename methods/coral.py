@@ -107,6 +107,7 @@ class CORAL(Method):
     bottleneck, weighted towards low noise; the projection head is dropped at sampling time."""
 
     name = "coral"
+    options_read = ("coral_",)
     # not stated in REFERENCE.md nor the official README (the code's omega flag defaults to 0): CORAL
     # trains DDPM plus a regulariser, so the DDPM strength until a published value is checked
     official_guidance = 0.8

@@ -17,3 +17,4 @@ class DDPM(Method):
 
     name = "ddpm"
     official_guidance = 0.8
+    options_read = ()  # no method option

@@ -86,6 +86,25 @@ def get_method_class(name: str) -> type[Method]:
     return Composite
 
 
+def objective_class(name: str) -> type[Method]:
+    """The class whose objective (``loss_terms``) method ``name`` trains: the part that supplies it in a
+    composition ('cbdm+resample' -> CBDM), or the base Method's plain DDPM loss when none does."""
+    classes = [METHODS.get(n) for n in _split(name)]
+    if len(classes) == 1:
+        return classes[0]
+    return check_composable(classes).get("loss_terms", Method)
+
+
+def options_read(name: str) -> set[str] | None:
+    """The MethodConfig field prefixes method ``name`` reads (over its parts), or None when a part reads any."""
+    read: set[str] = set()
+    for cls in (METHODS.get(n) for n in _split(name)):
+        if cls.options_read is None:
+            return None
+        read.update(cls.options_read)
+    return read
+
+
 def fine_tuner(name: str) -> type[Method] | None:
     """The part of method ``name`` that fine-tunes another method's model (``init_from_method``), or None."""
     tuners = [c for c in (METHODS.get(n) for n in _split(name)) if c.init_from_method]

@@ -40,6 +40,7 @@ class Resample(Method):
     schedule (method.resample_schedule)."""
 
     name = "resample"
+    options_read = ("resample_",)
 
     def __init__(self, *, class_counts, options) -> None:
         super().__init__(class_counts=class_counts, options=options)

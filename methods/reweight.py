@@ -39,6 +39,7 @@ class Reweight(Method):
     """Per-sample loss weight by class: inverse frequency or effective number (method.reweight_scheme)."""
 
     name = "reweight"
+    options_read = ("reweight_",)
 
     def __init__(self, *, class_counts, options) -> None:
         super().__init__(class_counts=class_counts, options=options)

@@ -100,6 +100,7 @@ class T2H(Method):
     batch image that could have produced its x_t, gated by class frequency (method.t2h_gate)."""
 
     name = "t2h"
+    options_read = ("t2h_",)
     official_guidance = 1.5
     term_names = ("oc",)
 

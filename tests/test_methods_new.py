@@ -252,13 +252,72 @@ def test_grid_orders_and_adds_the_ddpm_dependency():
     ft = cells[-1]
     assert parent_cell(ft) == replace(ft, method="ddpm") and parent_cell(cells[0]) is None
     ccfg = cell_config(cfg, ft, "/tmp/res")
-    assert ccfg.train.init_from == str(parent_cell(ft).folder("/tmp/res").resolve() / "model.pt")
-    assert (ccfg.train.steps, ccfg.train.warmup, ccfg.method.cbdm_prior) == (100, 10, "uniform")
-    ccfg = cell_config(replace(cfg, method=MethodConfig(cbdm_ft_steps=7)), ft, "/tmp/res")
+    parent = parent_cell(ft).folder("/tmp/res").resolve()
+    assert ccfg.train.init_from == str(parent / "checkpoints" / "ema_00000667.pt")  # 2/3 of the parent's 1000
+    assert (ccfg.train.steps, ccfg.train.warmup, ccfg.method.cbdm_prior) == (167, 16, "uniform")
+    ccfg = cell_config(replace(cfg, method=MethodConfig(cbdm_ft_steps=7, cbdm_ft_start=1.0)), ft, "/tmp/res")
     assert (ccfg.train.steps, ccfg.train.warmup) == (7, 0)
+    assert ccfg.train.init_from == str(parent / "model.pt")  # start 1: the parent's final model
     assert cell_config(cfg, cells[0]).train.init_from is None
+    assert cell_config(cfg, cells[0]).train.keep_ema_at == (667,)  # the parent keeps what its child needs
     m = get_method("cbdm-ft", class_counts=COUNTS)  # uniform y' even under the default prior option
-    assert torch.allclose(m.prior, torch.full((3,), 1 / 3)) and m.official_guidance == 1.6
+    assert torch.allclose(m.prior, torch.full((3,), 1 / 3)) and m.official_guidance == 2.0
+
+
+def test_cbdm_ft_resolved_config_is_the_official_protocol():
+    # qym7/CBDM-pytorch: fine-tune the DDPM EMA of the 200k checkpoint (of 300k) for ~50k steps (evaluated at
+    # 250k) at CBDM's batch 48, uniform y', fresh Adam with the 5000-step warmup again, sampled at omega 2.0
+    from benchmark.core.presets import get_preset
+    from benchmark.harness.cells import Cell, cell_config, method_batch
+
+    cfg = get_preset("cifar100lt")
+    ft, ddpm = Cell("cifar100", "exp", 0.01, "cbdm-ft", 0), Cell("cifar100", "exp", 0.01, "ddpm", 0)
+    ccfg = cell_config(cfg, ft, "/tmp/res")
+    assert ccfg.train.init_from.endswith("runs/cifar100/exp-0.01/ddpm/seed0/checkpoints/ema_00200000.pt")
+    assert (ccfg.train.steps, ccfg.train.batch_size, ccfg.train.warmup) == (50_000, 48, 5000)
+    assert ccfg.method.cbdm_prior == "uniform"
+    assert get_method("cbdm-ft", class_counts=COUNTS).official_guidance == 2.0
+    pcfg = cell_config(cfg, ddpm, "/tmp/res")
+    assert pcfg.train.keep_ema_at == (200_000,) and pcfg.train.batch_size == 64 and pcfg.train.steps == 300_000
+    # the per-method batch rule follows the objective: cbdm=48 covers every method that trains CBDM's
+    assert [method_batch(cfg, m) for m in ("cbdm", "cbdm-ft", "cbdm+resample", "cbdm+reweight")] == [48] * 4
+    assert [method_batch(cfg, m) for m in ("ddpm", "t2h", "coral", "resample", "reweight+resample")] == [64] * 5
+
+
+@pytest.mark.parametrize("frac", [0.0, -0.5, 1.5])
+def test_cbdm_ft_start_outside_zero_one_is_a_clear_error(frac, capsys):
+    from benchmark.cli import main
+    from benchmark.core.presets import get_preset
+    from benchmark.harness.cells import Cell, cell_config
+
+    cfg = replace(get_preset("smoke"), method=MethodConfig(cbdm_ft_start=frac))
+    with pytest.raises(ConfigError, match=r"method.cbdm_ft_start=.* is outside \(0, 1\]"):
+        cell_config(cfg, Cell("digits", "exp", 0.1, "cbdm-ft", 0), "/tmp/res")
+    code = main(["run", "--preset", "smoke", "--methods", "cbdm-ft", "--dry-run",
+                 "--set", f"method.cbdm_ft_start={frac}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "cbdm_ft_start" in err and "(0, 1]" in err
+
+
+def test_cbdm_ft_without_the_parent_checkpoint_names_the_fix(tmp_path, capsys):
+    from benchmark.cli import main
+    from benchmark.harness.results import read_results
+
+    out = tmp_path / "ft"
+    base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--set", "train.steps=3",
+            "--set", "method.cbdm_ft_steps=2", "--set", "eval.downstream=false", "--set", "eval.real_floor=false"]
+    assert main(base + ["--methods", "ddpm"]) == 0  # the parent, trained alone: no EMA kept at step 2
+    capsys.readouterr()
+    assert main(base + ["--methods", "cbdm-ft"]) == 1
+    text = capsys.readouterr().out
+    assert "FAILED" in text and "step 2" in text and "--force" in text and "method.cbdm_ft_start=1" in text
+    runs = out / "runs" / "digits" / "exp-0.1"
+    assert (runs / "ddpm" / "seed0" / "done.json").exists() and set(read_results(out).method) == {"ddpm"}
+    # the fix as named: fine-tune the parent's final model (the failed cell computed nothing, so it takes the
+    # corrected config), and the finished parent is reused
+    assert main(base + ["--methods", "cbdm-ft", "--set", "method.cbdm_ft_start=1"]) == 0
+    assert "1 already finished" in capsys.readouterr().out
+    assert set(read_results(out).method) == {"ddpm", "cbdm-ft"}
 
 
 def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monkeypatch):
@@ -277,7 +336,8 @@ def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monk
     text = capsys.readouterr().out
     assert "method 'ddpm' added" in text and text.index(" ddpm seed0") < text.index(" cbdm-ft seed0")
     runs = out / "runs" / "digits" / "exp-0.1"
-    ddpm_model = (runs / "ddpm" / "seed0" / "model.pt").resolve()
+    ddpm_model = (runs / "ddpm" / "seed0" / "checkpoints" / "ema_00000002.pt").resolve()  # 2/3 of 3 steps
+    assert ddpm_model.exists() and (runs / "ddpm" / "seed0" / "model.pt").exists()
     config = json.loads((runs / "cbdm-ft" / "seed0" / "config.json").read_text())["config"]
     assert config["train"]["init_from"] == str(ddpm_model) and config["train"]["steps"] == 2
     assert config["method"]["cbdm_prior"] == "uniform"
@@ -295,3 +355,16 @@ def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monk
     out.rename(moved)
     assert main([str(moved) if a == str(out) else a for a in argv]) == 0
     assert "2 already finished" in capsys.readouterr().out
+
+
+def test_a_cell_folder_compares_only_the_options_its_method_reads(tmp_path):
+    from benchmark.harness.cells import Cell, check_or_write_config
+
+    cfg = Config()
+    for method in ("ddpm", "cbdm"):
+        check_or_write_config(tmp_path / method, cfg, Cell("digits", "exp", 0.1, method, 0))
+        (tmp_path / method / "model.pt").write_bytes(b"")  # the folder now holds work
+    other = replace(cfg, method=MethodConfig(cbdm_tau=2.0, cbdm_ft_start=0.5))
+    check_or_write_config(tmp_path / "ddpm", other, Cell("digits", "exp", 0.1, "ddpm", 0))  # ddpm reads neither
+    with pytest.raises(ConfigError, match="cbdm_tau"):
+        check_or_write_config(tmp_path / "cbdm", other, Cell("digits", "exp", 0.1, "cbdm", 0))

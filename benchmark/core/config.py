@@ -82,7 +82,11 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = False
     init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
-    # per-method batch sizes, e.g. ("cbdm=48",) for the official CBDM runs; others use batch_size
+    # steps at which the EMA weights are also kept (checkpoints/ema_<step>.pt, model.pt's format): set by
+    # the grid on a cell another one fine-tunes from a step of its budget (cbdm-ft)
+    keep_ema_at: tuple[int, ...] = ()
+    # per-method batch sizes, e.g. ("cbdm=48",) for the official CBDM runs; a rule covers every method
+    # whose objective is that method's (cbdm=48: cbdm-ft, cbdm+resample, ...); others use batch_size
     method_batch_size: tuple[str, ...] = ()
 
 
@@ -98,7 +102,10 @@ class MethodConfig:
     resample_q: float = 0.0  # class drawn with prob ~ n_c ** q
     # fixed | progressive (Kang: p = (1 - s) p_instance + s p_class, s = step/steps) | progressive-exponent (q: 1 -> 0)
     resample_schedule: str = "fixed"
-    # cbdm-ft: fine-tuning steps on top of the grid's ddpm model; None = a tenth of train.steps
+    # cbdm-ft (official: the ddpm EMA at 200k of 300k, fine-tuned ~50k steps): the fraction of the ddpm
+    # parent's train.steps whose EMA weights it starts from (1 = the final model), and its steps
+    # (None = a sixth of the parent's train.steps)
+    cbdm_ft_start: float = 2 / 3
     cbdm_ft_steps: int | None = None
     t2h_gate: str = "t2h"  # oriented calibration: t2h (swap towards more frequent classes) | h2t | full
     # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale)); 0.05 = the official code's effective

@@ -35,6 +35,11 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return files[-1] if files else None
 
 
+def ema_checkpoint_name(step: int) -> str:
+    """EMA weights kept at ``step`` (train.keep_ema_at), in model.pt's format; pruning leaves them."""
+    return f"ema_{step:08d}.pt"
+
+
 def prune_checkpoints(ckpt_dir: Path, *, keep: str) -> None:
     """Delete every checkpoint but ``keep`` (and stale temporary files)."""
     for f in Path(ckpt_dir).glob("ckpt_*.pt*"):

@@ -46,6 +46,7 @@ from benchmark.engine.batches import Batch, BatchDrawer, Batches
 from benchmark.engine.checkpoint import (
     TrainLog,
     atomic_save,
+    ema_checkpoint_name,
     latest_checkpoint,
     load,
     prune_checkpoints,
@@ -98,7 +99,7 @@ def train(
         run = _setup(cfg=cfg, dataset=dataset, method=method, run_dir=run_dir, seed=seed, device=device,
                      dev_seed=dev_seed, host_seed=host_seed)  # fmt: skip
         _loop(run, progress=progress)
-        return _save_model(run, dataset=dataset, seed=seed)
+        return _save_model(run)
 
 
 def build_model(cfg: Config, dataset, device: torch.device) -> tuple[UNet, dict]:
@@ -332,6 +333,8 @@ def _loop(run: _Run, *, progress: bool) -> None:
             bar.update(1)
             if run.step % tc.log_every == 0 or run.step == tc.steps:
                 window.flush()
+            if run.step in tc.keep_ema_at:  # a fine-tuning cell starts from these weights (cbdm-ft)
+                _save_ema(run, run.ckpt_dir / ema_checkpoint_name(run.step))
             if run.step % tc.ckpt_every == 0 or run.step == tc.steps:
                 window.flush()
                 _save_checkpoint(run)
@@ -361,18 +364,22 @@ def _save_checkpoint(run: _Run) -> None:
     barrier()
 
 
-def _save_model(run: _Run, *, dataset, seed: int) -> Path:
+def _save_model(run: _Run) -> Path:
     """model.pt: the EMA weights, the kwargs that rebuild the backbone and what produced them."""
-    method = run.method
+    return _save_ema(run, run.run_dir / "model.pt")
+
+
+def _save_ema(run: _Run, path: Path) -> Path:
+    """The EMA weights at ``run.step`` in model.pt's format (model.pt itself, or a kept ema_<step>.pt)."""
+    method, ident = run.method, json.loads(run.identity)
     info = {
-        "method": method.name, "official_guidance": float(method.official_guidance), "seed": seed,
-        "steps": run.step, "config": to_json(run.cfg), "fingerprint": getattr(dataset, "fingerprint", None),
+        "method": method.name, "official_guidance": float(method.official_guidance), "seed": ident["seed"],
+        "steps": run.step, "config": to_json(run.cfg), "fingerprint": ident["data"],
     }
-    final = run.run_dir / "model.pt"
     if run.dist.main:
-        atomic_save({"ema": run.ema.state_dict(), "model_kwargs": run.kwargs, "info": json.dumps(info)}, final)
+        atomic_save({"ema": run.ema.state_dict(), "model_kwargs": run.kwargs, "info": json.dumps(info)}, path)
     barrier()
-    return final
+    return path
 
 
 class _NoLog:

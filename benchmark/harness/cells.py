@@ -12,7 +12,8 @@ from benchmark.core.config import Config, GridConfig, to_dict
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL
-from methods import fine_tuner
+from benchmark.engine.checkpoint import ema_checkpoint_name
+from methods import METHODS, fine_tuner, objective_class, options_read
 
 
 @dataclass(frozen=True)
@@ -87,18 +88,42 @@ def parent_cell(cell: Cell) -> Cell | None:
     return None if tuner is None else replace(cell, method=tuner.init_from_method)
 
 
+def method_batch(cfg: Config, method: str) -> int:
+    """The global batch of ``method``: ``train.batch_size``, or the last ``train.method_batch_size`` rule
+    'name=batch' that covers it.  A rule covers the method of that name and every method whose objective is
+    that method's or derives from it ('cbdm=48': cbdm, cbdm-ft, cbdm+resample, cbdm+reweight)."""
+    batch = cfg.train.batch_size
+    objective = objective_class(method)
+    for item in cfg.train.method_batch_size:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ConfigError(f"train.method_batch_size entry {item!r} is not 'method=batch' (e.g. cbdm=48)")
+        if name == method or issubclass(objective, METHODS.get(name)):
+            batch = int(value)
+    return batch
+
+
+def _keep_ema_steps(cfg: Config, cell: Cell) -> tuple[int, ...]:
+    """Steps of ``cell``'s training whose EMA weights a fine-tuning cell of the grid starts from."""
+    steps = set()
+    for name in cfg.grid.methods:
+        tuner = fine_tuner(name)
+        if tuner is not None and tuner.init_from_method == cell.method:
+            step = tuner.init_step(cfg)
+            if step is not None:
+                steps.add(step)
+    return tuple(sorted(steps))
+
+
 def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
     """The config of one cell; ``out`` (the results folder) is needed for a fine-tuning cell, whose
-    ``train.init_from`` is its parent cell's model.pt."""
-    batch = cfg.train.batch_size
-    for item in cfg.train.method_batch_size:
-        name, _, value = item.partition("=")
-        if name == cell.method or name in cell.method.split("+"):
-            batch = int(value)
+    ``train.init_from`` is its parent cell's EMA weights at the step it starts from (kept by the parent,
+    see ``train.keep_ema_at``) or the parent's final model.pt."""
     ccfg = replace(
         cfg,
         data=replace(cfg.data, dataset=cell.dataset, profile=cell.profile, imbalance=cell.imbalance),
-        train=replace(cfg.train, batch_size=batch),
+        train=replace(cfg.train, batch_size=method_batch(cfg, cell.method), keep_ema_at=_keep_ema_steps(cfg, cell)),
         grid=GridConfig(methods=(cell.method,), imbalances=(cell.imbalance,), seeds=(cell.seed,)),
     )
     parent = parent_cell(cell)
@@ -106,13 +131,17 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
         return ccfg
     if out is None:
         raise ValueError(f"cell_config needs the results folder for {cell.name}, which fine-tunes {parent.name}")
-    ccfg = fine_tuner(cell.method).fine_tune_config(ccfg)
-    init = parent.folder(Path(out).resolve()) / "model.pt"
+    tuner = fine_tuner(cell.method)
+    step = tuner.init_step(ccfg)
+    ccfg = tuner.fine_tune_config(ccfg)
+    folder = parent.folder(Path(out).resolve())
+    init = folder / "model.pt" if step is None else folder / "checkpoints" / ema_checkpoint_name(step)
     return replace(ccfg, train=replace(ccfg.train, init_from=str(init)))
 
 
 # keys that change how fast work runs, never what it computes
-_EXECUTION_ONLY = {"device", "preset", "sample.batch_size", "eval.batch_size", "train.ckpt_every", "train.log_every"}
+_EXECUTION_ONLY = {"device", "preset", "sample.batch_size", "eval.batch_size", "train.ckpt_every", "train.log_every",
+                   "train.keep_ema_at"}  # which EMA weights are also kept on disk, not what is computed
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -128,7 +157,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
     path = folder / "config.json"
     record = {"cell": cell.__dict__, "config": to_dict(cfg)}
-    if path.exists():
+    if path.exists() and _holds_work(folder):
         old = _flatten(json.loads(path.read_text())["config"])
         new = _flatten(record["config"])
         # Only keys both records know are compared: a field added in a later version (with a default
@@ -137,7 +166,7 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
         if parent_cell(cell) is not None:  # the grid's own init_from: where the parent cell is inside OUT
             for rec in (old, new):
                 rec["train.init_from"] = _inside_out(rec.get("train.init_from"))
-        diff = [k for k in sorted(shared) if k not in _EXECUTION_ONLY and old[k] != new[k]]
+        diff = [k for k in sorted(shared) if k not in _EXECUTION_ONLY and old[k] != new[k] and _reads(cell, k)]
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
             raise ConfigError(
@@ -147,6 +176,23 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+
+
+def _reads(cell: Cell, key: str) -> bool:
+    """Whether ``key`` can change what ``cell`` computes: a method.* option only when its method reads it."""
+    if not key.startswith("method.") or cell.method == REAL:
+        return not key.startswith("method.")  # the real-data cells read no method option
+    read = options_read(cell.method)
+    return read is None or any(key[len("method."):].startswith(prefix) for prefix in read)
+
+
+def _holds_work(folder: Path) -> bool:
+    """Whether a cell folder holds anything computed (a cell that failed before training holds none, so a
+    rerun with a corrected config may take it over)."""
+    if any((folder / name).exists() for name in ("model.pt", "samples.npz", "metrics.csv", "done.json")):
+        return True
+    ckpts = folder / "checkpoints"
+    return ckpts.is_dir() and any(ckpts.iterdir())
 
 
 def _inside_out(path: str | None) -> str | None:

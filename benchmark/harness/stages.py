@@ -79,6 +79,23 @@ def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame
     return rows[RESULT_COLUMNS]
 
 
+def missing_start(cell, path: Path) -> TrainingError:
+    """The error of a fine-tuning cell whose starting weights are not there, naming the fix."""
+    parent_model = path.parent.parent / "model.pt"
+    if path.name.startswith("ema_") and parent_model.exists():  # the parent finished without keeping them
+        step = int(path.stem.split("_")[1])
+        return TrainingError(
+            f"{cell.method} starts from the EMA weights its parent cell had at step {step} ({path}), but that "
+            f"cell finished without keeping them (it was trained before a fine-tuning cell asked for them). "
+            f"Fix: retrain the parent so it keeps them (rerun with --force on that cell's method, e.g. "
+            f"--methods ddpm --force), or fine-tune its final model with --set method.cbdm_ft_start=1"
+        )
+    return TrainingError(
+        f"{cell.method} starts from {path}, which does not exist: the cell that writes it must finish training "
+        "first (see that cell's cell.log if it failed), then rerun"
+    )
+
+
 def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, progress: bool) -> pd.DataFrame | None:
     # under torchrun rank 0 downloads / caches the data before the others read it (real cells: rank 0 alone)
     with main_first(together=cell.method != REAL):
@@ -104,10 +121,7 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     ident = identity_columns(cfg, cell, dataset, guidance=guidance)
 
     if cfg.train.init_from and not Path(cfg.train.init_from).exists() and not (folder / "model.pt").exists():
-        raise TrainingError(
-            f"{cell.method} starts from {cfg.train.init_from}, which does not exist: the cell that writes it "
-            "must finish training first (see that cell's cell.log if it failed), then rerun"
-        )
+        raise missing_start(cell, Path(cfg.train.init_from))
     log.info("stage train (%d steps%s)", cfg.train.steps, f", from {cfg.train.init_from}" if cfg.train.init_from else "")
     model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
                        progress=progress)  # fmt: skip

@@ -7,7 +7,7 @@ override, each optionally:
   every batch element from (then an instance of that class uniformly), or ``None`` for uniform
   sampling over training instances (what plain training does);
 * ``sample_weights(y)`` -> a per-sample loss weight for the true labels ``y``, or ``None``;
-* ``loss_terms(model, diffusion, x0, y, cond, generator)`` -> ``{name: per-sample loss}``.  The
+* ``loss_terms(model, diffusion, x0, labels, generator)`` -> ``{name: per-sample loss}``.  The
   loop multiplies every term by the sample weights, takes the batch mean of each, sums them and
   logs each name.  Term weights (such as CBDM's gamma) are applied inside the term, so the
   objective is always the plain sum of the logged means.
@@ -25,10 +25,13 @@ Two further hooks, for methods that need them:
   starts this one from them, or from its final ``model.pt``, with the cell config
   ``fine_tune_config`` returns (CBDM's fine-tune protocol, ``cbdm-ft``).
 
-``y`` handed to ``loss_terms`` already carries the null label (``model.num_classes``) where the
-label was dropped for guidance.  ``cond`` is a Python bool when the whole batch is conditional
-or not (the official whole-batch drop; no device sync needed to branch on it), or a bool tensor
-[B] for per-sample dropping.  All randomness must come from ``generator``.
+``labels`` (:class:`Labels`) holds the batch's true labels (``labels.true``), what the model is
+conditioned on (``labels.model``: the true labels with the null label ``model.num_classes`` where
+the label was dropped for guidance) and ``labels.cond``: a Python bool when the whole batch is
+conditional or not (the official whole-batch drop; no device sync needed to branch on it), or a
+bool tensor [B] for per-sample dropping.  Condition the model on ``labels.model``; use
+``labels.true`` for what the official code computes from the data's labels whatever the drop
+(T2H's calibration).  All randomness must come from ``generator``.
 """
 
 from __future__ import annotations
@@ -38,9 +41,10 @@ import torch
 from torch import nn
 
 from benchmark.core.config import Config, MethodConfig
+from benchmark.engine.batches import Cond, Labels
 from benchmark.engine.diffusion import GaussianDiffusion
 
-Cond = bool | torch.Tensor
+__all__ = ["Cond", "Labels", "Method", "ddpm_loss", "draw_t_noise", "mse_per_sample", "overrides"]
 
 
 def mse_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -90,11 +94,11 @@ class Method:
         return None
 
     def loss_terms(
-        self, model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, y: torch.Tensor,
-        cond: Cond, generator: torch.Generator,
+        self, model: torch.nn.Module, diffusion: GaussianDiffusion, x0: torch.Tensor, labels: Labels,
+        generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
         t, noise = draw_t_noise(diffusion, x0, generator)
-        return ddpm_loss(model, diffusion, x0, y, t, noise)
+        return ddpm_loss(model, diffusion, x0, labels.model, t, noise)
 
     def trainable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Trainable modules owned by the method, built once for ``model`` (see the module docstring)."""

@@ -81,11 +81,12 @@ class CBDM(Method):
             self._prior_on[device] = self.prior.to(device)
         return torch.multinomial(self._prior_on[device], n, replacement=True, generator=generator)
 
-    def loss_terms(self, model, diffusion, x0, y, cond, generator):
+    def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         y_prime = self.draw_y_prime(x0.shape[0], generator=generator, device=x0.device)
         o = self.options
-        return cbdm_loss(model, diffusion, x0, y, t, noise, y_prime, tau=o.cbdm_tau, gamma=o.cbdm_gamma, cond=cond)
+        return cbdm_loss(model, diffusion, x0, labels.model, t, noise, y_prime, tau=o.cbdm_tau, gamma=o.cbdm_gamma,
+                         cond=labels.cond)  # fmt: skip
 
 
 @METHODS.register("cbdm-ft")

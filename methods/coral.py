@@ -122,11 +122,12 @@ class CORAL(Method):
             self.head = projection_head(model.bottleneck_channels, self.options.coral_dim)
         return {"coral_head": self.head}
 
-    def loss_terms(self, model, diffusion, x0, y, cond, generator):
+    def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         if self.head is None:  # called without the trainer (a unit test): build for this model
             self.trainable_modules(getattr(model, "module", model))
             self.head.to(x0.device)
         o = self.options
-        return coral_terms(model, self.head, diffusion, x0, y, t, noise, weight=o.coral_weight,
-                           temperature=o.coral_temperature, time_scale=o.coral_time_scale, cond=cond)  # fmt: skip
+        return coral_terms(model, self.head, diffusion, x0, labels.model, t, noise, weight=o.coral_weight,
+                           temperature=o.coral_temperature, time_scale=o.coral_time_scale,
+                           cond=labels.cond)  # fmt: skip

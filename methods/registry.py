@@ -43,9 +43,9 @@ class Composite(Method):
         owner = self._owner.get("sample_weights")
         return owner.sample_weights(y) if owner else None
 
-    def loss_terms(self, model, diffusion, x0, y, cond, generator):
+    def loss_terms(self, model, diffusion, x0, labels, generator):
         owner = self._owner.get("loss_terms", self.parts[0])
-        return owner.loss_terms(model, diffusion, x0, y, cond, generator)
+        return owner.loss_terms(model, diffusion, x0, labels, generator)
 
     def trainable_modules(self, model):
         return {k: m for p in self.parts for k, m in p.trainable_modules(model).items()}

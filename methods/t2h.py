@@ -7,76 +7,69 @@ which is x_t,i / sqrt(abar_t)):
     j      ~ pi_i;  gate 't2h' keeps j only if p(y_j) >= p(y_i), else j = i
                     ('h2t': p(y_j) <= p(y_i); 'full': no gate; p = training class frequency)
     eps'_i = (x_t,i - sqrt(abar_t) x0_j) / sqrt(1 - abar_t)
-    L      = ||eps_theta(x_t,i, t, y_i) - eps'_i||^2             (the condition stays y_i)
+    L      = ||eps_theta(x_t,i, t, c_i) - eps'_i||^2     (c_i = y_i, or the null label where dropped)
 
 The target carries no gradient.  The categorical draws are the one batch-level randomness; they
 enter :func:`t2h_targets` as uniforms ``u`` (inverse-CDF sampling), so a test can check the swap
 against the formula.  Official evaluation: DDIM 100 steps, eta 0, guidance 1.5.
 
-Unconditional samples: the gate needs the labels of both ends of a swap, and the null label has
-no class frequency, so a label-dropped sample keeps its own target and is never picked as j.  A
-whole unconditional batch (the official label drop) therefore trains plain DDPM, and with
-per-sample dropping the swap runs among the conditional samples only.
+Label-dropped samples: the official trainer drops the label only for the model's condition and
+calibrates every batch with the TRUE labels (the 10% of unconditional batches included), so the
+swap, its gate and the candidate set never depend on the drop; we do the same (``labels.true``
+for the calibration, ``labels.model`` for the condition), per-sample drops alike.
+
+The posterior runs over the whole batch: under torchrun the global batch is gathered (every rank
+draws the global t, noise and u, see ``ShardDraws``) and each rank keeps the targets of its own
+samples, so N processes calibrate exactly as one.
 """
 
 from __future__ import annotations
 
 import torch
 
+from benchmark.core.distributed import current, gather_batch
 from benchmark.core.errors import ConfigError
 
-from .base import Cond, Method, draw_t_noise, mse_per_sample
+from .base import Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
 GATES = ("t2h", "h2t", "full")
 
 
-def t2h_probs(
-    x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, diffusion, *, sources: torch.Tensor | None = None
-) -> torch.Tensor:
+def t2h_probs(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, diffusion) -> torch.Tensor:
     """pi [B, B] (float64): row i is the posterior over which batch image x0_j produced
-    xhat_i = x0_i + sigma_t eps_i.  ``sources`` [B] bool limits j to those samples (and i itself)."""
+    xhat_i = x0_i + sigma_t eps_i."""
     ab = diffusion.table(x0.device)["alphas_bar"][t].double()
     var = 1.0 / ab - 1.0  # sigma_t^2
     xhat = x0.double() + var.sqrt().view(-1, *[1] * (x0.ndim - 1)) * noise.double()
     # direct pairwise distances (no |a|^2 + |b|^2 - 2ab cancellation: at small t sigma_t^2 is ~1e-4)
     d2 = torch.cdist(xhat.flatten(1), x0.double().flatten(1), compute_mode="donot_use_mm_for_euclid_dist").square()
-    logits = -d2 / (2 * var[:, None])
-    if sources is not None:
-        allowed = sources[None, :] | torch.eye(len(t), dtype=torch.bool, device=x0.device)
-        logits = logits.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(logits, dim=1)
+    return torch.softmax(-d2 / (2 * var[:, None]), dim=1)
 
 
 @torch.no_grad()
 def t2h_targets(
     x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor, diffusion, *,
-    class_freq: torch.Tensor, gate: str, u: torch.Tensor, cond: Cond = True,
+    class_freq: torch.Tensor, gate: str, u: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The calibrated targets eps' [B, ...] and the chosen source index j [B] (j = i: no swap).
 
-    ``u`` [B] in [0, 1) draws j_i from pi_i by inverse CDF (j_i = the first j with
-    sum_{k<=j} pi_ik > u_i); ``class_freq`` [C] is p(y) of the training set; ``cond`` is
-    True/False for a whole (un)conditional batch or a bool tensor [B].
+    ``y`` are the TRUE labels (the gate compares their class frequencies, label drop or not); ``u`` [B]
+    in [0, 1) draws j_i from pi_i by inverse CDF (j_i = the first j with sum_{k<=j} pi_ik > u_i);
+    ``class_freq`` [C] is p(y) of the training set.
     """
     if gate not in GATES:
         raise ConfigError(f"method.t2h_gate={gate!r} is unknown; use one of {', '.join(GATES)}")
     B = x0.shape[0]
     own = torch.arange(B, device=x0.device)
-    if cond is False:
-        return noise, own
-    per_sample = isinstance(cond, torch.Tensor)
-    pi = t2h_probs(x0, t, noise, diffusion, sources=cond if per_sample else None)
+    pi = t2h_probs(x0, t, noise, diffusion)
     cdf = pi.cumsum(1)
     j = torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(1).contiguous(), right=True).squeeze(1)
     last = torch.where(pi > 0, own[None], -1).amax(1)  # rounding at u -> 1 never lands on zero mass
     j = torch.minimum(j, last)
-    if per_sample:
-        j = torch.where(cond, j, own)
     if gate != "full":
         freq = class_freq.to(x0.device)
-        yi = y.clamp(max=len(freq) - 1)  # a null label only occurs where j = i already
-        p_i, p_j = freq[yi], freq[yi[j]]
+        p_i, p_j = freq[y], freq[y[j]]
         keep = p_j >= p_i if gate == "t2h" else p_j <= p_i
         j = torch.where(keep, j, own)
     swapped = diffusion.eps_from_x0(x_t, t, x0[j])
@@ -86,12 +79,19 @@ def t2h_targets(
 
 def t2h_loss(
     model: torch.nn.Module, diffusion, x0: torch.Tensor, y: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-    u: torch.Tensor, *, class_freq: torch.Tensor, gate: str = "t2h", cond: Cond = True,
+    u: torch.Tensor, *, class_freq: torch.Tensor, gate: str = "t2h", y_model: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample {'oc': ||eps_theta(x_t, t, y) - eps'||^2} with the calibrated target of :func:`t2h_targets`."""
+    """Per-sample {'oc': ||eps_theta(x_t, t, y_model) - eps'||^2}, the target of :func:`t2h_targets` calibrated
+    with the true labels ``y`` over the whole (under torchrun: the gathered global) batch; ``y_model`` is the
+    condition (default ``y``; the null label where it was dropped)."""
     x_t = diffusion.q_sample(x0, t, noise)
-    target, _ = t2h_targets(x0, x_t, t, noise, y, diffusion, class_freq=class_freq, gate=gate, u=u, cond=cond)
-    return {"oc": mse_per_sample(model(x_t, t, y), target)}
+    n, rank = x0.shape[0], current().rank
+    with torch.no_grad():
+        xg, tg, ng, yg, ug = (gather_batch(v) for v in (x0, t, noise, y, u))
+        target, _ = t2h_targets(xg, diffusion.q_sample(xg, tg, ng), tg, ng, yg, diffusion, class_freq=class_freq,
+                                gate=gate, u=ug)  # fmt: skip
+    target = target[rank * n : (rank + 1) * n]
+    return {"oc": mse_per_sample(model(x_t, t, y if y_model is None else y_model), target)}
 
 
 @METHODS.register("t2h")
@@ -112,10 +112,10 @@ class T2H(Method):
         self.class_freq = (counts / counts.sum()).float()
         self._freq_on: dict[torch.device, torch.Tensor] = {}
 
-    def loss_terms(self, model, diffusion, x0, y, cond, generator):
+    def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
-        u = torch.rand(x0.shape[0], generator=generator, device=x0.device)  # drawn even when unused: one stream
+        u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
         if x0.device not in self._freq_on:
             self._freq_on[x0.device] = self.class_freq.to(x0.device)
-        return t2h_loss(model, diffusion, x0, y, t, noise, u, class_freq=self._freq_on[x0.device],
-                        gate=self.options.t2h_gate, cond=cond)  # fmt: skip
+        return t2h_loss(model, diffusion, x0, labels.true, t, noise, u, class_freq=self._freq_on[x0.device],
+                        gate=self.options.t2h_gate, y_model=labels.model)  # fmt: skip

@@ -29,6 +29,7 @@ from benchmark.core.names import GROUPS
 from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
 from benchmark.data import DATASETS, build_dataset, builtin
 from benchmark.engine.backbone import build_unet
+from benchmark.engine.batches import Labels
 from benchmark.engine.checkpoint import latest_checkpoint, load
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.trainer import _seeds, load_model, train
@@ -82,7 +83,7 @@ def test_loss_terms_are_named_finite_and_drawn_only_from_the_generator(name):
 
     def run(global_seed):
         torch.manual_seed(global_seed)  # the global RNG must not matter: all randomness is the generator's
-        terms = method.loss_terms(model, DIFF, x0, y, True, torch.Generator().manual_seed(3))
+        terms = method.loss_terms(model, DIFF, x0, Labels(true=y, model=y, cond=True), torch.Generator().manual_seed(3))
         assert tuple(terms) == tuple(method.term_names)
         return torch.stack(list(terms.values()))
 

@@ -31,19 +31,22 @@ from methods import METHODS, get_method
 METHOD = "cbdm+reweight"  # per-sample t, noise and y' draws; per-sample weights
 
 
-def _cfg():
+def _cfg(method_name=METHOD):
     cfg = tiny_config(label_drop_mode="sample", label_drop=0.3)  # per-sample drops: a per-sample draw too
-    return replace(cfg, model=replace(TINY_MODEL, dropout=0.0))  # dropout streams differ per rank by design
+    cfg = replace(cfg, model=replace(TINY_MODEL, dropout=0.0))  # dropout streams differ per rank by design
+    if method_name == "t2h":  # T = 1000 reaches the noise levels where the swap posterior leaves the sample itself
+        cfg = replace(cfg, diffusion=replace(cfg.diffusion, T=1000))
+    return cfg
 
 
 def _train(run_dir, method_name=METHOD):
-    cfg, data = _cfg(), tiny_data()
+    cfg, data = _cfg(method_name), tiny_data()
     method = get_method(method_name, class_counts=data.counts, options=cfg.method)
     return train(cfg=cfg, dataset=data, method=method, run_dir=run_dir, seed=0, device="cpu", progress=False)
 
 
 def _run(run_dir, sample_from=None, method_name=METHOD):
-    cfg = _cfg()
+    cfg = _cfg(method_name)
     path = _train(run_dir, method_name)
     model, _ = load_model(sample_from or path, "cpu")
     generate_eval_set(model, GaussianDiffusion.from_config(cfg.diffusion), num_classes=3, n_per_class=4,

@@ -14,6 +14,7 @@ from engine_helpers import TINY_MODEL, tiny_config, tiny_data
 from benchmark.core.config import Config, GridConfig, MethodConfig
 from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
+from benchmark.engine.batches import Labels
 from benchmark.engine.checkpoint import latest_checkpoint, load
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.trainer import _seeds, train
@@ -37,30 +38,24 @@ def _t2h_batch():
     return x0, noise, t, y, u
 
 
-def _t2h_by_hand(x0, noise, t, y, u, diffusion, gate, cond=None):
-    """REFERENCE.md section 4, one sample at a time."""
+def _t2h_by_hand(x0, noise, t, y, u, diffusion, gate):
+    """REFERENCE.md section 4, one sample at a time (``y``: the true labels, whatever the label drop)."""
     B = len(t)
     p = torch.as_tensor(COUNTS / COUNTS.sum())
     abar = diffusion.table("cpu")["alphas_bar"].double()
-    cond = [True] * B if cond is None else cond.tolist()
     targets, js = [], []
     for i in range(B):
         a = abar[t[i]]
         var = 1 / a - 1
         xhat = x0[i].double() + var.sqrt() * noise[i].double()
         x_t = a.sqrt() * x0[i].double() + (1 - a).sqrt() * noise[i].double()
-        weights = []
-        for j in range(B):
-            allowed = j == i or cond[j]
-            weights.append(math.exp(-((xhat - x0[j].double()) ** 2).sum().item() / (2 * var.item())) if allowed else 0.0)
+        weights = [math.exp(-((xhat - x0[j].double()) ** 2).sum().item() / (2 * var.item())) for j in range(B)]
         total, acc, j = sum(weights), 0.0, B - 1
         for k, w in enumerate(weights):
             acc += w / total
             if acc > u[i].item():
                 j = k
                 break
-        if not cond[i]:
-            j = i
         if gate == "t2h" and not p[y[j]] >= p[y[i]]:
             j = i
         if gate == "h2t" and not p[y[j]] <= p[y[i]]:
@@ -102,20 +97,39 @@ def test_t2h_gates_differ_and_probs_are_a_posterior():
     assert not torch.equal(js["t2h"], js["h2t"])
 
 
-def test_t2h_unconditional_samples_keep_their_target():
+class _Recorder(torch.nn.Module):
+    """Predicts 0 and records the labels it is conditioned on: the loss then is the target's square."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, t, y):
+        self.seen.append(y.clone())
+        return torch.zeros_like(x)
+
+
+def test_t2h_swaps_on_label_dropped_batches_exactly_as_on_conditional_ones():
+    # the official trainer drops the label for the condition only and calibrates every batch with the true labels
     diffusion = GaussianDiffusion(T=1000)
-    x0, noise, t, y, u = _t2h_batch()
-    x_t = diffusion.q_sample(x0, t, noise)
-    freq = torch.tensor(COUNTS / COUNTS.sum(), dtype=torch.float32)
-    target, j = t2h_targets(x0, x_t, t, noise, torch.full_like(y, 3), diffusion, class_freq=freq, gate="full",
-                            u=u, cond=False)  # fmt: skip
-    assert torch.equal(target, noise) and torch.equal(j, torch.arange(8))
-    cond = torch.tensor([True, False, True, True, False, True, True, True])
-    y_in = torch.where(cond, y, 3)
-    target, j = t2h_targets(x0, x_t, t, noise, y_in, diffusion, class_freq=freq, gate="full", u=u, cond=cond)
-    ref_target, ref_j = _t2h_by_hand(x0, noise, t, y, u, diffusion, "full", cond=cond)
-    assert torch.equal(j, ref_j) and torch.allclose(target, ref_target, atol=1e-4)
-    assert (j[~cond] == torch.arange(8)[~cond]).all() and cond[j[cond]].all()  # never a label-dropped source
+    x0, _, _, y, _ = _t2h_batch()
+    method = get_method("t2h", class_counts=COUNTS, options=MethodConfig(t2h_gate="full"))
+    null = torch.full_like(y, 3)
+    drop = torch.tensor([True, False, True, True, False, True, True, True])
+    cases = {"conditional": Labels(true=y, model=y, cond=True), "dropped": Labels(true=y, model=null, cond=False),
+             "per-sample": Labels(true=y, model=torch.where(drop, null, y), cond=~drop)}
+    oc = {}
+    for name, labels in cases.items():
+        model = _Recorder()
+        oc[name] = method.loss_terms(model, diffusion, x0, labels, torch.Generator().manual_seed(4))["oc"]
+        assert torch.equal(model.seen[-1], labels.model)  # the condition is the label-dropped one
+    g = torch.Generator().manual_seed(4)  # the method's draws: t, noise, then u
+    t, noise = draw_t_noise(diffusion, x0, g)
+    u = torch.rand(8, generator=g)
+    ref_target, ref_j = _t2h_by_hand(x0, noise, t, y, u, diffusion, "full")
+    assert (ref_j != torch.arange(8)).sum() >= 2  # swaps happen
+    for name in cases:
+        assert torch.allclose(oc[name], ref_target.square().flatten(1).mean(1), rtol=1e-4), name
     with pytest.raises(ConfigError, match="t2h_gate"):
         get_method("t2h", class_counts=COUNTS, options=MethodConfig(t2h_gate="tail"))
 
@@ -186,7 +200,7 @@ def test_coral_default_weight_is_the_official_effective_weight():
     diffusion = GaussianDiffusion(T=50)
     x0 = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
     y = torch.tensor([0, 0, 1, 1, 2, 0])
-    terms = method.loss_terms(model, diffusion, x0, y, True, torch.Generator().manual_seed(5))
+    terms = method.loss_terms(model, diffusion, x0, Labels(true=y, model=y, cond=True), torch.Generator().manual_seed(5))
     t, noise = draw_t_noise(diffusion, x0, torch.Generator().manual_seed(5))  # the method's own draws
     _, h = model(diffusion.q_sample(x0, t, noise), t, y, return_bottleneck=True)
     z = F.normalize(method.head(h.mean(dim=(2, 3))), dim=1)

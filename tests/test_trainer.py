@@ -68,8 +68,8 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
             self.step = step
             return None
 
-        def loss_terms(self, model, diffusion, x0, y, cond, generator):
-            terms = inner.loss_terms(model, diffusion, x0, y, cond, generator)
+        def loss_terms(self, model, diffusion, x0, labels, generator):
+            terms = inner.loss_terms(model, diffusion, x0, labels, generator)
             return {"ddpm": terms["ddpm"] * float("nan")} if self.step >= 4 else terms
 
     with pytest.raises(TrainingError, match="non-finite.*ckpt_00000003.pt"):

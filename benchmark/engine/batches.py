@@ -51,6 +51,17 @@ class BatchDrawer:
 
 
 @dataclass(frozen=True)
+class Labels:
+    """What a method's loss terms learn about the classes of a batch: the data's labels and what the
+    backbone is conditioned on.  A method conditions the model on ``model``; it may use ``true`` for
+    anything else (T2H calibrates its targets with them, on label-dropped samples too)."""
+
+    true: torch.Tensor  # the data's labels [B]
+    model: torch.Tensor  # ``true`` with the null label where it was dropped for guidance [B]
+    cond: Cond  # whole-batch drop: a Python bool (no device sync to branch on); per-sample: a bool tensor [B]
+
+
+@dataclass(frozen=True)
 class Batch:
     """This rank's slice of one training batch."""
 
@@ -58,6 +69,10 @@ class Batch:
     y: torch.Tensor  # the true labels (what sample weights are computed from)
     y_in: torch.Tensor  # the conditioning labels: ``y`` with the null label where it was dropped
     cond: Cond  # whole-batch drop: a Python bool; per-sample drop: a bool tensor [B]
+
+    @property
+    def labels(self) -> Labels:
+        return Labels(true=self.y, model=self.y_in, cond=self.cond)
 
 
 class Batches:

@@ -249,7 +249,7 @@ def _objective(run: _Run, batch: Batch) -> list[torch.Tensor]:
     """The weighted batch mean of each of the method's loss terms (their sum is the loss)."""
     method, names = run.method, tuple(run.method.term_names)
     with _autocast(run), shard_draws(run.gen, local=run.batches.local):
-        terms = method.loss_terms(run.net, run.diffusion, batch.x0, batch.y_in, batch.cond, run.gen)
+        terms = method.loss_terms(run.net, run.diffusion, batch.x0, batch.labels, run.gen)
     if tuple(terms) != names:
         raise TrainingError(f"method {method.name!r} returned terms {tuple(terms)}, declared {names}")
     w = method.sample_weights(batch.y)

@@ -143,6 +143,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if getattr(args, "seeds", None):
         grid = replace(grid, seeds=args.seeds)
     cfg = apply_overrides(replace(cfg, grid=grid), args.overrides)
+    keys = {pair.split("=", 1)[0].strip() for pair in args.overrides or []}
+    if "sample.n_per_class" in keys and "sample.n_total" not in keys:  # asked for by name: it wins over the
+        cfg = replace(cfg, sample=replace(cfg.sample, n_total=None))  # protocol's total (recorded as none)
     validate(cfg)
     return cfg
 

@@ -1,5 +1,8 @@
+import argparse
+
 import pytest
 
+from benchmark.cli import resolve_config
 from benchmark.core.config import Config, apply_overrides, from_dict, to_dict
 from benchmark.core.errors import ConfigError
 from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
@@ -73,6 +76,13 @@ def test_each_protocol_sets_its_papers_evaluator(protocol, preset):
     assert recorded["eval"]["resize"] == "bilinear" and recorded["eval"]["pr_k"] == 5
     assert recorded["sample"]["n_total"] == 50_000
     assert "bilinear" in PROTOCOLS.get(protocol).__doc__ and "k=5" in PROTOCOLS.get(protocol).__doc__
+
+
+def test_an_explicit_n_per_class_wins_over_the_protocols_total():
+    args = argparse.Namespace(preset="cifar10lt", protocol=None, overrides=["sample.n_per_class=7"])
+    cfg = resolve_config(args)
+    assert cfg.sample.n_total is None and images_per_class(cfg.sample, 10) == 7
+    assert resolve_config(argparse.Namespace(preset="cifar10lt", protocol=None, overrides=[])).sample.n_total == 50_000
 
 
 def test_registry_rejects_duplicates_and_lists_names():

@@ -5,7 +5,7 @@ it with ``@METHODS.register("name")`` in a new module and import that module bel
 """
 
 from . import cbdm, coral, ddpm, resample, reweight, t2h  # noqa: F401  (registration happens on import)
-from .base import Method, ddpm_loss, mse_per_sample
+from .base import Labels, Method, ddpm_loss, mse_per_sample
 from .cbdm import cbdm_loss
 from .coral import coral_lambda, coral_loss
 from .registry import METHODS, Composite, fine_tuner, get_method, get_method_class, objective_class, options_read
@@ -14,7 +14,7 @@ from .reweight import class_weights
 from .t2h import t2h_probs, t2h_targets
 
 __all__ = [
-    "METHODS", "Method", "Composite", "get_method", "get_method_class", "ddpm_loss", "cbdm_loss", "mse_per_sample",
+    "METHODS", "Method", "Labels", "Composite", "get_method", "get_method_class", "ddpm_loss", "cbdm_loss", "mse_per_sample",
     "class_weights", "resample_probs", "t2h_probs", "t2h_targets", "coral_loss", "coral_lambda", "fine_tuner",
     "objective_class", "options_read",
 ]

@@ -295,7 +295,7 @@ def test_cbdm_ft_resolved_config_is_the_official_protocol():
     assert pcfg.train.keep_ema_at == (200_000,) and pcfg.train.batch_size == 64 and pcfg.train.steps == 300_000
     # the per-method batch rule follows the objective: cbdm=48 covers every method that trains CBDM's
     assert [method_batch(cfg, m) for m in ("cbdm", "cbdm-ft", "cbdm+resample", "cbdm+reweight")] == [48] * 4
-    assert [method_batch(cfg, m) for m in ("ddpm", "t2h", "coral", "resample", "reweight+resample")] == [64] * 5
+    assert [method_batch(cfg, m) for m in ("ddpm", "t2h", "coral", "resample", "reweight+resample", "real")] == [64] * 6
 
 
 @pytest.mark.parametrize("frac", [0.0, -0.5, 1.5])

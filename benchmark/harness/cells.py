@@ -93,6 +93,8 @@ def method_batch(cfg: Config, method: str) -> int:
     'name=batch' that covers it.  A rule covers the method of that name and every method whose objective is
     that method's or derives from it ('cbdm=48': cbdm, cbdm-ft, cbdm+resample, cbdm+reweight)."""
     batch = cfg.train.batch_size
+    if method == REAL:  # the real-data cells train nothing
+        return batch
     objective = objective_class(method)
     for item in cfg.train.method_batch_size:
         name, sep, value = item.partition("=")

@@ -125,6 +125,7 @@ def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
     cell = Cell("digits", "exp", 0.1, "ddpm", 0)
     folder = tmp_path / "cell"
     check_or_write_config(folder, cell_config(cfg, cell), cell)
+    (folder / "done.json").write_text("{}")  # a finished cell (a folder without work takes a new config)
     record = json.loads((folder / "config.json").read_text())
     del record["config"]["method"]["cbdm_tau"]  # as if written before the field existed
     (folder / "config.json").write_text(json.dumps(record))

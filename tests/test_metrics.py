@@ -127,12 +127,83 @@ def test_empty_group_gives_no_rows_and_tiny_n_is_never_zero():
         M.precision_recall(g[:3], r, k=3)
 
 
-def test_bootstrap_rows_bracket_the_estimate():
-    g, gl = make_labelled([60, 60], seed=5)
-    r, rl = make_labelled([60, 60], seed=6)
-    rows = M.compute_rows(g, gl, r, rl, groups=["many", "few"], bootstrap=20, per_class=False, **OPTS)
-    v = {x["metric"]: x["value"] for x in rows if x["group"] == "all"}
-    assert v["fid_ci_low"] < v["fid_ci_high"] and v["kid_ci_low"] < v["kid_ci_high"]
+def test_interval_rows_bracket_their_estimate_in_every_slice_and_tiny_slices_say_why():
+    g, gl = make_labelled([60, 40, 3], seed=5)
+    r, rl = make_labelled([60, 60, 60], seed=6)
+    rows = M.compute_rows(g, gl, r, rl, groups=["many", "few", "few"], bootstrap=20, **OPTS)
+    by = {(x["metric"], x["group"], x["class"]): x for x in rows}
+    checked = 0
+    for (metric, group, cls), row in by.items():
+        if metric not in ("fid", "kid"):
+            continue
+        low, high = by[(f"{metric}_ci_low", group, cls)], by[(f"{metric}_ci_high", group, cls)]
+        if cls == 2:  # 3 generated images: no half-sample of 2 or more per side
+            assert np.isnan(low["value"]) and "too few" in low["note"]
+            continue
+        assert low["value"] <= row["value"] <= high["value"] and low["value"] < high["value"]
+        assert "half-sampling" in low["note"]
+        checked += 1
+    assert checked == 2 * 5  # fid and kid in all, many, few, class 0, class 1
+
+
+def test_a_library_failure_is_a_nan_row_with_the_reason_and_the_other_rows_stay(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("math domain error in sqrtm")
+
+    monkeypatch.setattr(M, "fid", broken)
+    g, gl = make_labelled([30, 30], seed=1)
+    r, rl = make_labelled([30, 30], seed=2)
+    rows = M.compute_rows(g, gl, r, rl, groups=["many", "few"], **OPTS)
+    fids = [x for x in rows if x["metric"] == "fid"]
+    assert fids and all(np.isnan(x["value"]) and "ValueError: math domain error" in x["note"] for x in fids)
+    assert all(np.isfinite(x["value"]) for x in rows if x["metric"] in ("kid", "precision", "recall"))
+
+
+def test_small_n_flag_at_n_equal_to_the_dimension():
+    d = 16
+    for n, flagged in ((d - 1, True), (d, True), (d + 1, False)):
+        rows = M.compute_rows(cloud(n, d, seed=1), np.zeros(n, int), cloud(200, d, seed=2), np.zeros(200, int),
+                              groups=["many"], per_class=False, **OPTS)
+        fid_row = next(x for x in rows if x["metric"] == "fid" and x["group"] == "all")
+        assert ("small-n" in fid_row["note"]) == flagged
+
+
+def test_kid_with_both_sets_at_the_subset_size_claims_no_std():
+    a, b = cloud(40, 8, seed=1), cloud(40, 8, 0.3, seed=2)
+    mean, std, m = M.kid(a, b, subsets=50, subset_size=1000, seed=0)
+    assert m == 40 and np.isnan(std)
+    assert mean == pytest.approx(M.kid(a, b, subsets=1, subset_size=40, seed=3)[0], rel=1e-12)
+    assert np.isfinite(M.kid(a, cloud(60, 8, seed=3), subsets=50, subset_size=1000, seed=0)[1])  # ref varies
+    rows = M.compute_rows(a, np.zeros(40, int), b, np.zeros(40, int), groups=["many"], per_class=False, **OPTS)
+    note = next(x for x in rows if x["metric"] == "kid" and x["group"] == "all")["note"]
+    assert "degenerate subsets" in note and "std=" not in note
+
+
+def test_is_below_ten_images_is_skipped_and_splits_keep_two_images_each():
+    logits = np.random.default_rng(0).normal(size=(9, 10)) * 5
+    with pytest.raises(MetricError, match="at least 10"):
+        M.inception_score(logits)
+    value, splits = M.inception_score(np.random.default_rng(0).normal(size=(12, 10)) * 5)
+    assert splits == 6 and value > 1.0
+    assert M.inception_score(np.zeros((500, 10)))[1] == 10
+
+
+def test_group_rows_say_pooled_and_class_means_are_their_own_rows():
+    g, gl = make_labelled([40, 30, 20, 1], seed=1)
+    r, rl = make_labelled([50, 50, 50, 50], seed=2)
+    groups = ["many", "many", "few", "few"]
+    rows = M.compute_rows(g, gl, r, rl, groups=groups, **OPTS)
+    assert all("pooled" in x["note"] for x in rows if x["group"] in ("many", "medium", "few")
+               and not x["metric"].endswith("_classmean"))
+    assert not any("pooled" in x["note"] for x in rows if x["group"] in ("all", "class"))
+    cls = {(x["metric"], x["class"]): x["value"] for x in rows if x["group"] == "class"}
+    mean = {(x["metric"], x["group"]): x for x in rows if x["metric"].endswith("_classmean")}
+    assert mean[("fid_classmean", "many")]["value"] == pytest.approx((cls[("fid", 0)] + cls[("fid", 1)]) / 2)
+    assert mean[("kid_classmean", "all")]["n_gen"] == 91
+    pooled = next(x["value"] for x in rows if x["metric"] == "fid" and x["group"] == "many")
+    assert pooled != pytest.approx(mean[("fid_classmean", "many")]["value"])
+    few = mean[("fid_classmean", "few")]  # class 3 has 1 image: no FID, so no honest mean
+    assert np.isnan(few["value"]) and "class(es) 3" in few["note"]
 
 
 def test_is_from_logits_matches_uniform_and_peaked():

@@ -30,12 +30,26 @@ TRAIN_COUNT = "train_count"  # training images per class (a per-class row of eve
 
 
 def ci_low(metric: str) -> str:
-    """The metric name of the lower end of ``metric``'s bootstrap interval (e.g. 'fid_ci_low')."""
+    """The metric name of the lower end of ``metric``'s 95% interval (e.g. 'fid_ci_low')."""
     return f"{metric}_ci_low"
 
 
 def ci_high(metric: str) -> str:
     return f"{metric}_ci_high"
+
+
+def is_interval(metric: str) -> bool:
+    return metric.endswith(("_ci_low", "_ci_high"))
+
+
+def class_mean(metric: str) -> str:
+    """The mean of a group's per-class values of ``metric`` (e.g. 'fid_classmean'); group rows pool."""
+    return f"{metric}_classmean"
+
+
+def at_floor_n(metric: str) -> str:
+    """``metric`` of a method scored at the real floor's n (e.g. 'fid_at_floor_n')."""
+    return f"{metric}_at_floor_n"
 
 
 # ---------------------------------------------------------------- values of the `feature_space` column

@@ -15,11 +15,21 @@ Two speed-ups keep 100 per-class slices close to the cost of one overall pass, b
   ``kid_features_to_metric`` (same seed gives the same number).
 
 Rules for small and odd slices: every row carries n_gen and n_ref; a metric that cannot be
-computed gives value NaN and a note ``skipped: <why>`` (never 0); FID with n < feature dim is
-computed and flagged ``small-n``; the KID subset size shrinks to the smaller set and is
-recorded.  A group with no classes (10-class data under the threshold rule) yields no rows.
-Bootstrap (``bootstrap=B``) adds ``fid_ci_low/fid_ci_high`` and ``kid_ci_low/kid_ci_high``
-rows: 95% percentile intervals from resampling the generated slice with replacement.
+computed, for whatever reason (too few samples, or a numeric failure inside a library), gives
+value NaN and a note ``skipped: <why>`` (never 0) and the other rows are kept; FID with
+n <= feature dim (singular covariance) is computed and flagged ``small-n``; the KID subset size
+shrinks to the smaller set and is recorded, and when both sets are that small every "subset"
+is the whole set: computed once, noted ``degenerate subsets``, and no std is claimed; IS needs
+at least 2 images per split (splits shrink to n // 2, recorded) and is skipped below n = 10.
+A group with no classes (10-class data under the threshold rule) yields no rows.
+
+Group rows (many / medium / few) pool the group's features into one set (note ``pooled``);
+``<metric>_classmean`` rows add the mean of the group's per-class values (the other number
+tail papers report), with the class count in the note.
+
+``bootstrap=B`` adds ``fid_ci_low/fid_ci_high`` and ``kid_ci_low/kid_ci_high`` rows: 95%
+intervals from B half-samples of both sets without replacement (intervals.py says why this and
+not the bootstrap), centred on the estimate.
 """
 
 from __future__ import annotations
@@ -58,7 +68,10 @@ from benchmark.core.names import (
     RECALL,
     ci_high,
     ci_low,
+    class_mean,
+    is_interval,
 )
+from benchmark.eval.intervals import half_sample_interval
 
 _PRC_BATCH = 5000  # rows per cdist block; above this the batched ("part") variant keeps memory bounded
 _KERNEL_CACHE_LIMIT = 30_000_000  # kernel entries we are willing to hold to reuse across KID subsets
@@ -101,9 +114,14 @@ def _fid_low_rank(gen: np.ndarray, ref: np.ndarray) -> float:
 
 def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, seed: int,
         backend: str = "torch-fidelity") -> tuple[float, float, int]:
-    """Unbiased cubic-kernel MMD^2 over random subsets -> (mean, std, subset size actually used)."""
+    """Unbiased cubic-kernel MMD^2 over random subsets -> (mean, std, subset size actually used).
+
+    When both sets are no larger than the subset size every subset is both whole sets: the
+    MMD^2 is computed once and the std is NaN (there is no spread to report)."""
     m = min(subset_size, len(gen), len(ref))
     _need(m, 2, "KID", "generated and reference")
+    if m == len(gen) == len(ref):  # every subset is the whole of both sets: one U-statistic, no spread
+        subsets = 1
     if backend == "clean-fid":
         state = np.random.get_state()  # clean-fid draws from numpy's global RNG; leave it as we found it
         np.random.seed(seed)
@@ -123,10 +141,11 @@ def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, see
             i = rng.choice(n1, m, replace=False)
             j = rng.choice(n2, m, replace=False)
             mmds[s] = mmd2(k11[np.ix_(i, i)], k12[np.ix_(i, j)], k22[np.ix_(j, j)])
-        return float(mmds.mean()), float(mmds.std()), m
+        return float(mmds.mean()), float(mmds.std()) if subsets > 1 else float("nan"), m
     out = kid_features_to_metric(torch.from_numpy(gen), torch.from_numpy(ref), kid_subsets=subsets,
                                  kid_subset_size=m, rng_seed=seed, verbose=False)
-    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"], m
+    std = out["kernel_inception_distance_std"] if subsets > 1 else float("nan")
+    return out["kernel_inception_distance_mean"], std, m
 
 
 def precision_recall(gen: np.ndarray, ref: np.ndarray, *, k: int) -> tuple[float, float]:
@@ -158,10 +177,15 @@ def density_coverage(gen: np.ndarray, ref: np.ndarray, *, k: int) -> tuple[float
     return float(density), float(coverage)
 
 
+IS_MIN_N = 10
+
+
 def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 2020) -> tuple[float, int]:
-    """torch-fidelity's IS from unbiased logits; splits shrink to n for tiny sets (recorded)."""
-    _need(len(logits), 2, "IS", "generated")
-    s = min(splits, len(logits))
+    """torch-fidelity's IS from unbiased logits.  A split of one image scores exactly 1 (its class
+    distribution is its own marginal) and IS never exceeds the split size, so splits shrink to
+    keep at least 2 images each (recorded) and n < IS_MIN_N is refused."""
+    _need(len(logits), IS_MIN_N, "IS", "generated")
+    s = min(splits, len(logits) // 2)
     out = isc_features_to_metric(torch.from_numpy(np.asarray(logits)), splits=s, shuffle=True, rng_seed=seed)
     return out["inception_score_mean"], s
 
@@ -198,9 +222,49 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     for group, cls, gm, rm in slices:
         probs = None if gen_probs is None else np.asarray(gen_probs)[gm]
         logits = None if gen_logits is None else np.asarray(gen_logits)[gm]
-        rows += slice_rows(gen_feats[gm], gen_labels[gm], ref_feats[rm], group=group, cls=cls,
-                           probs=probs, logits=logits, **opts)
+        part = slice_rows(gen_feats[gm], gen_labels[gm], ref_feats[rm], group=group, cls=cls,
+                          probs=probs, logits=logits, **opts)
+        if group in GROUPS:
+            for row in part:
+                row["note"] = _join(row["note"], "pooled")
+        rows += part
+    if per_class:
+        rows += class_mean_rows(rows, groups)
     return rows
+
+
+def class_mean_rows(rows: list[dict], groups: list[str]) -> list[dict]:
+    """``<metric>_classmean`` per group (and ``all``): the mean of the per-class values, NaN with the
+    classes named when any of them has no value (a mean over the computable ones would hide them)."""
+    per_class: dict[str, dict[int, dict]] = {}
+    for row in rows:
+        if row["group"] == CLASS and not is_interval(row["metric"]):
+            per_class.setdefault(row["metric"], {})[row["class"]] = row
+    out = []
+    for group in (ALL, *GROUPS):
+        classes = [c for c, name in enumerate(groups) if group == ALL or name == group]
+        if not classes:
+            continue
+        for metric, by_class in per_class.items():
+            hits = [by_class[c] for c in classes if c in by_class]
+            if len(hits) < len(classes):
+                continue  # a metric some classes never had (not computed for this data)
+            values = np.array([h["value"] for h in hits], dtype=float)
+            missing = [c for c, v in zip(classes, values) if not math.isfinite(v)]
+            note = f"mean of {len(classes)} per-class values"
+            if missing:
+                value, note = float("nan"), f"skipped: no per-class value for class(es) {_classes(missing)}"
+            else:
+                value = float(values.mean())
+            out.append(dict(metric=class_mean(metric), group=group, **{"class": None},
+                            n_gen=int(sum(h["n_gen"] for h in hits)), n_ref=int(sum(h["n_ref"] for h in hits)),
+                            value=value, note=note))
+    return out
+
+
+def _classes(classes: list[int], show: int = 8) -> str:
+    text = ",".join(str(c) for c in classes[:show])
+    return text + (f" (+{len(classes) - show} more)" if len(classes) > show else "")
 
 
 def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_subsets, kid_subset_size,
@@ -212,18 +276,20 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
     def add(metric, fn):
         try:
             value, note = fn()
-        except MetricError as err:
-            value, note = float("nan"), f"skipped: {err}"
+        except Exception as err:  # noqa: BLE001 - one failing metric is a NaN row; the other rows are kept
+            value, note = float("nan"), _failure(err)
         rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref,
                          value=float(value), note=note))
 
-    small = "small-n" if min(n_gen, n_ref) < dim else ""
+    small = "small-n" if min(n_gen, n_ref) <= dim else ""  # n <= D: a sample covariance of rank < D
     add(FID, lambda: (fid(gen, ref, backend=backend), _join(small, f"backend={backend}")))
     kid_out = {}
 
     def kid_value():
         mean, std, m = kid(gen, ref, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed, backend=backend)
         kid_out["m"] = m
+        if m == n_gen == n_ref:
+            return mean, f"kid_subset={m};kid_subsets=1 (degenerate subsets: each is the whole set, no std);backend={backend}"
         return mean, f"kid_subset={m};kid_subsets={kid_subsets};std={std:.3g};backend={backend}"
 
     add(KID, kid_value)
@@ -240,8 +306,9 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
     if probs is not None:
         add(LABEL_ACC, lambda: _label_acc(probs, gen_labels))
     if bootstrap > 0:
-        rows += _bootstrap_rows(gen, ref, group=group, cls=cls, B=bootstrap, seed=seed, backend=backend,
-                                kid_subsets=kid_subsets, kid_m=kid_out.get("m"))
+        estimates = {r["metric"]: r["value"] for r in rows}
+        rows += _interval_rows(gen, ref, estimates=estimates, group=group, cls=cls, replicates=bootstrap, seed=seed,
+                               backend=backend, kid_subsets=kid_subsets, kid_m=kid_out.get("m"))
     return rows
 
 
@@ -250,27 +317,36 @@ def _label_acc(probs: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
     return float((probs.argmax(1) == labels).mean()), ""
 
 
-def _bootstrap_rows(gen, ref, *, group, cls, B, seed, backend, kid_subsets, kid_m) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    fids, kids = [], []
-    for _ in range(B):
-        sample = gen[rng.integers(0, len(gen), len(gen))] if len(gen) else gen
-        try:
-            fids.append(fid(sample, ref, backend=backend))
-        except MetricError:
-            break
-        if kid_m is not None:
-            kids.append(kid(sample, ref, subsets=max(1, kid_subsets // 10), subset_size=kid_m, seed=seed,
-                            backend=backend)[0])
+def _interval_rows(gen, ref, *, estimates, group, cls, replicates, seed, backend, kid_subsets, kid_m) -> list[dict]:
+    """fid/kid _ci_low/_ci_high rows by half-sampling both sets (see intervals.py); NaN with the reason when
+    the slice is too small or the estimate itself is NaN."""
+    stats = {
+        FID: (lambda a, b: fid(a, b, backend=backend), 2),
+        KID: (lambda a, b: kid(a, b, subsets=max(1, kid_subsets // 10), subset_size=kid_m or 2, seed=seed,
+                                 backend=backend)[0], 2),
+    }
     rows = []
-    for name, values in ((FID, fids), (KID, kids)):
-        if len(values) < B:
-            continue  # the point estimate row already says why this slice is not computable
-        lo, hi = np.percentile(values, [2.5, 97.5])
-        for metric, v in ((ci_low(name), lo), (ci_high(name), hi)):
+    for name, (statistic, least) in stats.items():
+        estimate = estimates.get(name, float("nan"))
+        try:
+            if not math.isfinite(estimate):
+                raise MetricError(f"the {name} estimate of this slice is NaN (see its row)")
+            iv = half_sample_interval(statistic, gen, ref, estimate=estimate, replicates=replicates, seed=seed,
+                                      least=least)
+            bounds, note = (iv.low, iv.high), iv.note()
+        except Exception as err:  # noqa: BLE001 - any failure of an interval is a NaN row, never an abort
+            bounds, note = (float("nan"), float("nan")), _failure(err)
+        for metric, v in zip((ci_low(name), ci_high(name)), bounds):
             rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=len(gen), n_ref=len(ref),
-                             value=float(v), note=f"bootstrap={B};95% percentile"))
+                             value=float(v), note=note))
     return rows
+
+
+def _failure(err: BaseException) -> str:
+    """The note of a metric that could not be computed: MetricError says why; anything else is named."""
+    if isinstance(err, MetricError):
+        return f"skipped: {err}"
+    return f"skipped: failed with {type(err).__name__}: {err}"
 
 
 def _join(*parts: str) -> str:

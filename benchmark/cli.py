@@ -44,7 +44,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `list`")
     p.add_argument("--protocol", default=None, help="evaluation protocol to apply on top of the preset: "
                    + ", ".join(PROTOCOLS.names()))  # fmt: skip
-    p.add_argument("--dataset", default=None, help="fashion-mnist | mnist | cifar10 | cifar100 | digits | imagefolder:PATH")
+    p.add_argument("--dataset", default=None,
+                   help="fashion-mnist | mnist | cifar10 | cifar100 | digits | imagefolder:PATH | listfile:LIST")  # fmt: skip
     p.add_argument("--data-root", default=None, help="folder holding (or receiving) dataset files")
     p.add_argument("--inception-weights", default=None,
                    help="path to weights-inception-2015-12-05-6726825d.pth "
@@ -305,9 +306,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {' '.join((cls.__doc__ or '').split()).split('. ')[0]}")
     print("datasets:")
     for name in DATASETS.names():
-        if name != "imagefolder":  # listed below with its PATH
+        if name not in ("imagefolder", "listfile"):  # listed below with their argument
             print(f"  {name}")
     print("  imagefolder:PATH  (one subfolder per class)")
+    print("  listfile:LIST     ('relative/path label' lines, the ImageNet-LT convention)")
     print("feature spaces:")
     for name in FEATURE_SPACES.names():
         print(f"  {name}")

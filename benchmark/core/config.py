@@ -37,6 +37,10 @@ class DataConfig:
     reference_protocol: str = "auto"
     reference_fraction: float = 0.2  # holdout: fraction of every class held out (reference + evaluator test)
     reference_min: int = 20  # holdout: a class with fewer held out is scored against all its images (flagged)
+    # listfile:LIST (one "relative/path label" line per image, the OLTR convention)
+    list_root: str | None = None  # folder the list's paths are relative to (None: the list file's folder)
+    reference_list: str | None = None  # evaluation list (e.g. ImageNet_LT_test.txt), same root
+    class_names: str | None = None  # a file with one name per line (line i = class i), or "folders"
 
 
 @dataclass(frozen=True)

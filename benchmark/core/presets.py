@@ -93,7 +93,10 @@ def describe_protocol(name: str) -> str:
 
 
 def apply_protocol(cfg: Config, name: str) -> Config:
-    """The protocol's sampler and its evaluator's settings, recorded in the config (and so in config.json)."""
+    """The protocol's sampler and its evaluator's settings, recorded in the config (and so in config.json).
+
+    With profile 'none' the train pool is the long tail itself (ImageNet-LT's list), so there is
+    no balanced train set: the balanced test split is the reference, as in the ImageNet-LT papers."""
     p = PROTOCOL_SETTINGS[name]
     e = p.evaluator
     steps = cfg.diffusion.T if p.sampler == "ddpm" else p.steps
@@ -101,7 +104,8 @@ def apply_protocol(cfg: Config, name: str) -> Config:
         cfg,
         protocol=name,
         sample=replace(cfg.sample, sampler=p.sampler, steps=steps, eta=p.eta, guidance=p.guidance, n_total=e.n_total),
-        eval=replace(cfg.eval, feature_space=e.feature_space, resize=e.resize, pr_k=e.pr_k, reference=e.reference),
+        eval=replace(cfg.eval, feature_space=e.feature_space, resize=e.resize, pr_k=e.pr_k,
+                     reference="test" if cfg.data.profile == "none" else e.reference),
     )
 
 
@@ -197,6 +201,28 @@ def _cifar10lt() -> Config:
 def _cifar100lt() -> Config:
     """CIFAR-100-LT, paper UNet, 300k steps, 50k images, Inception; protocol ddim (or --protocol ddpm1000)."""
     return _paper("cifar100", "cifar100lt")
+
+
+@PRESETS.register("imagenetlt64")
+def _imagenetlt64() -> Config:
+    """ImageNet-LT at 64x64 (the CORAL / CM setting): listfile:ImageNet_LT_train.txt with data.list_root
+    and data.reference_list (the test list), paper UNet, 300k steps, 50 images per class, Inception; protocol ddim."""
+    cfg = Config(
+        preset="imagenetlt64",
+        device="auto",
+        data=DataConfig(
+            dataset="listfile:REPLACE/WITH/ImageNet_LT_train.txt", list_root="REPLACE/WITH/IMAGENET_ROOT",
+            reference_list="REPLACE/WITH/ImageNet_LT_test.txt", class_names="folders", resolution=64,
+            resize="bilinear-antialias", profile="none",
+        ),
+        # the CIFAR design at 64x64: attention at the second level (32x32), as the CM ImageNet-LT config
+        model=replace(MODEL_SIZES["paper"], attn_resolutions=(32,)),
+        train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",)),
+        sample=SampleConfig(n_per_class=50, batch_size=512),
+        eval=EvalConfig(feature_space="inception", reference="test", pr_k=3),
+        grid=GridConfig(methods=GPU_METHODS, imbalances=(0.01,), seeds=(0,)),
+    )
+    return apply_protocol(cfg, "ddim")
 
 
 @PRESETS.register("imagefolder")

@@ -10,11 +10,12 @@ Typical use::
 
 For your own pipeline, the label-array functions ``class_counts``, ``select_longtail``,
 ``split_fingerprint`` and ``assign_groups`` need nothing else.  New datasets register a
-loader in ``DATASETS`` (see :mod:`benchmark.data.sources`) or use ``imagefolder:PATH``.
+loader in ``DATASETS`` (see :mod:`benchmark.data.sources`) or use ``imagefolder:PATH`` or
+``listfile:LIST``.
 Environment: ``$LTGEN_DATA_ROOT`` (default data root), ``$LTGEN_OFFLINE=1`` (never download).
 """
 
-from benchmark.data import builtin, imagefolder  # noqa: F401  (register the built-in sources)
+from benchmark.data import builtin, imagefolder, listfile  # noqa: F401  (register the built-in sources)
 from benchmark.data.dataset import (
     LongTailDataset,
     build_dataset,

@@ -102,6 +102,7 @@ def build_dataset(cfg: DataConfig) -> LongTailDataset:
         reference_protocol=cfg.reference_protocol,
         reference_fraction=cfg.reference_fraction,
         reference_min=cfg.reference_min,
+        options={"list_root": cfg.list_root, "reference_list": cfg.reference_list, "class_names": cfg.class_names},
     )
     labels = source.train.labels.numpy()
     num_classes = source.num_classes

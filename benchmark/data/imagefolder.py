@@ -93,7 +93,7 @@ def _to_l(img) -> Image.Image:
     return Image.fromarray(np.clip(np.round(arr * 255.0 / top), 0, 255).astype(np.uint8))
 
 
-def _square(arr: torch.Tensor) -> torch.Tensor:
+def center_square(arr: torch.Tensor) -> torch.Tensor:
     _, h, w = arr.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
@@ -123,7 +123,7 @@ def _stack(arrays: list[np.ndarray], channels: int, resolution: int | None, resi
             f"images have different or non-square sizes ({shown}); set data.resolution "
             "(e.g. --set data.resolution=32) to center-crop and resize them"
         )
-    out = [resize_images(_square(t).unsqueeze(0), resolution, resize)[0] for t in tensors]
+    out = [resize_images(center_square(t).unsqueeze(0), resolution, resize)[0] for t in tensors]
     return torch.stack(out).contiguous(), True
 
 

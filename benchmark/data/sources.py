@@ -10,6 +10,10 @@ a new dataset needs only a function returning :class:`RawSource`::
     def load_my_set(*, arg, data_root, reference_folder, resolution, resize) -> RawSource:
         ...  # arg is the text after "my-set:" (or None); may ignore resolution/resize
 
+A loader that takes further ``data.*`` fields names them in an ``options`` attribute (a tuple,
+e.g. ``listfile``'s list_root / reference_list / class_names); they reach it as keywords, and
+setting one for a dataset that does not take it is an error.
+
 :func:`get_source` then resizes to the configured resolution with a named method and gives
 the result a ``source_id`` that changes whenever the data, resolution or resize change.
 """
@@ -20,6 +24,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,9 +190,13 @@ def get_source(
     reference_protocol: str = "auto",
     reference_fraction: float = 0.2,
     reference_min: int = 20,
+    options: Mapping[str, str | None] | None = None,
 ) -> SourceData:
     """Load a source by spec: 'fashion-mnist' | 'mnist' | 'cifar10' | 'cifar100' | 'digits'
-    | 'imagefolder:PATH' (or any name registered in ``DATASETS``).
+    | 'imagefolder:PATH' | 'listfile:LIST' (or any name registered in ``DATASETS``).
+
+    ``options`` are the loader-specific ``data.*`` fields (None = not set); a set option the
+    loader does not declare is a :class:`DataError` naming the datasets that take it.
 
     ``resolution`` None keeps the native size.  ``reference_*`` choose how a source without an
     evaluation split of its own (a folder) gets one (see :mod:`benchmark.data.reference`).  Results are cached in-process by the
@@ -198,19 +207,36 @@ def get_source(
     name, arg = parse_spec(spec)
     if name not in DATASETS:
         message = DATASETS.unknown_message(name).rstrip(".")
-        raise UnknownNameError(f"{message} (and imagefolder:PATH for a folder with one subfolder per class)")
+        raise UnknownNameError(
+            f"{message} (imagefolder:PATH for a folder with one subfolder per class, "
+            "listfile:LIST for a list of 'path label' lines)"
+        )
     if resize not in RESIZE_METHODS:
         raise DataError(f"unknown resize method {resize!r}; valid: {', '.join(RESIZE_METHODS)} (data.resize)")
     if resolution is not None and (int(resolution) != resolution or resolution < 1):
         raise DataError(f"resolution must be a positive integer or empty for the native size, got {resolution!r}")
     loader = DATASETS.get(name)
+    opts = _loader_options(name, loader, options or {})
     # resolve the default here, so the cache key follows $LTGEN_DATA_ROOT
     root = str(Path(data_root if data_root is not None else default_data_root()).expanduser().resolve())
     ref = str(Path(reference_folder).expanduser().resolve()) if reference_folder is not None else None
     token_fn = getattr(loader, "cache_token", None)  # loaders over user folders fingerprint them
-    token = token_fn(arg=arg, reference_folder=ref) if token_fn is not None else ""
+    token = token_fn(arg=arg, reference_folder=ref, **dict(opts)) if token_fn is not None else ""
     split = (reference_protocol, float(reference_fraction), int(reference_min))
-    return _cached_source(name, arg, root, None if resolution is None else int(resolution), resize, ref, token, split)
+    return _cached_source(name, arg, root, None if resolution is None else int(resolution), resize, ref, opts, token,
+                          split)  # fmt: skip
+
+
+def _loader_options(name: str, loader, options: Mapping[str, str | None]) -> tuple[tuple[str, str], ...]:
+    """The set options as a sorted tuple (hashable: part of the cache key), checked against the loader."""
+    accepted = tuple(getattr(loader, "options", ()))
+    given = {k: str(v) for k, v in options.items() if v is not None}
+    for key in sorted(given):
+        if key not in accepted:
+            takers = [n for n in DATASETS.names() if key in getattr(DATASETS.get(n), "options", ())]
+            where = ", ".join(f"{n}:..." for n in takers) or "no registered dataset"
+            raise DataError(f"data.{key} applies to {where} only; leave it empty for dataset {name!r}")
+    return tuple(sorted(given.items()))
 
 
 def clear_source_cache() -> None:
@@ -219,7 +245,7 @@ def clear_source_cache() -> None:
 
 
 @functools.lru_cache(maxsize=4)  # a source at 64px CIFAR size is ~0.6 GB
-def _cached_source(name, arg, root, resolution, resize, ref, token, split) -> SourceData:
+def _cached_source(name, arg, root, resolution, resize, ref, opts, token, split) -> SourceData:
     loader = DATASETS.get(name)
     raw: RawSource = loader(
         arg=arg,
@@ -227,6 +253,7 @@ def _cached_source(name, arg, root, resolution, resize, ref, token, split) -> So
         reference_folder=Path(ref) if ref else None,
         resolution=resolution,
         resize=resize,
+        **dict(opts),
     )
     if len(raw.class_names) < 2:
         raise DataError(f"dataset {name!r} has {len(raw.class_names)} class(es); a benchmark needs at least 2")

@@ -4,9 +4,10 @@ To add a method: subclass :class:`methods.base.Method`, override the pieces it c
 it with ``@METHODS.register("name")`` in a new module and import that module below.
 """
 
-from . import cbdm, coral, ddpm, resample, reweight, t2h  # noqa: F401  (registration happens on import)
+from . import cbdm, cm, coral, ddpm, resample, reweight, t2h  # noqa: F401  (registration happens on import)
 from .base import Labels, Method, ddpm_loss, mse_per_sample
 from .cbdm import cbdm_loss
+from .cm import cm_class_weights, cm_terms
 from .coral import coral_lambda, coral_loss
 from .registry import METHODS, Composite, fine_tuner, get_method, get_method_class, objective_class, options_read
 from .resample import resample_probs
@@ -17,4 +18,5 @@ __all__ = [
     "METHODS", "Method", "Labels", "Composite", "get_method", "get_method_class", "ddpm_loss", "cbdm_loss", "mse_per_sample",
     "class_weights", "resample_probs", "t2h_probs", "t2h_targets", "coral_loss", "coral_lambda", "fine_tuner",
     "objective_class", "options_read",
+    "cm_class_weights", "cm_terms",
 ]

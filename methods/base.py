@@ -12,13 +12,22 @@ override, each optionally:
   logs each name.  Term weights (such as CBDM's gamma) are applied inside the term, so the
   objective is always the plain sum of the logged means.
 
-Two further hooks, for methods that need them:
+Further hooks, for methods that need them:
 
 * ``trainable_modules(model)`` -> ``{name: nn.Module}``: trainable modules the method owns (such
   as CORAL's projection head), built for this backbone.  The trainer calls it once, before it
   builds the optimiser; it moves them to the device, optimises them with the model, clips their
   gradients with the model's and keeps their state in every checkpoint, but not in ``model.pt``:
   they are dropped at sampling time.  Default: none.
+* ``wrap_model(model)`` -> the module to train in place of the backbone ``model`` (CM's low-rank
+  expert parts change the forward): it must hold ``model``'s parameters (shared, not copied) and
+  may add trainable ones of its own, which the trainer optimises, clips, tracks with the EMA and
+  checkpoints with the model.  ``export_model(module)`` turns the trained (EMA) module back into a
+  plain backbone for ``model.pt``, so sampling needs nothing of the method.  Default: the
+  backbone itself, both ways.
+* ``absorbs`` (class attribute) ``{other method: {option: value}}``: composing with that method
+  means this one with those ``MethodConfig`` options (``cm+t2h`` = CM with T2H's calibration
+  inside its own loss), where both would otherwise define the loss.
 * ``init_from_method`` (class attribute), ``fine_tune_config(cfg)`` and ``init_step(cfg)``: a method
   that fine-tunes another method's model names that method; the grid runs that method's cell of the
   same dataset, imbalance and seed first (keeping its EMA weights at ``init_step``, when given) and
@@ -78,6 +87,7 @@ class Method:
     # changing another method's option never orphans this one's finished cells.  None (the safe default
     # for a method that does not say): all of them.
     options_read: tuple[str, ...] | None = None
+    absorbs: dict[str, dict[str, object]] = {}  # composing with these methods sets these options instead
 
     def __init__(self, *, class_counts: np.ndarray, options: MethodConfig) -> None:
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
@@ -103,6 +113,14 @@ class Method:
     def trainable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         """Trainable modules owned by the method, built once for ``model`` (see the module docstring)."""
         return {}
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module trained in place of the backbone (see the module docstring). Default: the backbone."""
+        return model
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The plain backbone ``model.pt`` holds, from the trained module ``wrap_model`` returned."""
+        return model
 
     @classmethod
     def fine_tune_config(cls, cfg: Config) -> Config:

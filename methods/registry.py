@@ -7,6 +7,8 @@ single meaning, so that is an error naming the clash instead of a silent choice.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from benchmark.core.config import MethodConfig
@@ -17,7 +19,10 @@ from .base import Method, overrides
 
 METHODS: Registry[type[Method]] = Registry("method")
 
-_PIECES = {"class_probs": "class sampling", "sample_weights": "sample weights", "loss_terms": "loss (objective)"}
+_PIECES = {
+    "class_probs": "class sampling", "sample_weights": "sample weights", "loss_terms": "loss (objective)",
+    "wrap_model": "backbone wrapper",
+}  # fmt: skip
 
 
 class Composite(Method):
@@ -50,6 +55,14 @@ class Composite(Method):
     def trainable_modules(self, model):
         return {k: m for p in self.parts for k, m in p.trainable_modules(model).items()}
 
+    def wrap_model(self, model):
+        owner = self._owner.get("wrap_model")
+        return owner.wrap_model(model) if owner else model
+
+    def export_model(self, model):
+        owner = self._owner.get("wrap_model")
+        return owner.export_model(model) if owner else model
+
 
 def _split(name: str) -> list[str]:
     names = [n.strip() for n in name.split("+")]
@@ -58,6 +71,17 @@ def _split(name: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"method name {name!r} repeats a part; list each method once")
     return names
+
+
+def _absorb(names: list[str]) -> tuple[list[str], dict[str, object]]:
+    """Drop the parts another part absorbs (its ``absorbs``); return the rest and the options they set."""
+    kept, options = list(names), {}
+    for name in names:
+        for other, opts in METHODS.get(name).absorbs.items():
+            if other in kept and name in kept:
+                kept.remove(other)
+                options.update(opts)
+    return kept, options
 
 
 def check_composable(classes: list[type[Method]]) -> dict[str, type[Method]]:
@@ -79,7 +103,8 @@ def check_composable(classes: list[type[Method]]) -> dict[str, type[Method]]:
 
 def get_method_class(name: str) -> type[Method]:
     """Validate ``name`` (single or '+'-composed) without building it; for up-front config checks."""
-    classes = [METHODS.get(n) for n in _split(name)]
+    names, _ = _absorb(_split(name))  # also fails for an unknown part, with the valid names
+    classes = [METHODS.get(n) for n in names]
     if len(classes) == 1:
         return classes[0]
     check_composable(classes)
@@ -119,8 +144,11 @@ def fine_tuner(name: str) -> type[Method] | None:
 def get_method(name: str, *, class_counts: np.ndarray, options: MethodConfig | None = None) -> Method:
     """Build method ``name`` ('ddpm', 'cbdm', ... or a '+'-joined composition) for these class counts."""
     options = options or MethodConfig()
-    names = _split(name)
+    given = _split(name)
+    names, absorbed = _absorb(given)  # also fails for an unknown part, with the valid names
+    if absorbed:
+        options = replace(options, **absorbed)
     parts = [METHODS.get(n)(class_counts=class_counts, options=options) for n in names]
-    if len(parts) == 1:
-        return parts[0]
-    return Composite(parts=parts, class_counts=class_counts, options=options)
+    method = parts[0] if len(parts) == 1 else Composite(parts=parts, class_counts=class_counts, options=options)
+    method.name = "+".join(given)
+    return method

@@ -31,7 +31,7 @@ def _train(run_dir, name="ddpm", cfg=None, method=None):
     return train(cfg=cfg, dataset=DATA, method=method, run_dir=run_dir, seed=0, device="cuda", progress=False)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "cbdm", "reweight", "resample", "t2h", "coral"])
+@pytest.mark.parametrize("name", ["ddpm", "cbdm", "reweight", "resample", "t2h", "coral", "cm", "cm+t2h"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_trains_on_cuda_in_bf16(tmp_path, name, channels_last):
     cfg = tiny_config(amp="bf16", channels_last=channels_last)

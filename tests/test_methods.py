@@ -36,7 +36,7 @@ def _model(seed=0):
 def test_registry_rejects_duplicates_and_lists_names():
     with pytest.raises(ValueError, match="already registered"):
         METHODS.register("ddpm", Method)
-    with pytest.raises(ConfigError, match="Valid methods: cbdm, cbdm-ft, coral, ddpm, resample, reweight, t2h"):
+    with pytest.raises(ConfigError, match="Valid methods: cbdm, cbdm-ft, cm, coral, ddpm, resample, reweight, t2h"):
         get_method("cbmd", class_counts=COUNTS)
 
 

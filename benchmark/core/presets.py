@@ -26,8 +26,9 @@ PRESETS: Registry[Callable[[], Config]] = Registry("preset")
 PROTOCOLS: Registry[Callable[[Config], Config]] = Registry("protocol")
 
 PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")  # the CPU presets' four
-# the GPU presets add the later methods; cbdm-ft fine-tunes the grid's ddpm models (a tenth of the steps)
-GPU_METHODS = (*PAPER_METHODS, "t2h", "coral", "cbdm-ft")
+# the GPU presets add the later methods; cbdm-ft fine-tunes the grid's ddpm models (a tenth of the steps);
+# cm+t2h is Capacity Manipulation as released (with T2H's calibration), cm the capacity split alone
+GPU_METHODS = (*PAPER_METHODS, "t2h", "coral", "cm", "cm+t2h", "cbdm-ft")
 DEFAULT_PRESET = "demo"
 
 

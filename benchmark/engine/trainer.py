@@ -10,8 +10,9 @@ with the device only every ``log_every`` steps (logging and the non-finite check
 checkpoints.
 
 Where things happen, so a change has one place to go: the backbone is built in
-:func:`build_model`, wrapped for the forward pass (DDP, ``torch.compile``) in :func:`_wrap`,
-autocast is entered and the method's loss terms are called in :func:`_objective`, one
+:func:`build_model` and handed to the method's ``wrap_model`` in :func:`_setup` (``model.pt``
+gets it back through ``export_model`` in :func:`_save_model`), wrapped for the forward pass
+(DDP, ``torch.compile``) in :func:`_wrap`, autocast is entered and the method's loss terms are called in :func:`_objective`, one
 optimiser step is :func:`_step`, logging is :class:`_Window`, checkpoints are
 :func:`_save_checkpoint` / :func:`_restore`.
 """
@@ -128,8 +129,8 @@ class _Run:
     method: Method
     device: torch.device
     dist: Dist
-    model: nn.Module  # the trained backbone (what the checkpoint and EMA track)
-    kwargs: dict  # rebuilds the backbone (model.pt)
+    model: nn.Module  # the trained backbone, as the method wraps it (what the checkpoint and EMA track)
+    kwargs: dict  # rebuilds the plain backbone (model.pt, through method.export_model)
     ema: nn.Module
     aux: dict[str, nn.Module]  # the method's own trainable modules (see methods/base.py)
     model_params: list[nn.Parameter]
@@ -161,7 +162,11 @@ def _setup(
 ) -> _Run:
     """Build the model, optimiser and generators, resume from the latest checkpoint, draw batches from the data."""
     tc = cfg.train
-    model, kwargs = build_model(cfg, dataset, device)
+    backbone, kwargs = build_model(cfg, dataset, device)
+    # the module trained in place of the backbone (CM's expert parts; the backbone itself for most methods)
+    model = method.wrap_model(backbone).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     # trainable modules the method owns (CORAL's projection head): optimised, clipped and
     # checkpointed with the model, but not part of model.pt (sampling never uses them)
@@ -377,7 +382,8 @@ def _save_ema(run: _Run, path: Path) -> Path:
         "steps": run.step, "config": to_json(run.cfg), "fingerprint": ident["data"],
     }
     if run.dist.main:
-        atomic_save({"ema": run.ema.state_dict(), "model_kwargs": run.kwargs, "info": json.dumps(info)}, path)
+        ema = method.export_model(run.ema).state_dict()  # a plain backbone (CM folds its expert parts in)
+        atomic_save({"ema": ema, "model_kwargs": run.kwargs, "info": json.dumps(info)}, path)
     barrier()
     return path
 

@@ -192,13 +192,15 @@ def test_listfile_end_to_end_on_the_smoke_preset(tmp_path):
             (ref if k < 8 else lines).append(f"{rel} {c}")
     lst, test = write_list(tmp_path / "train.txt", lines), write_list(tmp_path / "test.txt", ref)
     out = tmp_path / "out"
-    args = ["run", "--preset", "smoke", "--dataset", f"listfile:{lst}", "--methods", "ddpm", "--out", str(out),
+    args = ["run", "--preset", "smoke", "--dataset", f"listfile:{lst}", "--methods", "ddpm,cm+t2h", "--out", str(out),
             "--no-progress", "--no-report", "--data-root", str(tmp_path / "cache"), "--set", "data.profile=none",
             "--set", f"data.reference_list={test}", "--set", "data.class_names=folders", "--set", "train.steps=4",
             "--set", "sample.n_per_class=4", "--set", "eval.downstream=false"]  # fmt: skip
     assert main(args) == 0
     table = read_results(out)
-    fid = table[(table.method == "ddpm") & (table.metric == "fid") & (table.group == "class")]
-    assert len(fid) == 10 and set(table.dataset) == {f"listfile:{lst}"}
+    for method in ("ddpm", "cm+t2h"):  # cm in a smoke grid: trained, sampled from model.pt, scored
+        fid = table[(table.method == method) & (table.metric == "fid") & (table.group == "class")]
+        assert len(fid) == 10 and np.isfinite(fid.value).all()
+    assert set(table.dataset) == {f"listfile:{lst}"}
     counts = table[(table.metric == "train_count") & (table.method == "ddpm")].value.astype(int)
     assert sorted(counts) == sorted(40 - 3 * c for c in range(10))

@@ -49,10 +49,10 @@ _WORKERS = min(8, os.cpu_count() or 1)  # PIL decoding and torch resizing releas
 
 @dataclass(frozen=True, eq=False)
 class ListEntries:
-    """The parsed lines of one list file: absolute image paths, labels and their line numbers."""
+    """The parsed lines of one list file: image paths (strings: 100k Path objects cost seconds), labels, line numbers."""
 
     list_path: Path
-    files: list[Path]
+    files: list[str]
     labels: np.ndarray
     lines: np.ndarray
 
@@ -65,6 +65,7 @@ def read_list(list_path: Path, root: Path) -> ListEntries:
     if not list_path.is_file():
         raise DataError(f"list file {list_path} does not exist; pass --dataset listfile:LIST with an existing file")
     files, labels, lines, seen = [], [], [], {}
+    base = str(root)
     text = list_path.read_text(encoding="utf-8", errors="replace")
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -80,7 +81,7 @@ def read_list(list_path: Path, root: Path) -> ListEntries:
         if rel in seen:
             raise DataError(f"{list_path}:{lineno}: {rel} is listed twice (first at line {seen[rel]}); list each image once")
         seen[rel] = lineno
-        files.append(root / rel)
+        files.append(os.path.join(base, rel))
         labels.append(int(label))
         lines.append(lineno)
     if not files:
@@ -89,11 +90,11 @@ def read_list(list_path: Path, root: Path) -> ListEntries:
 
 
 def _check_disjoint(train: ListEntries, ref: ListEntries) -> None:
-    where = {p: i for i, p in enumerate(train.files)}
+    where = {os.path.normpath(p): i for i, p in enumerate(train.files)}
     for j, p in enumerate(ref.files):
-        if p in where:
+        if os.path.normpath(p) in where:
             raise DataError(
-                f"{ref.where(j)}: {p} is also a training image ({train.where(where[p])}); "
+                f"{ref.where(j)}: {p} is also a training image ({train.where(where[os.path.normpath(p)])}); "
                 "the reference list must hold other images"
             )
 
@@ -106,10 +107,11 @@ def class_names_for(spec: str | None, lists: list[ListEntries]) -> list[str]:
         folder: dict[int, tuple[str, str]] = {}
         for e in lists:
             for i, (path, c) in enumerate(zip(e.files, e.labels.tolist())):
-                name, first = folder.setdefault(c, (path.parent.name, e.where(i)))
-                if name != path.parent.name:
+                here = os.path.basename(os.path.dirname(path))
+                name, first = folder.setdefault(c, (here, e.where(i)))
+                if name != here:
                     raise DataError(
-                        f"{e.where(i)}: class {c} is in folder {path.parent.name!r} here but in {name!r} at {first}; "
+                        f"{e.where(i)}: class {c} is in folder {here!r} here but in {name!r} at {first}; "
                         "data.class_names=folders needs one folder per class (or give a class-names file)"
                     )
         num = max(folder) + 1
@@ -140,7 +142,7 @@ def _decode_one(entries: ListEntries, i: int, resolution: int | None, resize: st
     """CHW uint8 (1 or 3 channels) of image i, center-cropped and resized; errors name list and line."""
     path = entries.files[i]
     try:
-        arr = read_image(path)
+        arr = read_image(Path(path))
     except DataError as err:
         raise DataError(f"{entries.where(i)}: {err}") from None
     img = torch.from_numpy(arr).permute(2, 0, 1)
@@ -153,7 +155,7 @@ def _decode_one(entries: ListEntries, i: int, resolution: int | None, resize: st
 
 def decode_images(entries: ListEntries, resolution: int | None, resize: str) -> np.ndarray:
     """uint8 [N, 3, R, R] of every listed image, streamed through a thread pool with a progress bar."""
-    missing = [i for i, p in enumerate(entries.files) if not p.is_file()]
+    missing = [i for i, p in enumerate(entries.files) if not os.path.isfile(p)]
     if missing:
         i = missing[0]
         more = f" ({len(missing) - 1} more missing)" if len(missing) > 1 else ""
@@ -209,12 +211,14 @@ def _paths(arg: str | None, list_root: str | None, reference_list: str | None) -
     return train, root, ref
 
 
-def _cache_key(train: Path, root: Path, ref: Path | None, names: list[str], resolution, resize: str) -> str:
-    digest = hashlib.sha256(f"listfile-v{CACHE_VERSION}\0{root}\0{resolution}\0{resize}\0".encode())
-    for path in (train, ref):
+def _cache_key(train: Path, root: Path, ref: Path | None, class_names: str | None, resolution, resize: str) -> str:
+    """Content of the lists and of a class-names file, the spec, the root, resolution and resize
+    (the class names follow from the lists and the spec, so they need no parsing here)."""
+    digest = hashlib.sha256(f"listfile-v{CACHE_VERSION}\0{root}\0{resolution}\0{resize}\0{class_names}\0".encode())
+    names_file = Path(class_names).expanduser() if class_names not in (None, "folders") else None
+    for path in (train, ref, names_file):
         digest.update(path.read_bytes() if path is not None and path.is_file() else b"<none>")
         digest.update(b"\0")
-    digest.update("\0".join(names).encode())
     return digest.hexdigest()[:20]
 
 
@@ -222,8 +226,7 @@ def _cache_token(*, arg, reference_folder, list_root=None, reference_list=None, 
     """The cache key: a changed list (or names file) loads again within one process too."""
     try:
         train, root, ref = _paths(arg, list_root, reference_list)
-        lists = [read_list(train, root)] + ([read_list(ref, root)] if ref else [])
-        return _cache_key(train, root, ref, class_names_for(class_names, lists), None, "") + str(class_names)
+        return _cache_key(train, root, ref, class_names, None, "")
     except (DataError, OSError):
         return ""  # the loader raises the same error with its full message
 
@@ -263,22 +266,11 @@ def load_listfile(*, arg, data_root, reference_folder, resolution, resize,
     if ref is not None:
         _check_disjoint(train, ref)
     names = class_names_for(class_names, [train] + ([ref] if ref else []))
-    key = _cache_key(train_path, root, ref_path, names, resolution, resize)
+    key = _cache_key(train_path, root, ref_path, class_names, resolution, resize)
     cache = Path(data_root) / CACHE_FOLDER / f"{train_path.stem}-{key}.npz"
-    cached = _load_cache(cache, (len(train.files), len(ref.files) if ref else 0)) if cache.is_file() else None
-    if cached is not None:
-        train_images, test_images = cached
-    else:
-        train_images = decode_images(train, resolution, resize)
-        side = train_images.shape[-1]
-        test_images = (decode_images(ref, side, resize) if ref is not None
-                       else np.zeros((0, *train_images.shape[1:]), dtype=np.uint8))  # fmt: skip
-        if all(_is_gray(a) for a in (train_images, test_images)):
-            train_images, test_images = train_images[:, :1].copy(), test_images[:, :1].copy()
-        _save_cache(cache, train_images, test_images)
     labels = train.labels
     if ref is not None:
-        test_labels, note = ref.labels, f"reference list {ref_path}"
+        test_labels, note, split = ref.labels, f"reference list {ref_path}", None
     else:
         smallest = int(np.bincount(labels, minlength=len(names)).min())
         if smallest < 2:
@@ -287,10 +279,23 @@ def load_listfile(*, arg, data_root, reference_folder, resolution, resize,
                 "pass a reference list (data.reference_list)"
             )
         n_hold = max(1, smallest // HOLDOUT_FRACTION)
-        train_idx, test_idx = balanced_holdout(labels, n_hold, seed=IMAGEFOLDER_HOLDOUT_SEED)
-        test_images, train_images = train_images[test_idx], train_images[train_idx]
-        test_labels, labels = labels[test_idx], labels[train_idx]
+        split = balanced_holdout(labels, n_hold, seed=IMAGEFOLDER_HOLDOUT_SEED)
+        labels, test_labels = labels[split[0]], labels[split[1]]
         note = f"balanced hold-out, {n_hold} per class (seed {IMAGEFOLDER_HOLDOUT_SEED})"
+    # the cache holds the arrays after the hold-out (a fixed function of the list): no copy on a cached load
+    cached = _load_cache(cache, (len(labels), len(test_labels))) if cache.is_file() else None
+    if cached is not None:
+        train_images, test_images = cached
+    else:
+        train_images = decode_images(train, resolution, resize)
+        side = train_images.shape[-1]
+        test_images = (decode_images(ref, side, resize) if ref is not None
+                       else np.zeros((0, *train_images.shape[1:]), dtype=np.uint8))  # fmt: skip
+        if split is not None:
+            train_images, test_images = train_images[split[0]], train_images[split[1]]
+        if all(_is_gray(a) for a in (train_images, test_images)):
+            train_images, test_images = train_images[:, :1].copy(), test_images[:, :1].copy()
+        _save_cache(cache, train_images, test_images)
     resized = resolution is not None
     return RawSource(
         train=ImageSet(images=torch.from_numpy(np.ascontiguousarray(train_images)), labels=torch.from_numpy(labels)),

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.core.errors import DataError
-from benchmark.core.files import write_atomic
+from benchmark.core.files import save_npz_atomic
 from benchmark.data.imagefolder import HOLDOUT_FRACTION, IMAGEFOLDER_HOLDOUT_SEED, center_square, read_image
 from benchmark.data.sources import DATASETS, ImageSet, RawSource, balanced_holdout, resize_images
 
@@ -243,13 +243,8 @@ def _load_cache(path: Path, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndar
 
 
 def _save_cache(path: Path, train: np.ndarray, test: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, train=train, test=test)
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, write)
+        save_npz_atomic(path, train=train, test=test)
     except OSError as err:
         warnings.warn(f"could not write the decoded-image cache {path} ({err}); the next run decodes again", stacklevel=2)
 

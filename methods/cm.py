@@ -51,12 +51,17 @@ CALIBRATIONS = ("none", "t2h")
 
 
 def cm_class_weights(counts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(w_con, w_div) per class: C N_y / sum N_c and C / (N_y sum_c 1/N_c) (float64)."""
+    """(w_con, w_div) per class: C N_y / sum N_c and C / (N_y sum_c 1/N_c) (float64).
+
+    A class without training images is never drawn: it gets 0 and C, the sums count the others."""
     n = torch.as_tensor(np.asarray(counts), dtype=torch.float64)
-    if (n <= 0).any():
-        raise ConfigError("CM needs every class to have training images (a count of 0 has no weight)")
-    C = len(n)
-    return C * n / n.sum(), C / (n * (1.0 / n).sum())
+    present = n > 0
+    if not present.any():
+        raise ConfigError("CM needs training images (every class count is 0)")
+    C, safe = int(present.sum()), torch.where(present, n, 1.0)
+    w_con = torch.where(present, C * n / n.sum(), 0.0)
+    w_div = torch.where(present, C / (safe * (1.0 / safe[present]).sum()), 0.0)
+    return w_con, w_div
 
 
 class _Gate:

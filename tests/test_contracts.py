@@ -76,7 +76,7 @@ def test_sample_weights_are_finite_and_positive(name):
 def test_loss_terms_are_named_finite_and_drawn_only_from_the_generator(name):
     method = get_method(name, class_counts=DATA.counts, options=OPTIONS)
     torch.manual_seed(0)
-    model = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval()
+    model = method.wrap_model(build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval())  # as trained
     method.trainable_modules(model)  # a method's own modules exist before its loss is called, as in training
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     y = torch.tensor([0, 1, 2, 0])
@@ -115,7 +115,10 @@ def test_trains_logs_and_resumes_bit_exactly(tmp_path, name):
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
     assert all(torch.equal(ca["aux"][m][k], cb["aux"][m][k]) for m in ca["aux"] for k in ca["aux"][m])
     assert torch.equal(ca["gen_device"], cb["gen_device"]) and torch.equal(ca["rng_cpu"], cb["rng_cpu"])
-    assert ca["step"] == 6 and all(torch.equal(ca["ema"][k], v) for k, v in model.state_dict().items())
+    trained = make().wrap_model(build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3))
+    trained.load_state_dict(ca["ema"])  # model.pt is the checkpoint's EMA as the method exports it (CM folds B A)
+    exported = make().export_model(trained).state_dict()
+    assert ca["step"] == 6 and all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
     assert not list(tmp_path.rglob("*.tmp"))
     logs = []
     for p in (tmp_path / "full", tmp_path / "cut"):
@@ -197,17 +200,29 @@ def _image_folder(root):
     return f"imagefolder:{root}"
 
 
+def _list_file(tmp_path):
+    """The image folder as a list of 'relative/path label' lines."""
+    root = tmp_path / "listed"
+    _image_folder(root)
+    lines = [f"{p.parent.name}/{p.name} {int(p.parent.name[5:])}" for p in sorted(root.glob("class*/*.png"))]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return f"listfile:{root / 'train.txt'}"
+
+
 def _spec(name, tmp_path):
+    if name == "listfile":
+        return _list_file(tmp_path)
     return _image_folder(tmp_path / "folder") if name == "imagefolder" else name
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
-def test_dataset_builds_a_valid_split_or_fails_naming_the_fix(tmp_path, name):
+def test_dataset_builds_a_valid_split_or_fails_naming_the_fix(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("LTGEN_DATA_ROOT", str(tmp_path / "data"))  # where listfile caches its decoded images
     cfg = DataConfig(dataset=_spec(name, tmp_path), imbalance=0.5, resolution=8)
     try:
         ds = build_dataset(cfg)
     except DataError as err:  # not available offline: a clear error, never a traceback from deep inside
-        assert name not in ("digits", "imagefolder"), f"{name} must be available offline: {err}"
+        assert name not in ("digits", "imagefolder", "listfile"), f"{name} must be available offline: {err}"
         if name == "fashion-mnist":
             assert not builtin.DEBIAN_FASHION_MNIST.is_dir(), "the Debian package's files are there: they must load"
         message = str(err)
@@ -227,7 +242,8 @@ def test_dataset_builds_a_valid_split_or_fails_naming_the_fix(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
-def test_dataset_dry_run_and_data_command(tmp_path, capsys, name):
+def test_dataset_dry_run_and_data_command(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.setenv("LTGEN_DATA_ROOT", str(tmp_path / "data"))
     spec = _spec(name, tmp_path)
     code = main(["run", "--preset", "smoke", "--dataset", spec, "--out", str(tmp_path / "out"), "--dry-run"])
     captured = capsys.readouterr()

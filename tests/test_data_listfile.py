@@ -34,6 +34,8 @@ def write_list(path, lines):
 def load(lst, cache, **kw):
     clear_source_cache()
     options = {k: kw.pop(k) for k in ("list_root", "reference_list", "class_names") if k in kw}
+    if "reference_list" not in options:
+        kw.setdefault("reference_protocol", "balanced")  # smallest class // 5 held out of every class
     return get_source(f"listfile:{lst}", data_root=cache, options=options, **kw)
 
 
@@ -72,7 +74,8 @@ def test_reference_list_root_and_profiles(tmp_path):
 def test_thresholds_for_many_classes(tmp_path):
     counts = [102, 101, 21, 20] + [2] * 8  # 12 classes, one each held out: many > 100, few < 20
     lst = write_list(tmp_path / "train.txt", make_images(tmp_path, counts, size=(2, 2)))
-    ds = build_dataset(DataConfig(dataset=f"listfile:{lst}", data_root=str(tmp_path / "cache"), profile="none"))
+    ds = build_dataset(DataConfig(dataset=f"listfile:{lst}", data_root=str(tmp_path / "cache"), profile="none",
+                                  reference_protocol="balanced"))  # fmt: skip
     groups = describe_groups(ds)
     assert groups["many"] == [0] and groups["medium"] == [1, 2] and groups["few"] == list(range(3, 12))
 

@@ -51,8 +51,11 @@ def test_class_weights_follow_the_formula():
     ones = torch.ones(4, dtype=torch.float64)
     for w in cm_class_weights([7, 7, 7, 7]):
         torch.testing.assert_close(w, ones)
-    with pytest.raises(ConfigError, match="every class"):
-        cm_class_weights([3, 0])
+    w_con, w_div = cm_class_weights([12, 0, 6, 2])  # an empty class: weight 0, the others as without it
+    torch.testing.assert_close(w_con, torch.tensor([1.8, 0, 0.9, 0.3], dtype=torch.float64))
+    torch.testing.assert_close(w_div, torch.tensor([1 / 3, 0, 2 / 3, 2.0], dtype=torch.float64))
+    with pytest.raises(ConfigError, match="training images"):
+        cm_class_weights([0, 0])
 
 
 def test_zero_expert_parts_give_the_plain_unet_and_the_gate_switches_them():

@@ -9,7 +9,8 @@
   number of names), or ``folders`` (each class is named after the folder of its images, which
   must be one folder per class), or empty (names "0".."C-1", C = the largest label + 1).
 * Evaluation split: ``data.reference_list`` (e.g. ``ImageNet_LT_test.txt``, same root) when
-  given, else the balanced hold-out of ``imagefolder`` (smallest class // 5 per class, seed 0).
+  given (recorded as reference protocol ``folder``: a given reference set), else a hold-out by
+  ``data.reference_protocol``, as for ``imagefolder`` (:mod:`benchmark.data.reference`).
 * Images are decoded once, streaming through the files with a progress bar: each is
   center-cropped to a square and resized to ``data.resolution`` with ``data.resize``, then held
   as uint8.  Channels follow the data as for ``imagefolder`` (1 if every image is grayscale).
@@ -38,8 +39,8 @@ from tqdm import tqdm
 
 from benchmark.core.errors import DataError
 from benchmark.core.files import save_npz_atomic
-from benchmark.data.imagefolder import HOLDOUT_FRACTION, IMAGEFOLDER_HOLDOUT_SEED, center_square, read_image
-from benchmark.data.sources import DATASETS, ImageSet, RawSource, balanced_holdout, resize_images
+from benchmark.data.imagefolder import center_square, read_image
+from benchmark.data.sources import DATASETS, ImageSet, RawSource, resize_images
 
 CACHE_VERSION = 1  # bump when the decoding changes, so old cache files are never read
 CACHE_FOLDER = "listfile-cache"
@@ -263,22 +264,8 @@ def load_listfile(*, arg, data_root, reference_folder, resolution, resize,
     names = class_names_for(class_names, [train] + ([ref] if ref else []))
     key = _cache_key(train_path, root, ref_path, class_names, resolution, resize)
     cache = Path(data_root) / CACHE_FOLDER / f"{train_path.stem}-{key}.npz"
-    labels = train.labels
-    if ref is not None:
-        test_labels, note, split = ref.labels, f"reference list {ref_path}", None
-    else:
-        smallest = int(np.bincount(labels, minlength=len(names)).min())
-        if smallest < 2:
-            raise DataError(
-                f"{train_path}: a class has {smallest} image(s), too few for a balanced evaluation hold-out; "
-                "pass a reference list (data.reference_list)"
-            )
-        n_hold = max(1, smallest // HOLDOUT_FRACTION)
-        split = balanced_holdout(labels, n_hold, seed=IMAGEFOLDER_HOLDOUT_SEED)
-        labels, test_labels = labels[split[0]], labels[split[1]]
-        note = f"balanced hold-out, {n_hold} per class (seed {IMAGEFOLDER_HOLDOUT_SEED})"
-    # the cache holds the arrays after the hold-out (a fixed function of the list): no copy on a cached load
-    cached = _load_cache(cache, (len(labels), len(test_labels))) if cache.is_file() else None
+    n_test = len(ref.files) if ref is not None else 0
+    cached = _load_cache(cache, (len(train.files), n_test)) if cache.is_file() else None
     if cached is not None:
         train_images, test_images = cached
     else:
@@ -286,21 +273,22 @@ def load_listfile(*, arg, data_root, reference_folder, resolution, resize,
         side = train_images.shape[-1]
         test_images = (decode_images(ref, side, resize) if ref is not None
                        else np.zeros((0, *train_images.shape[1:]), dtype=np.uint8))  # fmt: skip
-        if split is not None:
-            train_images, test_images = train_images[split[0]], train_images[split[1]]
         if all(_is_gray(a) for a in (train_images, test_images)):
             train_images, test_images = train_images[:, :1].copy(), test_images[:, :1].copy()
         _save_cache(cache, train_images, test_images)
+    test_labels = ref.labels if ref is not None else np.zeros(0, dtype=np.int64)
     resized = resolution is not None
     return RawSource(
-        train=ImageSet(images=torch.from_numpy(np.ascontiguousarray(train_images)), labels=torch.from_numpy(labels)),
+        train=ImageSet(images=torch.from_numpy(np.ascontiguousarray(train_images)), labels=torch.from_numpy(train.labels)),
         test=ImageSet(images=torch.from_numpy(np.ascontiguousarray(test_images)), labels=torch.from_numpy(test_labels)),
         class_names=names,
         hflip=True,
         group_rule="thresholds" if len(names) > 10 else "thirds",
         identity=f"listfile:{key}",
-        test_note=note,
+        test_note=f"reference list {ref_path}" if ref is not None else "held out by data.reference_protocol",
         resize=resize if resized else "none",
+        holdout=ref is None,  # no reference list: get_source holds one out (benchmark/data/reference.py)
+        reference_protocol="folder" if ref is not None else "",  # a given reference set, as a reference folder
     )
 
 

@@ -203,13 +203,13 @@ class CM(Method):
     def export_model(self, model: nn.Module) -> nn.Module:
         return model.merged_unet()
 
-    def loss_terms(self, model, diffusion, x0, y, cond, generator):
+    def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         target = None
         if self.options.cm_calibration == "t2h":
             u = torch.rand(x0.shape[0], generator=generator, device=x0.device)  # the same stream as t2h
             x_t = diffusion.q_sample(x0, t, noise)
-            target, _ = t2h_targets(x0, x_t, t, noise, y, diffusion, class_freq=self.class_freq.to(x0.device),
-                                    gate=self.options.t2h_gate, u=u, cond=cond)  # fmt: skip
-        return cm_terms(model, diffusion, x0, y, t, noise, coef=self.coef, cond=cond, target=target,
+            target, _ = t2h_targets(x0, x_t, t, noise, labels.true, diffusion, class_freq=self.class_freq.to(x0.device),
+                                    gate=self.options.t2h_gate, u=u)  # fmt: skip
+        return cm_terms(model, diffusion, x0, labels.model, t, noise, coef=self.coef, cond=labels.cond, target=target,
                         name=self.term_names[0])  # fmt: skip

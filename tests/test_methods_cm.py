@@ -17,6 +17,7 @@ from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set
 from benchmark.engine.trainer import load_model, train
 from methods import cm_class_weights, cm_terms, get_method, get_method_class, t2h_targets
+from methods.base import Labels
 from methods.cm import CMUNet, LowRankExpert
 
 COUNTS = np.array([12, 6, 2])
@@ -112,7 +113,7 @@ def test_cm_plus_t2h_is_cm_with_the_calibrated_targets():
         get_method("cm+cbdm", class_counts=COUNTS)
     model = m.wrap_model(_unet())
     x0, y, _, _ = _batch()
-    terms = m.loss_terms(model, DIFF, x0, y, True, torch.Generator().manual_seed(3))
+    terms = m.loss_terms(model, DIFF, x0, Labels(true=y, model=y, cond=True), torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)  # the same draws: t, noise, then the posterior's uniforms
     t, noise = DIFF.sample_t(6, generator=g, device="cpu"), torch.randn(x0.shape, generator=g)
     u = torch.rand(6, generator=g)

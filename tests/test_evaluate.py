@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,7 +48,9 @@ def test_evaluate_set_rows(ds, cache):
     assert list(frame.columns) == EVAL_COLUMNS
     metrics = {"fid", "kid", "precision", "recall", "density", "coverage", "label_acc", "evaluator_acc",
                "evaluator_balanced_acc"}
-    assert set(frame.metric) == metrics | {m + "_classmean" for m in metrics - {"evaluator_acc", "evaluator_balanced_acc"}}
+    diversity = {"vendi", "vendi_real", "vendi_ratio", "memorization", "memorization_pixel"}
+    classmean = {m + "_classmean" for m in metrics - {"evaluator_acc", "evaluator_balanced_acc"}}
+    assert set(frame.metric) == metrics | classmean | diversity
     gate = frame[frame.metric == "evaluator_balanced_acc"].iloc[0]
     assert gate.value > 0.9 and "trusted=yes" in gate.note and not frame.note.str.contains("untrusted").any()
     acc = frame[frame.metric == "evaluator_acc"]
@@ -61,7 +64,41 @@ def test_evaluate_set_rows(ds, cache):
     again = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=False,
                          progress=False)
     assert again.equals(frame)  # features and evaluator come from the cache
-    assert len(list((cache / "features").glob("*.npz"))) == 2
+    assert len(list((cache / "features").glob("*.npz"))) == 3  # generated, reference, training images
+    for metric in ("vendi_ratio", "memorization", "memorization_pixel"):
+        assert set(frame[frame.metric == metric].group) == {"all", "many", "medium", "few", "class"}
+    assert (frame[frame.metric == "memorization_pixel"].feature_space == "pixel").all()
+    mem = frame[(frame.metric == "memorization") & (frame.group == "class")]
+    assert mem.n_ref.tolist() == ds.counts.tolist()  # n_ref: the class's training images
+    ratio = frame[(frame.metric == "vendi_ratio") & (frame.group == "class")]
+    assert (ratio.n_gen == 15).all() and (ratio.n_ref == 15).all()
+
+
+def test_planted_copies_show_in_memorization_and_neighbour_sheet(ds, cache, tmp_path):
+    images, labels = gen_set(ds, per_class=10, seed=11)
+    few = ds.group_classes("few")[0]
+    train_idx = np.flatnonzero(ds.train_labels.numpy() == few)
+    rows = np.flatnonzero(labels.numpy() == few)[:5]  # half of the few-shot class: exact training copies
+    images[rows] = ds.train_images[train_idx[np.arange(5) % len(train_idx)]]
+    frame = evaluate_set(images, labels, dataset=ds, cfg=CFG, cache_dir=cache, device=CPU, downstream=False,
+                         progress=False, neighbours_path=tmp_path / "neighbours.npz")
+    for metric in ("memorization", "memorization_pixel"):
+        sel = frame[frame.metric == metric]
+        assert sel[(sel.group == "class") & (sel["class"] == few)].value.item() >= 0.5
+        assert sel[(sel.group == "class") & (sel["class"] != few)].value.max() < 0.2
+    floor = real_floor_rows(ds, CFG, 10, cache_dir=cache, device=CPU, progress=False)
+    assert floor[(floor.metric == "memorization_pixel") & (floor.group == "all")].value.item() < 0.1
+    with np.load(tmp_path / "neighbours.npz") as z:
+        assert z["classes"].tolist() == ds.group_classes("few")
+        assert z["ratio"][0, 0] < 1e-6 and np.array_equal(z["gen"][0, 0], z["train"][0, 0, 0])  # copy first
+        assert z["found"][0].sum() == 6 and np.all(np.diff(z["ratio"][0]) >= 0)
+
+
+def test_diversity_off_keeps_the_old_rows(ds, cache):
+    images, labels = gen_set(ds)
+    frame = evaluate_set(images, labels, dataset=ds, cfg=replace(CFG, diversity=False), cache_dir=cache, device=CPU,
+                         downstream=False, progress=False)
+    assert not {"vendi", "memorization"} & set(frame.metric)
 
 
 def test_evaluate_set_with_downstream_and_bad_input(ds, cache):

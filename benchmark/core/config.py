@@ -155,6 +155,7 @@ class EvalConfig:
     bootstrap: int = 0  # bootstrap resamples for confidence intervals (0 = off)
     real_floor: bool = True
     downstream: bool = True
+    diversity: bool = True  # Vendi (generated vs real at the same n) and memorisation rows
     batch_size: int = 256
     classifier_epochs: int = 10  # the domain evaluator (classifier feature space): at most this many epochs
     classifier_patience: int = 3  # ... stopping after this many epochs without a held-out gain

@@ -27,6 +27,11 @@ CAS_ACC = "cas_acc"  # classifier trained on generated images, tested on real (C
 AUG_ACC = "aug_acc"  # classifier trained on real-LT + generated images
 REAL_ACC = "real_acc"  # classifier trained on the real long-tailed set alone (downstream baseline)
 TRAIN_COUNT = "train_count"  # training images per class (a per-class row of every cell)
+VENDI = "vendi"  # Vendi score of the generated images (cosine kernel)
+VENDI_REAL = "vendi_real"  # Vendi score of real reference images at the same n per class
+VENDI_RATIO = "vendi_ratio"  # vendi / vendi_real: 1 = as diverse as real data
+MEMORIZATION = "memorization"  # fraction of generated images with d1/d2 < 1/3 to their class's training images
+MEMORIZATION_PIXEL = "memorization_pixel"  # the same test on raw pixels (feature_space PIXEL)
 
 
 def ci_low(metric: str) -> str:
@@ -54,3 +59,5 @@ def at_floor_n(metric: str) -> str:
 
 # ---------------------------------------------------------------- values of the `feature_space` column
 NO_FEATURES = "none"  # rows that use no feature space (downstream accuracy, class counts)
+PIXEL = "pixel"  # rows measured on raw pixels (pixel-space memorisation)
+FEATURE_FREE = (NO_FEATURES, PIXEL)  # rows the report shows in every feature space's table

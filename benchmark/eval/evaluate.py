@@ -12,6 +12,9 @@ e.g. ``test:holdout-0.2-min20``).  With protocol ``holdout`` the reference of a 
 slices holding it, carry ``reference=train-fallback``.  FID and KID of a slice with fewer than
 ``eval.min_ref_fid`` reference images are NaN with the reason (precision / recall need k + 1,
 density / coverage dc_k + 1: metrics.py says so itself).
+With ``EvalConfig.diversity`` the rows include the Vendi score of generated and real images
+at the same n and the memorisation rate against the long-tailed training
+images of each class, in the feature space and in pixel space.
 """
 
 from __future__ import annotations
@@ -28,17 +31,30 @@ import torch
 from benchmark.core.config import EvalConfig
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
-from benchmark.core.files import write_csv_atomic
-from benchmark.core.names import ALL, CLASS, EVALUATOR_ACC, EVALUATOR_BALANCED_ACC, GROUPS, NO_FEATURES
+from benchmark.core.files import save_npz_atomic, write_csv_atomic
+from benchmark.core.names import (
+    ALL,
+    CLASS,
+    EVALUATOR_ACC,
+    EVALUATOR_BALANCED_ACC,
+    GROUPS,
+    MEMORIZATION,
+    MEMORIZATION_PIXEL,
+    NO_FEATURES,
+    PIXEL,
+)
 from benchmark.data.imagefolder import IMAGE_EXTENSIONS, image_files, read_image, set_channels
 from benchmark.data.reference import FALLBACK_NOTE
+from benchmark.eval.diversity import vendi_rows
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
+from benchmark.eval.memorization import class_ratios, memorization_rows, neighbour_sheet, pixels, sheet_classes
 from benchmark.eval.metrics import compute_rows
 from benchmark.eval.trust import UNTRUSTED_NOTE, TrustVerdict, fix_advice
 
 # what an evaluation yields; the harness adds the cell columns (harness.results.RESULT_COLUMNS)
 EVAL_COLUMNS = ["feature_space", "metric", "group", "class", "n_gen", "n_ref", "value", "note"]
+NEIGHBOURS = 3  # nearest training images kept per generated image for the nearest-neighbour sheets
 REFERENCES = ("test", "train-balanced", "longtail")
 
 
@@ -123,6 +139,40 @@ def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset
     return frame
 
 
+def _diversity_rows(gen: dict, gen_labels, gen_pixels, ref: dict, ref_labels, train: dict, train_labels, train_pixels,
+                    *, dataset, seed: int, space_id: str, extra_note: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Vendi and memorisation rows; also the pixel-space d1/d2 ratios and nearest training indices."""
+    groups = list(dataset.groups)
+    counts = np.bincount(np.asarray(train_labels), minlength=dataset.num_classes)
+    vendi = pd.DataFrame(vendi_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=groups, seed=seed))
+    vendi.insert(0, "feature_space", space_id)
+    parts = [vendi]
+    pixel = (None, None)
+    for space, query, base in ((space_id, gen["features"], train["features"]), (PIXEL, gen_pixels, train_pixels)):
+        ratios, near = class_ratios(query, gen_labels, base, train_labels, num_classes=dataset.num_classes,
+                                    k=NEIGHBOURS)
+        metric = MEMORIZATION_PIXEL if space == PIXEL else MEMORIZATION
+        rows = pd.DataFrame(memorization_rows(ratios, gen_labels, counts, groups=groups, metric=metric,
+                                              space="pixel" if space == PIXEL else "features"))
+        rows.insert(0, "feature_space", space)
+        parts.append(rows)
+        if space == PIXEL:
+            pixel = (ratios, near)
+    frame = pd.concat(parts, ignore_index=True)
+    frame["note"] = [";".join(p for p in (n, extra_note) if p) for n in frame["note"]]
+    return frame, pixel[0], pixel[1]
+
+
+def write_neighbours(path: Path, images: torch.Tensor, labels: np.ndarray, ratios: np.ndarray, near: np.ndarray, *,
+                     dataset) -> Path:
+    """Store the few-shot classes' most copy-like generated images beside their nearest training
+    images in pixel space (``neighbours.npz``: the report draws the nearest-neighbour sheets)."""
+    sheet = neighbour_sheet(images, labels, ratios, near, dataset.train_images,
+                            classes=sheet_classes(list(dataset.groups), dataset.counts))
+
+    return save_npz_atomic(Path(path), **sheet)
+
+
 def evaluator_rows(space, dataset) -> list[dict]:
     """The classifier evaluator's held-out accuracy: overall, per group and per class
     (``evaluator_acc``), and the balanced accuracy the trust gate judges (``evaluator_balanced_acc``)."""
@@ -198,13 +248,14 @@ def _warn_untrusted(space, dataset) -> None:
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: EvalConfig, cache_dir: Path,
                  device: torch.device, seed: int = 0, downstream: bool = True, progress: bool = True,
-                 together: bool = False) -> pd.DataFrame | None:
+                 together: bool = False, neighbours_path: Path | None = None) -> pd.DataFrame | None:
     """All rows for one generated set (see module docstring); features cached under ``cache_dir``.
 
     ``together=True``: a collective call of every torchrun rank.  Rank 0 prepares the feature
     space first (e.g. trains and caches the evaluator; the others then load it), the ranks split
     the feature extraction of both sets, and rank 0 alone computes the rows and returns them
-    (None on the other ranks).
+    (None on the other ranks).  ``neighbours_path``: where to store the few-shot classes'
+    generated images beside their nearest training images (``write_neighbours``), for the report.
     """
     labels = torch.as_tensor(labels, dtype=torch.int64)
     _check_images(images, labels, dataset)
@@ -215,11 +266,23 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     ref_images, ref_labels = reference_set(dataset, cfg.reference)
     gen = extract_cached(space, images, cache_dir=cache_dir, progress=progress, together=together)
     ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress, together=together)
+    if cfg.diversity:  # the long-tailed training images, for memorisation (cached once per split)
+        train = extract_cached(space, dataset.train_images, cache_dir=cache_dir, progress=progress, together=together)
     if together and not current().main:
         return None
     frame = _rows_from_features(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
                                 space_id=space.identity, extra_note=f"reference={cfg.reference}")
     parts = [frame, pd.DataFrame(evaluator_rows(space, dataset))]
+    if cfg.diversity:
+        train_labels = dataset.train_labels.numpy()
+        div, ratios, near = _diversity_rows(
+            gen, labels.numpy(), pixels(images), ref, ref_labels.numpy(), train, train_labels,
+            pixels(dataset.train_images), dataset=dataset, seed=seed, space_id=space.identity,
+            extra_note=f"reference={cfg.reference}",
+        )  # fmt: skip
+        parts.append(div)
+        if neighbours_path is not None:
+            write_neighbours(neighbours_path, images, labels.numpy(), ratios, near, dataset=dataset)
     if downstream and cfg.downstream:
         down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.downstream_epochs, seed=seed,
                                device=device, cache_dir=cache_dir, progress=progress, include_real=False)
@@ -253,7 +316,8 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
                               progress=progress)
     key = json.dumps(dict(source=dataset.source.source_id, fp=dataset.fingerprint, reference=cfg.reference,
                           space=space.identity, n=n_per_class, seed=seed, k=cfg.pr_k, dc_k=cfg.dc_k,
-                          kid=[cfg.kid_subsets, cfg.kid_subset_size], boot=cfg.bootstrap, backend=cfg.fid_backend),
+                          kid=[cfg.kid_subsets, cfg.kid_subset_size], boot=cfg.bootstrap, backend=cfg.fid_backend,
+                          diversity=cfg.diversity),
                      sort_keys=True)
     path = cache_dir / f"real_floor-{hashlib.sha256(key.encode()).hexdigest()[:16]}.csv"
     if path.exists():
@@ -269,8 +333,19 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
     note = f"reference={cfg.reference};real_floor n_per_class={n_per_class}"
     if capped:
         note += f";capped_classes={capped}"
-    frame = _rows_from_features(gen, labels[held], {k: v[rest] for k, v in ref.items()}, labels[rest],
+    rest_ref = {k: v[rest] for k, v in ref.items()}
+    frame = _rows_from_features(gen, labels[held], rest_ref, labels[rest],
                                 dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note)
+    if cfg.diversity:
+        if cfg.reference == "longtail":  # the held-out images are training images: test them against the rest
+            train, train_labels, train_images = rest_ref, labels[rest], ref_images[torch.from_numpy(rest)]
+        else:
+            train = extract_cached(space, dataset.train_images, cache_dir=cache_dir, progress=progress)
+            train_labels, train_images = dataset.train_labels.numpy(), dataset.train_images
+        div, _, _ = _diversity_rows(gen, labels[held], pixels(ref_images[torch.from_numpy(held)]), rest_ref,
+                                    labels[rest], train, train_labels, pixels(train_images), dataset=dataset,
+                                    seed=seed, space_id=space.identity, extra_note=note)
+        frame = pd.concat([frame, div], ignore_index=True)
     frame = flag_untrusted(frame[EVAL_COLUMNS], space)
     frame["class"] = frame["class"].astype("Int64")
     write_csv_atomic(path, frame)

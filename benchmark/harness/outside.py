@@ -49,7 +49,8 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         write_text_atomic(folder / "config.json",
                           json.dumps({"external_samples": str(samples), "config": to_dict(cfg)}, indent=2))  # fmt: skip
     rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache", device=device,
-                        seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True)  # fmt: skip
+                        seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True,
+                        neighbours_path=folder / "neighbours.npz")  # fmt: skip
     if not main:
         return None
     ident = {

@@ -143,7 +143,7 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows
     rows = evaluate_set(
         images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
-        downstream=cfg.eval.downstream, progress=progress, together=True,
+        downstream=cfg.eval.downstream, progress=progress, together=True, neighbours_path=folder / "neighbours.npz",
     )  # fmt: skip
     if not current().main:
         return None

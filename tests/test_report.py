@@ -129,3 +129,82 @@ def test_group_bars_draw_spread_only_over_several_seeds(tmp_path, monkeypatch):
     spread = np.std([10.0, 11.0, 12.0], ddof=1) * np.array([0.8, 1.0, 1.5])  # many / medium / few
     np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in seg], 2 * spread)
     assert bars["cbdm"].errorbar is None
+
+
+def diversity_rows(method, seed, *, ratio, mem, counts=(100, 30, 10), names=("T-shirt/top", "Trouser", "Bag")):
+    """A cell's per-class Vendi ratio, coverage, memorisation rows and named train counts."""
+    base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
+                train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, reference="test",
+                feature_space="classifier", n_gen=10, n_ref=20)  # fmt: skip
+    rows = []
+    for k, (n, name) in enumerate(zip(counts, names)):
+        group = ("many", "medium", "few")[k]
+        rows.append({**base, "metric": "train_count", "group": "class", "class": k, "value": float(n),
+                     "note": f"group={group};name={name}"})
+        for metric, value, space in (("vendi_ratio", ratio[k], "classifier"), ("coverage", 0.5, "classifier"),
+                                     ("memorization", mem[k], "classifier"), ("memorization_pixel", mem[k], "pixel")):
+            rows.append({**base, "feature_space": space, "metric": metric, "group": "class", "class": k,
+                         "value": value + 0.01 * seed, "note": ""})
+        for metric, value in (("vendi_ratio", ratio[k]), ("coverage", 0.5), ("memorization", mem[k])):
+            if group == "few":
+                rows.append({**base, "metric": metric, "group": "few", "class": np.nan, "value": value, "note": ""})
+    return pd.DataFrame(rows)[RESULT_COLUMNS]
+
+
+def test_diversity_plot_per_class_csv_and_leaderboard_columns(tmp_path, monkeypatch):
+    from benchmark.report import plots
+
+    table = pd.concat([diversity_rows("ddpm", s, ratio=(0.9, 0.6, 1.4), mem=(0.0, 0.1, 0.5)) for s in (0, 1, 2)]
+                      + [diversity_rows("cbdm", 0, ratio=(0.95, 0.9, 0.8), mem=(0.0, 0.0, 0.1)),
+                         diversity_rows("real", 0, ratio=(1.0, 1.0, 1.0), mem=(0.0, 0.0, 0.02))])
+    [(_, display, marks)] = leaderboards(table)
+    assert display.loc["cbdm", "Vendi/real few"] == "0.800"
+    assert marks.loc["cbdm", "Vendi/real few"] == "best"  # 0.8 is closer to 1 than ddpm's 1.41
+    assert marks.loc["cbdm", "Mem few"] == "best" and display.loc["real data (floor)", "Mem few"] == "0.020"
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: figs.append((stem.name, fig)) or [stem])
+    plots.write_plots(table, tmp_path)
+    names = dict(figs)
+    [stem] = [n for n in names if n.startswith("diversity_")]
+    axes = names[stem].axes
+    assert [a.get_ylabel() for a in axes] == [plots.YLABEL[m] for m in ("vendi_ratio", "coverage", "memorization")]
+    lines = {ln.get_label(): ln for ln in axes[0].lines}
+    assert set(lines) >= {"ddpm", "cbdm", "real data (floor)"}
+    np.testing.assert_allclose(lines["ddpm"].get_ydata(), [1.41, 0.61, 0.91])  # tail first: sorted by class size
+    assert len(axes[0].collections) == 1  # a seed band for ddpm (3 seeds) only
+    assert "ddpm (pixels)" in {ln.get_label() for ln in axes[2].lines}
+    assert any("Bag" in t.get_text() for t in axes[0].get_xticklabels())  # classes are named
+    csv = tmp_path / "leaderboard_per_class.csv"
+    from benchmark.report.leaderboard import write_leaderboards
+
+    write_leaderboards(table, tmp_path)
+    per_class = pd.read_csv(csv)
+    ddpm = per_class[per_class.method == "ddpm"].set_index("class")
+    assert ddpm.loc[2, "class_name"] == "Bag" and ddpm.loc[2, "train_count"] == 10 and ddpm.loc[2, "seeds"] == 3
+    assert ddpm.loc[2, "memorization_pixel"] == pytest.approx(0.51) and ddpm.loc[2, "vendi_ratio_std"] > 0
+    assert len(per_class) == 9 and set(per_class.method) == {"ddpm", "cbdm", "real data (floor)"}
+
+
+def test_neighbour_sheet_and_named_sample_grid(tmp_path, monkeypatch):
+    from benchmark.harness.cells import Cell
+    from benchmark.report import plots
+
+    table = diversity_rows("ddpm", 0, ratio=(1, 1, 1), mem=(0, 0, 0))
+    folder = Cell("digits", "exp", 0.1, "ddpm", 0).folder(tmp_path)
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(folder / "samples.npz", images=rng.integers(0, 255, (24, 1, 8, 8)).astype(np.uint8),
+             labels=np.repeat(np.arange(3), 8))
+    found = np.ones((1, 6), bool)
+    found[0, 4:] = False  # a class with only 4 generated images pads the rest
+    np.savez(folder / "neighbours.npz", classes=np.array([2]), gen=rng.integers(0, 255, (1, 6, 1, 8, 8)).astype(np.uint8),
+             train=rng.integers(0, 255, (1, 6, 3, 1, 8, 8)).astype(np.uint8), ratio=np.linspace(0, 1, 6)[None],
+             found=found)  # fmt: skip
+    paths = plots.neighbour_sheets(table, tmp_path, tmp_path / "plots")
+    assert [p.name for p in paths] == ["neighbours_digits_exp-0.1_ddpm_seed0.png", "neighbours_digits_exp-0.1_ddpm_seed0.pdf"]
+    assert paths[0].stat().st_size > 1000
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, stem: figs.append(fig) or [stem])
+    plots.sample_grids(table, tmp_path, tmp_path / "plots")
+    labels = [t.get_text() for t in figs[0].axes[0].get_yticklabels()]
+    assert labels == ["0 T-shirt/top (n=100)", "1 Trouser (n=30)", "2 Bag (n=10)"]

@@ -46,8 +46,15 @@ def test_results_table_has_every_method_group_and_metric(smoke):
                 "train_count"} <= set(rows.metric)  # fmt: skip
         assert (fid.value > 0).all() and np.isfinite(fid.value).all()
         assert (rows.n_gen[rows.metric == "fid"] > 0).all() and (rows.n_ref[rows.metric == "fid"] > 0).all()
+        for metric in ("vendi", "vendi_real", "vendi_ratio", "memorization", "memorization_pixel"):
+            sel = rows[rows.metric == metric]
+            assert set(sel.group) == {"all", "many", "medium", "few", "class"}, metric
+            assert sorted(sel[sel.group == "class"]["class"].astype(int)) == list(range(10))
+            assert sel.value.notna().all() and (sel.n_gen > 0).all(), metric
     real = table[table.method == "real"]
-    assert {"fid", "recall", "real_acc"} <= set(real.metric)
+    assert {"fid", "recall", "real_acc", "vendi_ratio", "memorization", "memorization_pixel"} <= set(real.metric)
+    names = table[table.metric == "train_count"].note
+    assert names.str.contains("name=").all()  # digits: the names are "0".."9"
     # one split for all: every row carries the same fingerprint
     assert table.split_fingerprint.nunique() == 1
 
@@ -60,7 +67,8 @@ def test_leaderboards_and_plots_exist(smoke):
     for method in METHODS:
         assert f"| {method} |" in board
     plots = {p.name.split("_")[0] for p in (out / "plots").glob("*.png") if p.stat().st_size > 1000}
-    assert {"per", "groups", "samples"} <= plots
+    assert {"per", "groups", "samples", "diversity", "neighbours"} <= plots
+    assert "Vendi/real few" in board and (out / "leaderboard_per_class.csv").stat().st_size > 200
 
 
 def test_rerun_skips_finished_cells_and_report_is_identical(smoke, capsys):

@@ -52,8 +52,14 @@ def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> d
     }
 
 
+def class_name_note(name: str) -> str:
+    """A class name as it can sit in a note (``;`` separates note fields, ``=`` key and value)."""
+    return str(name).replace(";", ",").replace("=", "-").replace("\n", " ")
+
+
 def count_rows(dataset) -> pd.DataFrame:
-    """The class sizes of the split, so plots can put metrics against them from the table alone."""
+    """The class sizes (and names) of the split, so plots and leaderboards can put metrics against
+    them from the table alone: ``note`` is ``group=<group>;name=<class name>``."""
     groups = dataset.groups
     return pd.DataFrame(
         {
@@ -63,7 +69,7 @@ def count_rows(dataset) -> pd.DataFrame:
             "n_gen": 0,
             "n_ref": 0,
             "value": [float(c) for c in dataset.counts],
-            "note": [f"group={g}" for g in groups],
+            "note": [f"group={g};name={class_name_note(n)}" for g, n in zip(groups, dataset.class_names)],
         }
     )
 

@@ -9,6 +9,7 @@ the same method and with what it was measured with (``settings``; see ``publishe
 A table whose feature space is a classifier evaluator that failed the trust gate
 (rows noted ``untrusted-evaluator``, see benchmark/eval/trust.py) ranks nothing: its numbers
 are shown without any mark, and a line under its title says why (``untrusted_tables``).
+``leaderboard_per_class.csv`` holds every per-class metric with the class's name, size and group.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from benchmark.core.names import (
     AUG_ACC,
     CAS_ACC,
     CLASS,
+    COVERAGE,
+    DENSITY,
     EVALUATOR_BALANCED_ACC,
     FEW,
     FID,
@@ -32,14 +35,19 @@ from benchmark.core.names import (
     LABEL_ACC,
     MANY,
     MEDIUM,
+    MEMORIZATION,
+    MEMORIZATION_PIXEL,
     PRECISION,
     REAL,
     REAL_ACC,
     RECALL,
+    VENDI,
+    VENDI_RATIO,
+    VENDI_REAL,
 )
 from benchmark.eval.trust import UNTRUSTED_NOTE
 from benchmark.report.published import describe, published_for
-from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows
+from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows, class_info
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class Column:
     group: str
     lower_is_better: bool
     digits: int = 2
+    target: float | None = None  # rank by distance to this value instead (a ratio to real data: 1)
 
 
 LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
@@ -61,6 +70,10 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
     Column("Prec", PRECISION, ALL, False, 3),
     Column("Rec", RECALL, ALL, False, 3),
     Column("Rec few", RECALL, FEW, False, 3),
+    Column("Cov few", COVERAGE, FEW, False, 3),
+    Column("Vendi/real few", VENDI_RATIO, FEW, False, 3, target=1.0),
+    Column("Mem few", MEMORIZATION, FEW, True, 3),
+    Column("Mem px few", MEMORIZATION_PIXEL, FEW, True, 3),
     Column("LabelAcc", LABEL_ACC, ALL, False, 3),
     Column("CAS", CAS_ACC, ALL, False, 3),
     Column("CAS few", CAS_ACC, FEW, False, 3),
@@ -220,7 +233,11 @@ def _beside_ours(display: pd.DataFrame, marks: pd.DataFrame, published) -> tuple
 def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:
     if not stats:
         return
-    order = sorted(stats, key=lambda m: stats[m][0], reverse=not col.lower_is_better)
+    if col.target is not None:  # closest to the target wins
+        stats = {m: (abs(mean - col.target), std) for m, (mean, std) in stats.items()}
+        order = sorted(stats, key=lambda m: stats[m][0])
+    else:
+        order = sorted(stats, key=lambda m: stats[m][0], reverse=not col.lower_is_better)
     best = order[0]
     if len(order) == 1:
         return
@@ -241,10 +258,50 @@ LEGEND = (
     "Mean ± std over seeds. **Bold**: best method in the column, separated from the runner-up by more "
     "than the seed spread; *italic~*: best mean but within the seed spread of the runner-up (not separable). "
     "With a single seed the spread is unknown, so bold then marks only the best mean. "
-    "FID/KID: lower is better; the rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
+    "FID/KID and Mem (memorised fraction of the few-shot group's generated images, d1/d2 < 1/3 against "
+    "their class's training images, in the feature space / in pixels) lower is better; Vendi/real (Vendi "
+    "score of generated over real images at the same n, pooled over the group) is best closest to 1; the "
+    "rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
     "images at the same sample size (a perfect generator's score); its CAS/Aug columns are empty and its "
     f"downstream baseline (classifier on the real long-tailed set alone) is in the CSV as {REAL_ACC}."
 )
+
+
+PER_CLASS_METRICS = [FID, KID, PRECISION, RECALL, DENSITY, COVERAGE, VENDI, VENDI_REAL, VENDI_RATIO, MEMORIZATION,
+                     MEMORIZATION_PIXEL, LABEL_ACC, CAS_ACC, AUG_ACC]
+
+
+def per_class_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (table key, method, class) with the class's name, training count and group and the
+    mean over seeds of every per-class metric (``<metric>_std`` beside it when there are several seeds)."""
+    agg = attach_feature_free_rows(table)
+    agg = agg[(agg["group"] == CLASS) & agg["metric"].isin(PER_CLASS_METRICS)]
+    if agg.empty:
+        return pd.DataFrame()
+    keys = TABLE_KEY + ["method", "class"]
+    per_seed = agg.groupby(keys + ["metric", "seed"], dropna=False)["value"].mean()
+    grouped = per_seed.groupby(level=list(range(len(keys) + 1)), dropna=False)
+    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count()})
+    wide = stats["mean"].unstack("metric")
+    metrics = [m for m in PER_CLASS_METRICS if m in wide.columns]
+    wide = wide[metrics]
+    if int(stats["n"].max()) > 1:
+        spread = stats["std"].unstack("metric")[metrics].add_suffix("_std")
+        wide = wide.join(spread)[[c for m in metrics for c in (m, f"{m}_std")]]
+    wide.insert(0, "seeds", stats["n"].groupby(level=list(range(len(keys)))).max())
+    wide = wide.reset_index()
+    wide["class"] = wide["class"].astype(int)
+    info = []
+    for (dataset, profile, imbalance), block in table.groupby(["dataset", "profile", "imbalance"], dropna=False):
+        one = class_info(block).reset_index()
+        one["dataset"], one["profile"], one["imbalance"] = dataset, profile, imbalance
+        info.append(one.rename(columns={"name": "class_name", "count": "train_count", "group": "class_group"}))
+    info = pd.concat(info, ignore_index=True) if info else pd.DataFrame(columns=["class"])
+    wide = wide.merge(info, on=["dataset", "profile", "imbalance", "class"], how="left")
+    front = keys + ["class_name", "train_count", "class_group", "seeds"]
+    wide = wide[front + [c for c in wide.columns if c not in front]]
+    wide["method"] = wide["method"].replace({REAL: "real data (floor)"})
+    return wide.sort_values(TABLE_KEY + ["method", "class"], kind="stable").reset_index(drop=True)
 
 
 def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
@@ -267,6 +324,8 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
     paths[0].write_text("\n".join(md))
     paths[1].write_text("\n".join(tex))
     (pd.concat(flat, ignore_index=True) if flat else pd.DataFrame()).to_csv(paths[2], index=False)
+    paths.append(out / "leaderboard_per_class.csv")
+    per_class_table(table).to_csv(paths[-1], index=False)
     return paths
 
 

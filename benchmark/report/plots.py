@@ -1,8 +1,11 @@
 """Plots from the results table (and, for sample grids, the cells' stored samples).
 
-Per-class diversity curves put each class's recall and FID against its training count on a
-log axis, one line per method; grouped bars show many / medium / few; a sweep plot shows a
-metric against imbalance when a table holds several settings.  PNG and PDF each.
+Per-class curves put each class's FID, recall, coverage and label accuracy against its training
+count on a log axis, one line per method; the diversity plot does the same for the Vendi ratio
+(generated / real at the same n), coverage and the memorised fraction, with the real data as
+the reference line and the seed spread as a band; grouped bars show many / medium / few; a
+sweep plot shows a metric against imbalance when a table holds several settings; sample grids
+and nearest-neighbour sheets show images.  Classes carry their names.  PNG and PDF each.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ from benchmark.core.names import (  # noqa: E402
     ALL,
     CAS_ACC,
     CLASS,
+    COVERAGE,
     FEW,
     FID,
     GROUPS,
     LABEL_ACC,
+    MEMORIZATION,
+    MEMORIZATION_PIXEL,
     REAL,
     RECALL,
     TRAIN_COUNT,
+    VENDI_RATIO,
 )
 from benchmark.harness.cells import Cell  # noqa: E402
-from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows  # noqa: E402
+from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows, class_info, class_label  # noqa: E402
 
 
 def _save(fig, path_stem: Path) -> list[Path]:
@@ -48,34 +55,102 @@ def _slug(key: dict) -> str:
     return f"{key['dataset']}_{key['profile']}-{float(key['imbalance']):g}_{key['protocol']}_{space}"
 
 
+YLABEL = {
+    FID: "per-class FID (lower is better)",
+    RECALL: "per-class recall (fooled by noisy samples)",
+    COVERAGE: "per-class coverage (Naeem et al.)",
+    LABEL_ACC: "label accuracy of generated images",
+    VENDI_RATIO: "Vendi generated / real at the same n",
+    MEMORIZATION: "memorised fraction (d1/d2 < 1/3)",
+}
+_NAMED_TICKS = 12  # name the classes on the x axis up to this many classes
+
+
+def _class_panel(ax, block: pd.DataFrame, metric: str, info: pd.DataFrame, *, linestyle: str = "-",
+                 label_suffix: str = "", colors: dict | None = None) -> None:
+    """One line per method over the classes, x = training images of the class (log); the real data
+    as a black dashed line; +-1 std over seeds as a band where there are several seeds."""
+    counts = info["count"]
+    rows = block[(block["metric"] == metric) & (block["group"] == CLASS)]
+    for method, mrows in sorted(rows.groupby("method"), key=lambda kv: (kv[0] == REAL, kv[0])):
+        per_seed = mrows.groupby(["class", "seed"])["value"].mean()
+        per_class = per_seed.groupby("class").agg(["mean", "std"]).reindex(counts.index).dropna(subset=["mean"])
+        if per_class.empty:
+            continue
+        x = counts.loc[per_class.index].to_numpy(float)
+        order = np.argsort(x, kind="stable")
+        real = method == REAL
+        style = dict(color="black", linestyle="--") if real else dict(linestyle=linestyle)
+        if not real and colors is not None and method in colors:
+            style["color"] = colors[method]
+        label = ("real data (floor)" if real else method) + label_suffix
+        (line,) = ax.plot(x[order], per_class["mean"].to_numpy()[order], marker="o", ms=3, label=label, **style)
+        if colors is not None and not real:
+            colors.setdefault(method, line.get_color())
+        if per_class["std"].notna().any():
+            lo = (per_class["mean"] - per_class["std"]).to_numpy()[order]
+            hi = (per_class["mean"] + per_class["std"]).to_numpy()[order]
+            ax.fill_between(x[order], lo, hi, alpha=0.15, color=line.get_color())
+
+
+def _class_axis(ax, info: pd.DataFrame) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log)")
+    if len(info) <= _NAMED_TICKS:  # name the classes at their sizes (equal sizes share a tick)
+        ticks: dict[float, list[str]] = {}
+        for cls, row in info.iterrows():
+            ticks.setdefault(float(row["count"]), []).append(class_label(int(cls), row["name"]))
+        ax.set_xticks(list(ticks), [f"{int(n)}\n" + "/".join(names) for n, names in ticks.items()], fontsize=6,
+                      rotation=60, ha="right")
+        ax.minorticks_off()
+    ax.grid(alpha=0.3)
+
+
+def _has_class_rows(block: pd.DataFrame, metric: str) -> bool:
+    return bool(((block["metric"] == metric) & (block["group"] == CLASS)).any())
+
+
+def _cell_stem(prefix: str, c) -> str:
+    return f"{prefix}_{c['dataset']}_{c['profile']}-{float(c['imbalance']):g}_{c['method'].replace('+', '_')}_seed{c['seed']}"
+
+
 def per_class_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
-    counts = block[(block["metric"] == TRAIN_COUNT) & (block["group"] == CLASS)]
-    counts = counts.groupby("class")["value"].first()
-    metrics = [m for m in (RECALL, FID, LABEL_ACC) if ((block["metric"] == m) & (block["group"] == CLASS)).any()]
-    if counts.empty or not metrics:
+    """Quality and k-NN diversity per class: FID, recall with coverage beside it, label accuracy."""
+    info = class_info(block)
+    metrics = [m for m in (FID, RECALL, COVERAGE, LABEL_ACC) if _has_class_rows(block, m)]
+    if info.empty or not metrics:
         return []
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.2), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        rows = block[(block["metric"] == metric) & (block["group"] == CLASS)]
-        for method, mrows in sorted(rows.groupby("method"), key=lambda kv: (kv[0] == REAL, kv[0])):
-            per_class = mrows.groupby("class")["value"].agg(["mean", "std"]).reindex(counts.index).dropna(subset=["mean"])
-            x = counts.loc[per_class.index].to_numpy(float)
-            order = np.argsort(x)
-            style = dict(color="black", linestyle="--") if method == REAL else {}
-            label = "real data (floor)" if method == REAL else method
-            ax.plot(x[order], per_class["mean"].to_numpy()[order], marker="o", ms=3, label=label, **style)
-            if per_class["std"].notna().any():
-                lo = (per_class["mean"] - per_class["std"]).to_numpy()[order]
-                hi = (per_class["mean"] + per_class["std"]).to_numpy()[order]
-                ax.fill_between(x[order], lo, hi, alpha=0.15, **({"color": "black"} if method == REAL else {}))
-        ax.set_xscale("log")
-        ax.set_xlabel("training images of the class (log)")
-        ax.set_ylabel({FID: "per-class FID (lower is better)", RECALL: "per-class recall (diversity)",
-                       LABEL_ACC: "label accuracy of generated images"}[metric])  # fmt: skip
-        ax.grid(alpha=0.3)
+        _class_panel(ax, block, metric, info)
+        _class_axis(ax, info)
+        ax.set_ylabel(YLABEL[metric])
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Per-class quality and diversity vs class size: {key['dataset']} imbalance {float(key['imbalance']):g}")
     return _save(fig, folder / f"per_class_{_slug(key)}")
+
+
+def diversity_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
+    """Tail diversity and memorisation per class: Vendi ratio (1 = as diverse as real images at
+    the same n), coverage, and the memorised fraction (feature space solid, pixel space dotted)."""
+    info = class_info(block)
+    metrics = [m for m in (VENDI_RATIO, COVERAGE, MEMORIZATION) if _has_class_rows(block, m)]
+    if info.empty or VENDI_RATIO not in metrics and MEMORIZATION not in metrics:
+        return []
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.8 * len(metrics), 4.2), squeeze=False)
+    colors: dict = {}
+    for ax, metric in zip(axes[0], metrics):
+        _class_panel(ax, block, metric, info, colors=colors)
+        if metric == VENDI_RATIO:
+            ax.axhline(1.0, color="grey", linewidth=0.8)
+        if metric == MEMORIZATION and _has_class_rows(block, MEMORIZATION_PIXEL):
+            _class_panel(ax, block, MEMORIZATION_PIXEL, info, linestyle=":", label_suffix=" (pixels)", colors=colors)
+        _class_axis(ax, info)
+        ax.set_ylabel(YLABEL[metric])
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Per-class diversity and memorisation vs class size: {key['dataset']} imbalance "
+                 f"{float(key['imbalance']):g} ({str(key['feature_space']).split(':')[0]} features)")
+    return _save(fig, folder / f"diversity_{_slug(key)}")
 
 
 def group_bars(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
@@ -141,9 +216,8 @@ def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 
             continue
         data = np.load(npz)
         images, labels = data["images"], data["labels"]
-        counts = table[(table["metric"] == TRAIN_COUNT) & (table["dataset"] == c["dataset"])
-                       & (table["imbalance"] == c["imbalance"])].groupby("class")["value"].first()  # fmt: skip
-        counts.index = counts.index.astype(int)
+        info = class_info(table[(table["dataset"] == c["dataset"]) & (table["imbalance"] == c["imbalance"])])
+        counts = info["count"]
         classes = list(counts.sort_values(ascending=False).index) if len(counts) else sorted(set(labels.tolist()))
         if len(classes) > max_classes:
             classes = [classes[int(i)] for i in np.linspace(0, len(classes) - 1, max_classes)]
@@ -159,12 +233,52 @@ def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 
         fig, ax = plt.subplots(figsize=(per_class * 0.8, len(rows) * 0.8))
         ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
         h = images.shape[2]
-        names = [f"class {k} (n={int(counts.get(k, 0))})" if len(counts) else f"class {k}" for k in classes[: len(rows)]]
+        names = [f"{class_label(k, info['name'].get(k, k))} (n={int(counts.get(k, 0))})" if len(counts) else f"class {k}"
+                 for k in classes[: len(rows)]]  # fmt: skip
         ax.set_yticks([h * (i + 0.5) for i in range(len(rows))], names)
         ax.set_xticks([])
         ax.set_title(f"{c['method']} seed {c['seed']}: head (top) to tail (bottom)", fontsize=9)
-        stem = f"samples_{c['dataset']}_{c['profile']}-{float(c['imbalance']):g}_{c['method'].replace('+', '_')}_seed{c['seed']}"
-        paths += _save(fig, folder / stem)
+        paths += _save(fig, folder / _cell_stem("samples", c))
+    return paths
+
+
+def neighbour_sheets(table: pd.DataFrame, out: Path, folder: Path) -> list[Path]:
+    """One image per method cell: each few-shot class's most copy-like generated images (top row of
+    its block, d1/d2 beneath) above their three nearest training images in pixel space (read from
+    the cells' neighbours.npz, written at evaluation)."""
+    paths = []
+    cells = table[table["method"] != REAL][["dataset", "profile", "imbalance", "method", "seed"]].drop_duplicates()
+    for _, c in cells.iterrows():
+        cell = Cell(c["dataset"], c["profile"], float(c["imbalance"]), c["method"], int(c["seed"]))
+        npz = cell.folder(out) / "neighbours.npz"
+        if not npz.exists():
+            continue
+        with np.load(npz) as z:
+            sheet = {k: z[k] for k in z.files}
+        if not len(sheet["classes"]) or not sheet["found"].any():
+            continue
+        info = class_info(table[(table["dataset"] == c["dataset"]) & (table["imbalance"] == c["imbalance"])])
+        k_cls, per_class, k_near = sheet["train"].shape[:3]
+        fig, axes = plt.subplots(k_cls, 1, figsize=(per_class * 0.9, k_cls * (k_near + 1) * 0.9 + 0.6), squeeze=False)
+        for i, ax in enumerate(axes[:, 0]):
+            cls = int(sheet["classes"][i])
+            found = sheet["found"][i]
+            block = np.concatenate([sheet["gen"][i][None], np.moveaxis(sheet["train"][i], 1, 0)])  # [1 + k, R, C, H, W]
+            block[:, ~found] = 0
+            rows = [np.concatenate(list(r.transpose(0, 2, 3, 1)), axis=1) for r in block]
+            grid = np.concatenate(rows, axis=0)
+            ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
+            w = sheet["gen"].shape[-1]
+            ax.set_xticks([w * (j + 0.5) for j in range(per_class)],
+                          [f"{r:.2f}" if f else "" for r, f in zip(sheet["ratio"][i], found)], fontsize=7)
+            ax.set_yticks([w * (j + 0.5) for j in range(k_near + 1)],
+                          ["generated"] + [f"nearest {q + 1}" for q in range(k_near)], fontsize=7)
+            name = info["name"].get(cls, str(cls))
+            n = int(info["count"].get(cls, 0))
+            ax.set_title(f"{class_label(cls, name)} ({n} training images); d1/d2 under each (< 0.33 = copy)", fontsize=8)
+        fig.suptitle(f"{c['method']} seed {c['seed']}: few-shot classes, most copy-like generated images first "
+                     "(nearest training images of their class, pixel space)", fontsize=9)
+        paths += _save(fig, folder / _cell_stem("neighbours", c))
     return paths
 
 
@@ -179,7 +293,9 @@ def write_plots(table: pd.DataFrame, out: Path) -> list[Path]:
                        & (table["imbalance"] == key["imbalance"])]  # fmt: skip
         block = pd.concat([block[block["metric"] != TRAIN_COUNT], counts], ignore_index=True)
         paths += per_class_curves(block, key, folder)
+        paths += diversity_curves(block, key, folder)
         paths += group_bars(block, key, folder)
     paths += imbalance_sweep(table, folder)
     paths += sample_grids(table, Path(out), folder)
+    paths += neighbour_sheets(table, Path(out), folder)
     return paths

@@ -82,7 +82,7 @@ def test_evaluate_on_two_processes_equals_one(tmp_path, capfd):
     assert a.drop(columns="value").equals(b.drop(columns="value"))
     np.testing.assert_array_equal(a.value.to_numpy(float), b.value.to_numpy(float))
     fa, fb = _features(one), _features(two)
-    assert fa.keys() == fb.keys() and len(fa) == 2  # the samples and the reference set, once each
+    assert fa.keys() == fb.keys() and len(fa) == 3  # the samples, the reference set and the training images, once each
     for name in fa:
         for k in fa[name]:
             np.testing.assert_array_equal(fa[name][k], fb[name][k])

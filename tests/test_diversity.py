@@ -133,7 +133,7 @@ def test_memorization_short_classes_and_pixel_space():
     train_y = np.array([0, 1, 1, 1, 1])
     gen = train[[0, 2]].clone()
     gen_y = np.array([0, 1])
-    assert pixels(gen).max() <= 1.0 and pixels(gen).shape == (2, 4)
+    assert pixels(gen).dtype == np.uint8 and pixels(gen).shape == (2, 4)
     ratios, _ = class_ratios(pixels(gen), gen_y, pixels(train), train_y, num_classes=2)
     assert math.isnan(ratios[0]) and ratios[1] < 1e-6  # class 0 has one training image; gen[1] is a copy
     rows = memorization_rows(ratios, gen_y, np.bincount(train_y), groups=["many", "few"], metric="memorization_pixel",

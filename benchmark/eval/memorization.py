@@ -11,7 +11,7 @@ far from its nearest as from its second nearest.  Two identical training images 
 
 The test runs within the class, because the model was asked for that class and because tail
 classes, with few images, are where copying pays off.  It runs in the evaluation feature space
-and in pixel space (uint8 / 255, flattened), giving ``memorization`` and ``memorization_pixel``
+and in pixel space (the flattened uint8 values), giving ``memorization`` and ``memorization_pixel``
 rows per class, per group (pooled over the group's generated images) and overall.  The same
 statistic of real held-out images (the ``real`` pseudo-method) is the floor: what an ideal
 generator that never saw the training set would score.  A class with fewer than 2 training
@@ -54,8 +54,10 @@ def class_ratios(query, query_labels, train, train_labels, *, num_classes: int,
                  k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """d1 / d2 of every query image against the training images of its class, with the global
     training indices of its k nearest (-1 where the class has fewer); NaN where the class has < 2."""
-    query = np.asarray(query, dtype=np.float64).reshape(len(query), -1)
-    train = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
+    # kept in their own dtype (uint8 pixels); each class is cast to float64 alone, so memory stays
+    # at one class's worth even for 50k generated CIFAR images
+    query = np.asarray(query).reshape(len(query), -1)
+    train = np.asarray(train).reshape(len(train), -1)
     query_labels = np.asarray(query_labels)
     train_labels = np.asarray(train_labels)
     ratios = np.full(len(query), np.nan)
@@ -102,8 +104,9 @@ def memorization_rows(ratios: np.ndarray, labels: np.ndarray, train_counts, *, g
 
 
 def pixels(images: torch.Tensor) -> np.ndarray:
-    """uint8 images [N, C, H, W] -> float64 [N, C*H*W] in 0..1: the pixel space of the test."""
-    return images.reshape(len(images), -1).numpy().astype(np.float64) / 255.0
+    """uint8 images [N, C, H, W] -> uint8 [N, C*H*W] (a view): the pixel space of the test.  The
+    ratio d1 / d2 does not depend on the scale, so the 0..255 values are used as they are."""
+    return images.reshape(len(images), -1).numpy()
 
 
 def sheet_classes(groups: list[str], counts) -> list[int]:

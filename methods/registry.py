@@ -114,7 +114,7 @@ def get_method_class(name: str) -> type[Method]:
 def objective_class(name: str) -> type[Method]:
     """The class whose objective (``loss_terms``) method ``name`` trains: the part that supplies it in a
     composition ('cbdm+resample' -> CBDM), or the base Method's plain DDPM loss when none does."""
-    classes = [METHODS.get(n) for n in _split(name)]
+    classes = [METHODS.get(n) for n in _absorb(_split(name))[0]]
     if len(classes) == 1:
         return classes[0]
     return check_composable(classes).get("loss_terms", Method)

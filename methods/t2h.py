@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import torch
 
+from benchmark.core.config import MethodConfig, choices
 from benchmark.core.errors import ConfigError
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
-GATES = ("t2h", "h2t", "full")
+GATES = choices(MethodConfig, "t2h_gate")
 
 
 def t2h_probs(

@@ -103,10 +103,17 @@ def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, c
     base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods",
             "ddpm,reweight", "--set", "train.steps=3", "--set", "eval.downstream=false",
             "--set", "eval.real_floor=false"]  # fmt: skip
-    code = main(base + ["--set", "method.reweight_scheme=nonsense"])
+    # a value the config can refuse fails up front, before any cell
+    assert main(base + ["--set", "method.reweight_scheme=nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err and not out.exists()
+    # what only a cell can find out (here its own model.pt is unreadable) fails that cell alone
+    broken = out / "runs" / "digits" / "exp-0.1" / "reweight" / "seed0" / "model.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a model")
+    code = main(base)
     text = capsys.readouterr().out
     assert code == 1
-    assert "FAILED" in text and "reweight" in text and "nonsense" in text
+    assert "FAILED" in text and "reweight" in text
     assert set(read_results(out).method) == {"ddpm"}
     # the same folder with a different training budget: refused, with the fix named
     code = main(base[:-6] + ["--methods", "ddpm", "--set", "train.steps=4", "--set", "eval.downstream=false",

@@ -22,7 +22,7 @@ from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from tqdm import tqdm
 
-from benchmark.core.config import EvalConfig
+from benchmark.core.config import EvalConfig, choices
 from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
@@ -33,7 +33,7 @@ FEATURE_SPACES: Registry = Registry("feature space")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DINOV2_FILE = "dinov2_vits14_pretrain.pth"
 CLASSIFIER_DEFAULT = ("fashion-mnist", "mnist", "digits")
-RESIZES = ("clean", "legacy")
+RESIZES = choices(EvalConfig, "resize")
 _INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
                     "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")

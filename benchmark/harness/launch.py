@@ -26,10 +26,10 @@ from benchmark.core.device import resolve_device
 from benchmark.core.distributed import init_from_env
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
+from benchmark.core.registry import Registry
 from benchmark.harness.cells import Cell, expand_grid, parent_cell
-from benchmark.harness.grid import CellOutcome, run_cell
+from benchmark.harness.grid import CellOutcome, run_cell, run_grid
 
-LAUNCHERS = ("local", "slurm")  # plus the hidden "submitit-local" (submitit's LocalExecutor, for tests)
 INSTALL_HINT = "pip install 'ltgen-bench[slurm]'  (or: pip install submitit)"
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
@@ -269,3 +269,29 @@ def submit(
         if cell in outcomes:
             _say(i, len(cells), outcomes[cell])
     return [outcomes[c] for c in cells if c in outcomes]
+
+
+# ----------------------------------------------------------------------------------- the launchers
+
+# name -> launch(cfg, out, *, force, progress, jobs, opts): the outcomes, or None when the jobs run on
+LAUNCHERS: Registry = Registry("launcher")
+
+
+@LAUNCHERS.register("local")
+def launch_local(cfg: Config, out: Path, *, force: bool, progress: bool, jobs: int, opts: SlurmOptions):
+    """cells on this machine, one after another or --jobs N at once"""
+    if jobs > 1:
+        return run_parallel(cfg, out, jobs=jobs, force=force)
+    return run_grid(cfg, out, force=force, progress=progress)
+
+
+@LAUNCHERS.register("slurm")
+def launch_slurm(cfg: Config, out: Path, *, force: bool, progress: bool, jobs: int, opts: SlurmOptions):
+    """one submitit job per cell on a Slurm cluster (--slurm-* options)"""
+    return submit(cfg, out, kind="slurm", opts=opts, force=force)
+
+
+@LAUNCHERS.register("submitit-local")
+def launch_submitit_local(cfg: Config, out: Path, *, force: bool, progress: bool, jobs: int, opts: SlurmOptions):
+    """one process per cell through submitit's local executor, as Slurm would run it (for tests)"""
+    return submit(cfg, out, kind="submitit-local", opts=opts, force=force)

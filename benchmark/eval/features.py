@@ -47,6 +47,11 @@ class FeatureSpace:
     def extract(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    @classmethod
+    def check_available(cls, cfg: EvalConfig) -> None:
+        """Raise a ConfigError naming the fix when what the space needs from outside (weights) is missing.
+        Cheap and offline: the grid's preflight asks it before any cell starts."""
+
 
 def default_space(dataset_name: str) -> str:
     return "classifier" if dataset_name in CLASSIFIER_DEFAULT else "inception"
@@ -148,6 +153,10 @@ class InceptionSpace(FeatureSpace):
     name = "inception"
     size = 299
 
+    @classmethod
+    def check_available(cls, cfg: EvalConfig) -> None:
+        resolve_inception_weights(cfg)
+
     def __init__(self, *, dataset=None, cfg: EvalConfig, cache_dir: Path | None = None, device: torch.device,
                  progress: bool = False) -> None:
         weights = resolve_inception_weights(cfg)  # checked before building: no download attempt
@@ -185,8 +194,9 @@ class DinoV2Space(FeatureSpace):
     name = "dinov2"
     size = 224
 
-    def __init__(self, *, dataset=None, cfg: EvalConfig, cache_dir: Path | None = None, device: torch.device,
-                 progress: bool = False) -> None:
+    @classmethod
+    def check_available(cls, cfg: EvalConfig) -> Path:
+        """The weights file; the hub repo and the weights must both be in the torch hub cache."""
         hub = Path(torch.hub.get_dir())
         repo = [p for p in (hub / "facebookresearch_dinov2_main", hub / "facebookresearch_dinov2_master") if p.is_dir()]
         weights = hub / "checkpoints" / DINOV2_FILE
@@ -196,6 +206,11 @@ class DinoV2Space(FeatureSpace):
                 f"{DINOV2_FILE} in {hub / 'checkpoints'} ($TORCH_HOME/hub); run torch.hub.load('facebookresearch/"
                 "dinov2', 'dinov2_vits14') once on a machine with internet and copy $TORCH_HOME/hub over, "
                 "or use --set eval.feature_space=classifier. No other network is substituted.")
+        return weights
+
+    def __init__(self, *, dataset=None, cfg: EvalConfig, cache_dir: Path | None = None, device: torch.device,
+                 progress: bool = False) -> None:
+        weights = self.check_available(cfg)
         self.net = FeatureExtractorDinoV2("dinov2-vit-s-14", ["dinov2"]).to(device)
         self.device, self.resize, self.batch_size = device, cfg.resize, cfg.batch_size
         self.identity = f"dinov2-vit-s-14:{_file_digest(weights)}:{cfg.resize}"

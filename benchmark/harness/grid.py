@@ -4,7 +4,8 @@ Every stage writes into the cell folder and is skipped when its output exists: t
 (``model.pt``), sampling (``samples.npz``), evaluation (``metrics.csv``).  The resolved
 config is written before work starts and checked on every rerun, so a changed setting can
 never silently mix with old outputs.  A cell's rows enter ``results.csv`` once, when the
-cell is complete; a failing cell is logged and reported, the others go on.
+cell is complete.  What every cell needs is checked once before the first starts (see
+:mod:`benchmark.harness.preflight`); a cell failing on its own is logged and reported, the others go on.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from benchmark.harness.cells import (
     expand_grid,
     method_order,
 )
+from benchmark.harness.preflight import preflight
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import run_stages
 
@@ -52,6 +54,7 @@ class CellOutcome:
 def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
     device = resolve_device(cfg.device)
     out = Path(out)
+    preflight(cfg, out, force=force)  # what every cell needs, checked once: one message, nothing run
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
     outcomes = []

@@ -29,6 +29,7 @@ from benchmark.core.files import write_text_atomic
 from benchmark.core.registry import Registry
 from benchmark.harness.cells import Cell, expand_grid, parent_cell
 from benchmark.harness.grid import CellOutcome, run_cell, run_grid
+from benchmark.harness.preflight import preflight
 
 INSTALL_HINT = "pip install 'ltgen-bench[slurm]'  (or: pip install submitit)"
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
@@ -106,6 +107,7 @@ def run_parallel(cfg: Config, out: Path, *, jobs: int, force: bool = False) -> l
     """``jobs`` cells at a time in worker processes; one GPU each when the run uses GPUs."""
     device = resolve_device(cfg.device)
     out = Path(out)
+    preflight(cfg, out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     gpus: list[str | None] = [None]
     if device.type == "cuda":
@@ -220,6 +222,7 @@ def submit(
     """One job per unfinished cell; returns the outcomes when it waits (submitit-local or --wait), else None."""
     submitit = import_submitit()
     out = Path(out).resolve()
+    preflight(cfg, out, force=force)  # here, not once per job on the cluster
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
     wait = opts.wait or kind == "submitit-local"

@@ -296,6 +296,38 @@ def check_names(cfg: Config, lookups: Mapping[str, Callable[[str], object]]) -> 
                 raise ConfigError(f"{key}: {exc}{example}") from None
 
 
+# ---------------------------------------------------------------- what a changed key redoes
+
+TRAIN, SAMPLE, EVALUATE = "train", "sample", "evaluate"
+# the stage a changed key redoes (and every stage after it), by section; None: the key changes how
+# fast (or where) work runs, never what it computes
+_SECTION_STAGE = {"data": TRAIN, "model": TRAIN, "diffusion": TRAIN, "train": TRAIN, "method": TRAIN,
+                  "sample": SAMPLE, "eval": EVALUATE,
+                  "grid": None}  # a cell's grid is its own method, imbalance and seed: its folder  # fmt: skip
+_KEY_STAGE = {  # the exceptions to their section, and the top-level keys
+    "preset": None,
+    "device": None,
+    "protocol": EVALUATE,  # the name the rows carry
+    "train.ckpt_every": None,
+    "train.log_every": None,
+    "train.compile": None,
+    "train.channels_last": None,
+    "sample.batch_size": None,  # per-sample seeds: the same images for any batch
+    "eval.batch_size": None,
+}
+
+
+def stage_of(key: str) -> str | None:
+    """The first stage a change of dotted ``key`` redoes: TRAIN, SAMPLE or EVALUATE; None for a key
+    that never changes what is computed."""
+    if key in _KEY_STAGE:
+        return _KEY_STAGE[key]
+    section = key.partition(".")[0]
+    if section not in _SECTION_STAGE:
+        raise KeyError(f"config key {key!r} has no stage; add its section to _SECTION_STAGE or the key to _KEY_STAGE")
+    return _SECTION_STAGE[section]
+
+
 # ---------------------------------------------------------------- serialisation
 
 

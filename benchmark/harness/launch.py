@@ -27,7 +27,7 @@ from benchmark.core.distributed import init_from_env
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.registry import Registry
-from benchmark.harness.cells import Cell, expand_grid, parent_cell
+from benchmark.harness.cells import Cell, cell_config, check_or_write_config, expand_grid, parent_cell
 from benchmark.harness.grid import CellOutcome, run_cell, run_grid
 from benchmark.harness.preflight import preflight
 
@@ -234,9 +234,16 @@ def submit(
         for cell in wave:
             folder = cell.folder(out)
             if (folder / "done.json").exists() and not force:
-                outcomes[cell] = CellOutcome(cell, folder, "skipped", 0.0)
-                print(f"{cell.name}: finished, not submitted", flush=True)
-                continue
+                try:  # a changed sampling or evaluation key makes a finished cell's job redo those stages
+                    change = check_or_write_config(folder, cell_config(cfg, cell, out), cell)
+                except ConfigError as exc:  # a changed training key: refused, as the job itself would
+                    outcomes[cell] = CellOutcome(cell, folder, "failed", 0.0, str(exc))
+                    print(f"{cell.name}: not submitted: {exc}", flush=True)
+                    continue
+                if change is None or change.redo is None:
+                    outcomes[cell] = CellOutcome(cell, folder, "skipped", 0.0)
+                    print(f"{cell.name}: finished, not submitted", flush=True)
+                    continue
             active, state = _active_job(submitit, folder) if kind == "slurm" else (None, "")
             if active and state == "UNKNOWN":
                 print(f"{cell.name}: cannot tell whether job {active} still runs (sacct and squeue gave no state), "

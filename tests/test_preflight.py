@@ -99,11 +99,10 @@ def test_image_folder_with_an_unreadable_file_fails_once_naming_it(offline, caps
     assert not out.exists()
 
 
-def test_auto_feature_space_without_its_weights_fails_before_training(offline, capsys):
-    # the imagefolder preset resolves 'auto' to Inception for a folder: say so now, not after training
+def test_a_feature_space_without_its_weights_fails_before_training(offline, capsys):
     root = _folder(offline / "pics")
     err = _refused(["run", "--preset", "imagefolder", "--dataset", f"imagefolder:{root}", "--no-progress",
-                    "--out", str(offline / "out")], capsys)  # fmt: skip
+                    "--set", "eval.feature_space=inception", "--out", str(offline / "out")], capsys)  # fmt: skip
     assert err.count(INCEPTION_FILE) >= 1 and "--set eval.feature_space=classifier" in err
     assert not (offline / "out").exists()
 

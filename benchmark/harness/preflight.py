@@ -128,9 +128,10 @@ def data_available(needs: Needs) -> None:
 
 @check
 def feature_space_weights(needs: Needs) -> None:
-    """The pretrained weights of the feature space ('auto' resolved per dataset) are on this machine."""
+    """The pretrained weights of the feature space are on this machine ('auto' resolved per dataset as the
+    cells resolve it: where it falls back to the classifier offline, nothing is needed)."""
     spaces = {needs.cfg.eval.feature_space} if needs.cfg.eval.feature_space != "auto" else set()
-    spaces |= {resolve_feature_space_name(needs.cfg.eval.feature_space, ds) for ds in needs.datasets.values()}
+    spaces |= {resolve_feature_space_name(needs.cfg.eval.feature_space, ds, needs.cfg.eval) for ds in needs.datasets.values()}
     for name in sorted(spaces - {"auto"}):
         FEATURE_SPACES.get(name).check_available(needs.cfg.eval)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from benchmark import __version__
-from benchmark.core.config import Config, apply_overrides, to_json
+from benchmark.core.config import Config, DataConfig, apply_overrides, choice_fields, choices, to_json
 from benchmark.core.errors import BenchmarkError, ConfigError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import (
@@ -24,6 +25,58 @@ from benchmark.core.presets import (
 )
 
 EPILOG = "Run `%(prog)s COMMAND --help` for the options of one command."
+
+
+class _Later(str):
+    """Help text made from a registry when the help is shown: importing the registries costs seconds
+    (torch), and building the parser must not (every command, bad-input errors, ``--help``)."""
+
+    def __new__(cls, make: Callable[[], str]) -> _Later:
+        text = super().__new__(cls, "(filled in when shown)")
+        text.make = make
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        for action in self._actions:
+            if isinstance(action.help, _Later):
+                action.help = action.help.make().replace("%", "%%")
+        return super().format_help()
+
+
+def _dataset_help() -> str:
+    from benchmark.data import DATASETS
+
+    names = [n for n in DATASETS.names() if n not in ("imagefolder", "listfile")]
+    return " | ".join([*names, "imagefolder:PATH", "listfile:LIST"]) + " (see `list`)"
+
+
+def _methods_help() -> str:
+    from methods import METHODS
+
+    return f"comma-separated method names ({', '.join(METHODS.names())}); compose with '+', e.g. cbdm+resample"
+
+
+def _launcher_help() -> str:
+    from benchmark.harness.launch import LAUNCHERS
+
+    described = "; ".join(f"{name}: {fn.__doc__}" for name, fn in LAUNCHERS.items())
+    return f"where the cells run (default local). {described}"
+
+
+def _slurm_help(field: str, text: str) -> _Later:
+    def make() -> str:
+        from benchmark.harness.launch import SlurmOptions
+
+        default = getattr(SlurmOptions(), field)
+        return text if default is None else f"{text} (default {default})"
+
+    return _Later(make)
+
+
+def _choices_help(cls: type, name: str) -> str:
+    return " | ".join(choices(cls, name)) + f" (default {getattr(cls(), name)})"
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -44,8 +97,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=DEFAULT_PRESET, help=f"preset name (default {DEFAULT_PRESET}); see `list`")
     p.add_argument("--protocol", default=None, help="evaluation protocol to apply on top of the preset: "
                    + ", ".join(PROTOCOLS.names()))  # fmt: skip
-    p.add_argument("--dataset", default=None,
-                   help="fashion-mnist | mnist | cifar10 | cifar100 | digits | imagefolder:PATH | listfile:LIST")  # fmt: skip
+    p.add_argument("--dataset", default=None, help=_Later(_dataset_help))
     p.add_argument("--data-root", default=None, help="folder holding (or receiving) dataset files")
     p.add_argument("--inception-weights", default=None,
                    help="path to weights-inception-2015-12-05-6726825d.pth "
@@ -56,7 +108,7 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ltgen-bench",
         description="LTGen-Bench: train, sample and evaluate generative models on long-tailed data. "
         "Without a command, runs the default preset (demo) into results/demo/.",
@@ -67,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a grid: dataset x imbalance x method x seed")
     _add_config_options(run)
-    run.add_argument("--methods", default=None, help="comma-separated method names; compose with '+', e.g. cbdm+resample")
+    run.add_argument("--methods", default=None, help=_Later(_methods_help))
     run.add_argument("--imbalance", type=_floats, default=None, help="comma-separated n_min/n_max values, e.g. 0.01,0.1")
     run.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
     run.add_argument("--out", default=None, help="results folder (default results/<preset>)")
@@ -76,14 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip leaderboards and plots at the end")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     sc = run.add_argument_group("launchers (one run on several GPUs: torchrun --nproc_per_node N run_benchmark.py run ...)")
-    sc.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"], metavar="{local,slurm}",
-                    help="local: cells on this machine (default); slurm: one submitit job per cell")  # fmt: skip
+    sc.add_argument("--launcher", default="local", metavar="NAME", help=_Later(_launcher_help))
     sc.add_argument("--jobs", type=int, default=1, help="local launcher: cells at once, one GPU each when GPUs are present")
-    sc.add_argument("--slurm-partition", default=None, help="Slurm partition")
-    sc.add_argument("--slurm-time", default="24:00:00", help="time limit per job: minutes or [D-]HH:MM:SS (default 24:00:00)")
-    sc.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (default 1; more train the cell with DDP; 0 for CPU)")
-    sc.add_argument("--slurm-cpus", type=int, default=None, help="CPUs per task")
-    sc.add_argument("--slurm-mem", default=None, help="memory per node, e.g. 64G")
+    # the Slurm options default to SlurmOptions' own defaults (None: not given)
+    sc.add_argument("--slurm-partition", default=None, help=_slurm_help("partition", "Slurm partition"))
+    sc.add_argument("--slurm-time", default=None, help=_slurm_help("time", "time limit per job: minutes or [D-]HH:MM:SS"))
+    sc.add_argument("--slurm-gpus", type=int, default=None,
+                    help=_slurm_help("gpus", "GPUs per job; more train the cell with DDP, 0 runs on CPUs"))  # fmt: skip
+    sc.add_argument("--slurm-cpus", type=int, default=None, help=_slurm_help("cpus", "CPUs per task"))
+    sc.add_argument("--slurm-mem", default=None, help=_slurm_help("mem", "memory per node, e.g. 64G"))
     sc.add_argument("--slurm-extra", action="append", default=[], metavar="KEY=VALUE",
                     help="further sbatch option, e.g. account=proj or qos=high (repeatable)")  # fmt: skip
     sc.add_argument("--wait", action="store_true", help="slurm: wait for every job, then write the report")
@@ -93,19 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-plots", action="store_true", help="tables only")
 
     data = sub.add_parser("data", help="show a long-tailed split: per-class counts, groups, fingerprint")
-    data.add_argument("--dataset", default="fashion-mnist")
-    data.add_argument("--imbalance", type=float, default=0.01, help="n_min / n_max, in (0, 1]")
-    data.add_argument("--profile", default="exp", help="exp | step | none | file")
-    data.add_argument("--counts-file", default=None, help="per-class counts (profile file)")
-    data.add_argument("--n-max", type=int, default=None,
+    dc = DataConfig()  # the defaults of the `data` command are DataConfig's
+    data.add_argument("--dataset", default=dc.dataset, help=_Later(lambda: f"{_dataset_help()}; default {dc.dataset}"))
+    data.add_argument("--imbalance", type=float, default=dc.imbalance, help=f"n_min / n_max, in (0, 1] (default {dc.imbalance})")
+    data.add_argument("--profile", default=dc.profile, help=_choices_help(DataConfig, "profile"))
+    data.add_argument("--counts-file", default=dc.counts_file, help="per-class counts (profile file)")
+    data.add_argument("--n-max", type=int, default=dc.n_max,
                       help="head-class size (default: the smallest class of the pool, i.e. the balanced class size)")
-    data.add_argument("--split-seed", type=int, default=0)
-    data.add_argument("--groups", default="auto", help="auto | thresholds | thirds")
-    data.add_argument("--resolution", type=int, default=None)
-    data.add_argument("--data-root", default=None)
-    data.add_argument("--reference-folder", default=None,
+    data.add_argument("--split-seed", type=int, default=dc.split_seed, help=f"seed of the selection (default {dc.split_seed})")
+    data.add_argument("--groups", default=dc.groups, help=_choices_help(DataConfig, "groups"))
+    data.add_argument("--resolution", type=int, default=dc.resolution, help="side in pixels (default: the native size)")
+    data.add_argument("--data-root", default=dc.data_root, help="folder holding (or receiving) dataset files")
+    data.add_argument("--reference-folder", default=dc.reference_folder,
                       help="imagefolder: a separate evaluation folder with the same class subfolders")
-    data.add_argument("--reference-protocol", default="auto",
+    data.add_argument("--reference-protocol", default=dc.reference_protocol,
                       help="folders without a reference split: auto | holdout | holdout-only | balanced | folder")
     data.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="any data.* or eval.* field, e.g. --set data.reference_fraction=0.3 or "
@@ -122,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="results folder (default results/<preset>)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    sub.add_parser("list", help="list presets, protocols, methods, datasets and feature spaces")
+    sub.add_parser("list", help="list presets, protocols, methods, datasets, feature spaces, launchers and options")
     return parser
 
 
@@ -153,32 +207,19 @@ def resolve_config(args: argparse.Namespace) -> Config:
 
 def validate(cfg: Config) -> None:
     """Check names and ranges up front, before any cell starts."""
-    from methods import fine_tuner, get_method_class
+    from benchmark.harness.preflight import check_config
+    from methods import fine_tuner
 
+    check_config(cfg)
     for name in cfg.grid.methods:
-        get_method_class(name)
         tuner = fine_tuner(name)
         if tuner is not None:  # its options (e.g. cbdm-ft's start fraction) fail here, before any cell runs
             tuner.fine_tune_config(cfg)
-    for imbalance in cfg.grid.imbalances:
-        if not 0 < imbalance <= 1:
-            raise ConfigError(f"imbalance {imbalance} is outside (0, 1]; it is n_min/n_max, e.g. 0.01 for IR 100")
-    if not cfg.grid.methods or not cfg.grid.seeds or not cfg.grid.imbalances:
-        raise ConfigError("the grid is empty: give at least one method, one seed and one imbalance")
-    from benchmark.engine.sampling import SAMPLERS
-
-    if cfg.sample.sampler not in SAMPLERS:
-        raise ConfigError(f"sample.sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sample.sampler!r}; "
-                          "e.g. --set sample.sampler=ddim")
-    if cfg.sample.n_per_class < 2:
-        raise ConfigError("sample.n_per_class must be at least 2 (metrics need two or more images per class)")
-    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
-        raise ConfigError("train.steps and train.batch_size must be positive")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.harness.cells import expand_grid
-    from benchmark.harness.grid import run_grid, summarize
+    from benchmark.harness.grid import summarize
 
     cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("results") / cfg.preset
@@ -190,7 +231,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {cell.name}  ->  {cell.folder(out)}")
         return 0
     from benchmark.core.distributed import current, init_from_env
+    from benchmark.harness.launch import LAUNCHERS, SlurmOptions
 
+    launch = LAUNCHERS.get(args.launcher)
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs} must be at least 1")
     d = init_from_env(cfg.device)
@@ -202,22 +245,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         for line in evaluation_check(cfg, cells):
             print(line, flush=True)
-    if args.launcher != "local":
-        from benchmark.harness.launch import SlurmOptions, submit
-
-        opts = SlurmOptions(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus,
-                            cpus=args.slurm_cpus, mem=args.slurm_mem, extra=tuple(args.slurm_extra), wait=args.wait)  # fmt: skip
-        outcomes = submit(cfg, out, kind=args.launcher, opts=opts, force=args.force)
-        if outcomes is None:
-            print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "
-                  "redraws the tables from what has finished; rerun this command to resubmit unfinished cells.")  # fmt: skip
-            return 0
-    elif args.jobs > 1:
-        from benchmark.harness.launch import run_parallel
-
-        outcomes = run_parallel(cfg, out, jobs=args.jobs, force=args.force)
-    else:
-        outcomes = run_grid(cfg, out, force=args.force, progress=not args.no_progress)
+    given = dict(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus, cpus=args.slurm_cpus,
+                 mem=args.slurm_mem)  # fmt: skip
+    opts = SlurmOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(args.slurm_extra), wait=args.wait)
+    outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
+    if outcomes is None:
+        print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "
+              "redraws the tables from what has finished; rerun this command to resubmit unfinished cells.")  # fmt: skip
+        return 0
     if not current().main:
         return 0
     if not args.no_report and (out / "results.csv").exists():
@@ -238,7 +273,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from benchmark.core.config import DataConfig
     from benchmark.data import build_dataset, computable_lines, data_table
 
     data = DataConfig(
@@ -293,6 +327,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from benchmark.data import DATASETS
     from benchmark.eval.features import FEATURE_SPACES
+    from benchmark.harness.launch import LAUNCHERS
     from methods import METHODS
 
     print("presets:")
@@ -313,6 +348,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("feature spaces:")
     for name in FEATURE_SPACES.names():
         print(f"  {name}")
+    print("launchers (--launcher):")
+    for name, fn in LAUNCHERS.items():
+        print(f"  {name:<15} {fn.__doc__}")
+    print("options with a fixed set of values (--set KEY=VALUE; the first is the built-in default):")
+    for key, values in choice_fields().items():
+        print(f"  {key}")
+        for value, doc in values.items():
+            print(f"      {value:<16} {doc}")
     return 0
 
 

@@ -22,12 +22,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from benchmark.core.config import MethodConfig, choices
 from benchmark.core.errors import ConfigError
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
-PRIORS = ("train", "uniform")
+PRIORS = choices(MethodConfig, "cbdm_prior")
 
 
 def cbdm_loss(

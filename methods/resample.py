@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from benchmark.core.config import MethodConfig, choices
 from benchmark.core.errors import ConfigError
 
 from .base import Method
 from .registry import METHODS
 
-SCHEDULES = ("fixed", "progressive", "progressive-exponent")
+SCHEDULES = choices(MethodConfig, "resample_schedule")
 
 
 def resample_probs(counts, q: float) -> torch.Tensor:

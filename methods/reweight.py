@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from benchmark.core.config import MethodConfig, choices
 from benchmark.core.errors import ConfigError
 
 from .base import Method
 from .registry import METHODS
 
-SCHEMES = ("inverse", "effective")
+SCHEMES = choices(MethodConfig, "reweight_scheme")
 
 
 def class_weights(counts: np.ndarray, *, scheme: str = "inverse", beta: float = 0.999) -> np.ndarray:

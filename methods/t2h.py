@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import torch
 
+from benchmark.core.config import MethodConfig, choices
 from benchmark.core.distributed import current, gather_batch
 from benchmark.core.errors import ConfigError
 
 from .base import Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
-GATES = ("t2h", "h2t", "full")
+GATES = choices(MethodConfig, "t2h_gate")
 
 
 def t2h_probs(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, diffusion) -> torch.Tensor:

@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from benchmark.cli import main
 from benchmark.core.presets import PRESETS, PROTOCOLS
 from benchmark.data import DATASETS
 from benchmark.eval.features import FEATURE_SPACES
+from benchmark.harness.launch import LAUNCHERS
 from methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,7 @@ def test_dry_run_prints_config_and_grid(capsys, tmp_path):
         (["run", "--preset", "smoke", "--set", "sample.sampler=dpm", "--dry-run"], "--set sample.sampler=ddim"),
         (["data", "--dataset", "nosuchdata"], "digits"),
         (["data", "--dataset", "digits", "--imbalance", "0"], "imbalance"),
+        (["data", "--dataset", "digits", "--profile", "expo"], "data.profile='expo' is not a valid value"),
     ],
 )
 def test_bad_input_is_one_clear_line(argv, fragment, capsys):
@@ -46,6 +49,40 @@ def test_bad_input_is_one_clear_line(argv, fragment, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and fragment in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "pair, valid",
+    [
+        ("train.label_drop_mode=wholebatch", ["batch", "sample"]),  # was silently per-sample dropping
+        ("train.amp=fp16", ["bf16", "none"]),  # was silently fp32
+        ("eval.fid_backend=tf", ["torch-fidelity", "clean-fid"]),  # was a NaN for every FID
+    ],
+)
+def test_a_value_outside_an_options_choices_is_refused_naming_them(pair, valid, capsys, tmp_path):
+    assert main(["run", "--preset", "smoke", "--out", str(tmp_path), "--set", pair, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    key, value = pair.split("=")
+    assert err.startswith(f"error: {key}={value!r} is not a valid value") and "Traceback" not in err
+    assert all(f"{v} (" in err for v in valid)
+    assert not (tmp_path / "runs").exists()  # refused before any cell
+
+
+def test_help_takes_its_lists_from_the_registries():
+    from benchmark.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    text = " ".join(sub["run"].format_help().split())
+    for name in [*LAUNCHERS.names(), *METHODS.names(), *(n for n in DATASETS.names() if n != "imagefolder")]:
+        assert name in text
+    data = " ".join(sub["data"].format_help().split())
+    assert "exp | step | none | file (default exp)" in data and "auto | thresholds | thirds (default auto)" in data
+
+
+def test_unknown_launcher_lists_the_registered_ones(capsys):
+    assert main(["run", "--preset", "smoke", "--launcher", "pbs"]) == 2
+    assert "Valid launchers: local, slurm, submitit-local" in capsys.readouterr().err
 
 
 def test_list_names_every_registered_name_in_its_own_section(capsys):
@@ -57,8 +94,10 @@ def test_list_names_every_registered_name_in_its_own_section(capsys):
         else:
             current.append(line.split()[0].split(":")[0])  # the name (imagefolder is listed as imagefolder:PATH)
     expected = {"presets": PRESETS, "protocols": PROTOCOLS, "methods": METHODS, "datasets": DATASETS,
-                "feature spaces": FEATURE_SPACES}  # fmt: skip
+                "feature spaces": FEATURE_SPACES, "launchers": LAUNCHERS}  # fmt: skip
+    options = sections.pop("options with a fixed set of values")
     assert sorted(sections) == sorted(expected)
+    assert {"train.label_drop_mode", "train.amp", "eval.fid_backend", "bf16", "clean-fid"} <= set(options)
     for section, registry in expected.items():
         assert sorted(sections[section]) == sorted(registry.names()), section
 

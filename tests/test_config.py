@@ -1,9 +1,19 @@
 import argparse
+from dataclasses import replace
 
 import pytest
 
 from benchmark.cli import resolve_config
-from benchmark.core.config import Config, apply_overrides, from_dict, to_dict
+from benchmark.core.config import (
+    PAPER_METHODS,
+    Config,
+    EvalConfig,
+    TrainConfig,
+    apply_overrides,
+    choice_fields,
+    from_dict,
+    to_dict,
+)
 from benchmark.core.errors import ConfigError
 from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
 from benchmark.core.registry import Registry, UnknownNameError
@@ -95,3 +105,71 @@ def test_registry_rejects_duplicates_and_lists_names():
     with pytest.raises(UnknownNameError, match="unknown preset"):
         get_preset("nope")
     assert "ddim" in PROTOCOLS
+
+
+CHOICES = choice_fields()
+
+
+def test_every_fixed_value_option_is_declared():
+    # the string options whose values the code branches on, each declared next to its field
+    assert {"data.profile", "data.groups", "train.label_drop_mode", "train.amp", "method.cbdm_prior",
+            "method.reweight_scheme", "method.resample_schedule", "method.t2h_gate", "eval.reference", "eval.resize",
+            "eval.fid_backend"} <= set(CHOICES)  # fmt: skip
+    for key, values in CHOICES.items():
+        section, name = key.split(".")
+        default = getattr(getattr(Config(), section), name)
+        assert next(iter(values)) == default, f"{key}: the built-in default comes first"
+        assert all(doc for doc in values.values()), f"{key}: every value says what it means"
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_choice_field_rejects_a_bogus_value_and_accepts_every_listed_one(key):
+    values = CHOICES[key]
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Config(), [f"{key}=bogus-value"])
+    message = str(info.value)
+    assert key in message and "bogus-value" in message
+    assert all(value in message for value in values), "the error names every valid value"
+    for value in values:
+        cfg = apply_overrides(Config(), [f"{key}={value}"])
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value
+        assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_choices_are_checked_however_a_section_is_built():
+    with pytest.raises(ConfigError, match="train.amp='fp16'.*bf16.*none"):
+        TrainConfig(amp="fp16")
+    with pytest.raises(ConfigError, match="eval.fid_backend"):
+        replace(EvalConfig(), fid_backend="tf")
+    data = to_dict(Config())
+    data["train"]["label_drop_mode"] = "wholebatch"
+    with pytest.raises(ConfigError, match="Did you mean 'batch'"):
+        from_dict(Config, data)
+
+
+def test_lower_modules_take_their_values_from_the_config():
+    from benchmark.data import GROUP_RULES, PROFILES
+    from benchmark.eval.evaluate import REFERENCES
+    from benchmark.eval.features import RESIZES
+    from methods import cbdm, resample, reweight, t2h
+
+    assert PROFILES == tuple(CHOICES["data.profile"]) and set(GROUP_RULES) | {"auto"} == set(CHOICES["data.groups"])
+    assert REFERENCES == tuple(CHOICES["eval.reference"]) and RESIZES == tuple(CHOICES["eval.resize"])
+    assert cbdm.PRIORS == tuple(CHOICES["method.cbdm_prior"]) and t2h.GATES == tuple(CHOICES["method.t2h_gate"])
+    assert resample.SCHEDULES == tuple(CHOICES["method.resample_schedule"])
+    assert reweight.SCHEMES == tuple(CHOICES["method.reweight_scheme"])
+
+
+def test_method_batch_size_entries_are_checked():
+    assert TrainConfig(method_batch_size=("cbdm=48",)).method_batch_size == ("cbdm=48",)
+    for bad in ("cbdm", "cbdm=", "cbdm=0", "=4", "cbdm=4.5"):
+        with pytest.raises(ConfigError, match="method=batch"):
+            TrainConfig(method_batch_size=(bad,))
+
+
+def test_grid_default_methods_are_the_cpu_presets_four():
+    from benchmark.core.presets import GPU_METHODS
+
+    assert Config().grid.methods == PAPER_METHODS == get_preset("smoke").grid.methods == get_preset("demo").grid.methods
+    assert GPU_METHODS[: len(PAPER_METHODS)] == PAPER_METHODS

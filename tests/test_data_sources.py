@@ -198,14 +198,19 @@ def test_empty_groups_are_reported():
         ({"imbalance": 1.5}, r"imbalance must be in \(0, 1\]"),
         ({"imbalance": 0.001}, r"9 \('9'\) would get 0 images.*smallest valid imbalance here is 0\.00695"),
         ({"n_max": 1000}, r"class 0 \('0'\) has only 148 images.*set data.n_max to at most 144"),
-        ({"profile": "zipf"}, "unknown profile 'zipf'; valid profiles: exp, step, none, file"),
         ({"profile": "file"}, "profile 'file' needs data.counts_file"),
-        ({"groups": "halves"}, "unknown group rule 'halves'; valid: auto, thresholds, thirds"),
     ],
 )
 def test_build_dataset_errors(overrides, match):
     with pytest.raises(DataError, match=match):
         build_dataset(DataConfig(dataset="digits", **overrides))
+
+
+def test_profile_and_group_rule_are_refused_when_the_config_is_built():
+    with pytest.raises(ConfigError, match="data.profile='zipf' is not a valid value.*exp.*step.*none.*file"):
+        DataConfig(dataset="digits", profile="zipf")
+    with pytest.raises(ConfigError, match="data.groups='halves' is not a valid value.*auto.*thresholds.*thirds"):
+        DataConfig(dataset="digits", groups="halves")
 
 
 def test_counts_file_must_match_classes_and_pool(tmp_path):

@@ -206,6 +206,15 @@ def test_submitit_local_executor_gives_the_local_table(tmp_path, capsys, local_t
     capsys.readouterr()
     assert main(SMOKE + ["--out", str(b), "--launcher", "submitit-local"]) == 0  # finished: nothing resubmitted
     assert capsys.readouterr().out.count("finished, not submitted") == 2
+    model = (cell / "model.pt").stat().st_mtime_ns
+    # a changed evaluation key: the finished cells are submitted again, and only re-evaluated
+    assert main(SMOKE + ["--out", str(b), "--launcher", "submitit-local", "--set", "eval.kid_subsets=4"]) == 0
+    assert "finished, not submitted" not in capsys.readouterr().out
+    kid = read_results(b).query("metric == 'kid'")
+    assert len(kid) and kid.note.str.contains("kid_subsets=4").all() and (cell / "model.pt").stat().st_mtime_ns == model
+    # a changed training key: refused here, before a job is submitted
+    assert main(SMOKE + ["--out", str(b), "--launcher", "submitit-local", "--set", "train.lr=0.5"]) == 1
+    assert capsys.readouterr().out.count("not submitted: ") == 2
 
 
 def test_slurm_without_submitit_says_how_to_install(tmp_path, monkeypatch, capsys):

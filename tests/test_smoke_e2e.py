@@ -111,10 +111,17 @@ def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, c
     base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods",
             "ddpm,reweight", "--set", "train.steps=3", "--set", "eval.downstream=false",
             "--set", "eval.real_floor=false"]  # fmt: skip
-    code = main(base + ["--set", "method.reweight_scheme=nonsense"])
+    # a value the config can refuse fails up front, before any cell
+    assert main(base + ["--set", "method.reweight_scheme=nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err and not out.exists()
+    # what only a cell can find out (here its own model.pt is unreadable) fails that cell alone
+    broken = out / "runs" / "digits" / "exp-0.1" / "reweight" / "seed0" / "model.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a model")
+    code = main(base)
     text = capsys.readouterr().out
     assert code == 1
-    assert "FAILED" in text and "reweight" in text and "nonsense" in text
+    assert "FAILED" in text and "reweight" in text
     assert set(read_results(out).method) == {"ddpm"}
     # the same folder with a different training budget: refused, with the fix named
     code = main(base[:-6] + ["--methods", "ddpm", "--set", "train.steps=4", "--set", "eval.downstream=false",
@@ -142,3 +149,66 @@ def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
     (folder / "config.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="train.steps"):
         check_or_write_config(folder, cell_config(cfg, cell), cell)
+
+
+def _stat(folder: Path) -> dict:
+    """mtime and bytes of what training and sampling wrote in each cell folder."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.glob("runs/**/*")) if p.is_file()
+            and (p.name in ("model.pt", "train_log.csv", "samples.npz") or p.parent.name == "checkpoints")}  # fmt: skip
+
+
+def _one_block_per_cell_and_setting(table: pd.DataFrame) -> None:
+    keys = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol", "feature_space",
+            "metric", "group", "class"]  # fmt: skip
+    assert not table.duplicated(subset=keys).any()
+    for (_method, _seed), rows in table.groupby(["method", "seed"]):  # one setting per cell, never two mixed
+        assert rows[["sampler", "sampler_steps", "guidance", "train_steps", "reference"]].drop_duplicates(
+        ).shape[0] == 1  # fmt: skip
+
+
+def test_changed_evaluation_and_sampling_keys_redo_only_their_stages(smoke, tmp_path, capsys):
+    import shutil
+
+    src, _ = smoke
+    out = tmp_path / "changed"
+    shutil.copytree(src, out)
+    base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report"]
+    trained = {k: v for k, v in _stat(out).items() if not k.endswith("samples.npz")}
+    samples = {k: v for k, v in _stat(out).items() if k.endswith("samples.npz")}
+    assert len(samples) == 4 and any(k.endswith("model.pt") for k in trained)
+
+    # evaluation keys: every cell re-evaluates its stored samples; nothing is trained or sampled
+    # (without the downstream classifiers, which the test would spend most of its time training)
+    evaluation = ["--set", "eval.kid_subsets=4", "--set", "eval.downstream=false"]
+    capsys.readouterr()
+    assert main(base + evaluation) == 0
+    text = capsys.readouterr().out
+    assert text.count("re-evaluating from the stored samples") == 5 and "0 already finished" in text
+    after = _stat(out)
+    assert {k: after[k] for k in trained} == trained and {k: after[k] for k in samples} == samples
+    table = read_results(out)
+    _one_block_per_cell_and_setting(table)
+    kid = table[(table.metric == "kid") & table.value.notna()]  # (NaN rows carry their reason instead)
+    assert len(kid) > 0 and kid.note.str.contains("kid_subsets=4").all()
+    old = read_results(src)
+    assert len(table) == (old.feature_space != "none").sum() and set(table.feature_space) == {table.feature_space[0]}
+    log = (out / "runs/digits/exp-0.1/cbdm/seed0/cell.log").read_text()
+    assert "config changed (eval.downstream: True -> False, eval.kid_subsets: 10 -> 4): re-evaluating" in log
+
+    # a sampling key: the method cells sample again from their stored models; the real cells have nothing to redo
+    assert main(base + evaluation + ["--set", "sample.steps=5"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("resampling from the stored model and re-evaluating; kept model.pt") == 4
+    assert "1 already finished" in text
+    after = _stat(out)
+    assert {k: after[k] for k in trained} == trained  # no training step ran
+    assert all(after[k][1] != samples[k][1] for k in samples)  # new samples
+    rows = read_results(out)
+    _one_block_per_cell_and_setting(rows)
+    assert set(rows[rows.method != "real"].sampler_steps) == {5} and len(rows) == len(table)
+    assert rows[(rows.metric == "kid") & rows.value.notna()].note.str.contains("kid_subsets=4").all()
+
+    # a training key: refused as before, with the fix named
+    assert main(base + evaluation + ["--set", "sample.steps=5", "--set", "train.lr=0.01"]) == 1
+    assert "different config (train.lr" in capsys.readouterr().out

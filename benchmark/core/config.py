@@ -1,7 +1,11 @@
 """The configuration tree: frozen dataclasses, presets hold defaults, typed overrides.
 
 ``--set section.key=value`` overrides any field; the value is parsed to the field's type and
-an unknown key is an error listing close matches.  The resolved tree is written into every
+an unknown key is an error listing close matches.  A string field with a fixed set of values
+declares them next to itself (:func:`choice`) and is checked whenever a section is built, so a
+misspelt value can never silently fall back to another behaviour; a field naming a registered
+thing (dataset, method, sampler, feature space) says which registry (:func:`named`), and
+:func:`check_names` checks it against that registry.  The resolved tree is written into every
 run folder before work starts (``config.json``) and into every checkpoint.
 """
 
@@ -12,24 +16,70 @@ import difflib
 import json
 import types
 import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from benchmark.core.errors import ConfigError
 
+# ---------------------------------------------------------------- options with fixed or registered values
+
+
+def choice(default: str, values: Mapping[str, str]) -> Any:
+    """A string field that takes one of ``values`` (name -> what it means); checked when built."""
+    if next(iter(values), None) != default:
+        raise ValueError(f"list the default {default!r} first among the values {list(values)}")
+    return field(default=default, metadata={"choices": dict(values)})
+
+
+def named(default: Any, registry: str, *, also: Mapping[str, str] | None = None,
+          item: Callable[[str], str] | None = None) -> Any:  # fmt: skip
+    """A field that names entries of ``registry`` (a name or a tuple of names), with extra values
+    ``also`` the field accepts besides them (e.g. 'auto'); ``item`` takes the name out of one
+    value (e.g. 'cbdm' of 'cbdm=48').  :func:`check_names` checks it."""
+    return field(default=default, metadata={"registry": registry, "also": dict(also or {}), "item": item})
+
+
+class _Checked:
+    """Checks every :func:`choice` field of a section whenever the section is built (presets,
+    ``--set``, ``replace``, :func:`from_dict`)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            allowed = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if allowed is not None and value not in allowed:
+                raise ConfigError(not_a_choice(f"{_section_of(type(self))}{f.name}", value, allowed))
+
+
+def not_a_choice(key: str, value: Any, allowed: Mapping[str, str]) -> str:
+    close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    listed = "; ".join(f"{name} ({doc})" if doc else name for name, doc in allowed.items())
+    return f"{key}={value!r} is not a valid value.{hint} Valid values: {listed}. E.g. --set {key}={next(iter(allowed))}"
+
 
 @dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "fashion-mnist"  # registry name, or "imagefolder:PATH"
+class DataConfig(_Checked):
+    dataset: str = named("fashion-mnist", "dataset", also={"imagefolder:PATH": "one subfolder per class"})
     data_root: str | None = None  # where dataset files live / are downloaded to
     resolution: int | None = None  # None keeps the source's native size
-    resize: str = "bicubic-antialias"  # named resize method, recorded with the data
-    profile: str = "exp"  # exp | step | none | file
+    resize: str = named("bicubic-antialias", "resize method")  # recorded with the data
+    profile: str = choice("exp", {
+        "exp": "n_i = n_max * imbalance ** (i / (C - 1)), the LDAM profile",
+        "step": "the first half of the classes at n_max, the rest at n_max * imbalance",
+        "none": "the data as it is",
+        "file": "per-class counts from data.counts_file",
+    })  # fmt: skip
     imbalance: float = 0.01  # n_min / n_max; 0.01 is "IR 100"
     counts_file: str | None = None  # per-class counts (profile "file")
     split_seed: int = 0  # seed of the LDAM selection (0 in all papers)
     n_max: int | None = None  # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
-    groups: str = "auto"  # thresholds | thirds | auto (the dataset's own rule)
+    groups: str = choice("auto", {
+        "auto": "the dataset's own rule",
+        "thresholds": "many > data.many_threshold, few < data.few_threshold",
+        "thirds": "class-index thirds",
+    })  # fmt: skip
     many_threshold: int = 100  # many: count > this
     few_threshold: int = 20  # few: count < this
     reference_folder: str | None = None  # imagefolder: separate balanced evaluation folder
@@ -44,7 +94,7 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Checked):
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 2, 2, 2)
     attn_resolutions: tuple[int, ...] = (16,)
@@ -62,14 +112,14 @@ MODEL_SIZES: dict[str, ModelConfig] = {
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(_Checked):
     T: int = 1000
     beta_1: float = 1e-4
     beta_T: float = 0.02
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Checked):
     steps: int = 300_000
     batch_size: int = 64
     lr: float = 2e-4
@@ -77,11 +127,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     label_drop: float = 0.1  # probability of an unconditional (null-label) draw
-    label_drop_mode: str = "batch"  # batch (official: the whole batch) | sample
+    label_drop_mode: str = choice("batch", {
+        "batch": "one coin per step drops the labels of the whole batch, as the official code does",
+        "sample": "each sample drops its label on its own",
+    })  # fmt: skip
     hflip: bool | None = None  # None: the dataset decides (no flips for digits / text-like data)
     ckpt_every: int = 5000
     log_every: int = 100
-    amp: str = "bf16"  # bf16 | none; autocast is used on CUDA only
+    amp: str = choice("bf16", {"bf16": "bf16 autocast, on CUDA only", "none": "fp32 throughout"})
     tf32: bool = True
     compile: bool = False
     channels_last: bool = False
@@ -91,27 +144,47 @@ class TrainConfig:
     keep_ema_at: tuple[int, ...] = ()
     # per-method batch sizes, e.g. ("cbdm=48",) for the official CBDM runs; a rule covers every method
     # whose objective is that method's (cbdm=48: cbdm-ft, cbdm+resample, ...); others use batch_size
-    method_batch_size: tuple[str, ...] = ()
+    method_batch_size: tuple[str, ...] = named((), "method", item=lambda pair: pair.partition("=")[0])
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for pair in self.method_batch_size:
+            name, sep, size = pair.partition("=")
+            if not sep or not name or not size.isdigit() or int(size) < 1:
+                raise ConfigError(f"train.method_batch_size entries are method=batch, e.g. cbdm=48; got {pair!r}")
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(_Checked):
     """Options of every registered method; a method reads only its own."""
 
     cbdm_tau: float = 1.0
     cbdm_gamma: float = 0.25
-    cbdm_prior: str = "train"  # train (official from-scratch) | uniform (fine-tune)
-    reweight_scheme: str = "inverse"  # inverse | effective
+    cbdm_prior: str = choice("train", {
+        "train": "y' from the training prior (official, from scratch)",
+        "uniform": "y' uniform over the classes present (fine-tuning)",
+    })  # fmt: skip
+    reweight_scheme: str = choice("inverse", {
+        "inverse": "inverse class frequency",
+        "effective": "inverse effective number, method.reweight_beta",
+    })  # fmt: skip
     reweight_beta: float = 0.999
     resample_q: float = 0.0  # class drawn with prob ~ n_c ** q
-    # fixed | progressive (Kang: p = (1 - s) p_instance + s p_class, s = step/steps) | progressive-exponent (q: 1 -> 0)
-    resample_schedule: str = "fixed"
+    resample_schedule: str = choice("fixed", {
+        "fixed": "q = method.resample_q throughout",
+        "progressive": "Kang et al.: p = (1 - s) p_instance + s p_class, s = step / steps",
+        "progressive-exponent": "q from 1 to 0 over training",
+    })  # fmt: skip
     # cbdm-ft (official: the ddpm EMA at 200k of 300k, fine-tuned ~50k steps): the fraction of the ddpm
     # parent's train.steps whose EMA weights it starts from (1 = the final model), and its steps
     # (None = a sixth of the parent's train.steps)
     cbdm_ft_start: float = 2 / 3
     cbdm_ft_steps: int | None = None
-    t2h_gate: str = "t2h"  # oriented calibration: t2h (swap towards more frequent classes) | h2t | full
+    t2h_gate: str = choice("t2h", {  # oriented calibration
+        "t2h": "swap a target only towards a class at least as frequent",
+        "h2t": "swap only towards a class at most as frequent",
+        "full": "every swap the posterior draws",
+    })  # fmt: skip
     # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale)); 0.05 = the official code's effective
     # weight (the paper's w = 0.5 times the 0.1 its script rescales the term by; see methods/coral.py)
     coral_weight: float = 0.05
@@ -128,8 +201,8 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    sampler: str = "ddim"  # ddim | ddpm (ancestral, all T steps)
+class SampleConfig(_Checked):
+    sampler: str = named("ddim", "sampler")  # ddim | ddpm (ancestral, all T steps)
     steps: int = 50
     eta: float = 0.0
     guidance: float | None = 1.5  # omega; None = each method's official strength
@@ -141,11 +214,22 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    feature_space: str = "auto"  # inception | classifier | dinov2 | auto (the dataset's default)
-    reference: str = "test"  # test | train-balanced | longtail
-    resize: str = "clean"  # clean (clean-fid's PIL bicubic) | legacy (torch-fidelity)
-    fid_backend: str = "torch-fidelity"  # torch-fidelity | clean-fid
+class EvalConfig(_Checked):
+    feature_space: str = named("auto", "feature space", also={"auto": "the dataset's default"})
+    reference: str = choice("test", {
+        "test": "the balanced test split",
+        "train-balanced": "the whole balanced train pool, the papers' choice for CIFAR",
+        "longtail": "the long-tailed training subset itself",
+    })  # fmt: skip
+    resize: str = choice("clean", {
+        "clean": "clean-fid's PIL bicubic resize into Inception / DINOv2",
+        "legacy": "torch-fidelity's resize",
+        "bilinear": "the CBDM/OC evaluator's input path: floats in [0, 1], bilinear to 299, then 2x - 1",
+    })  # fmt: skip
+    fid_backend: str = choice("torch-fidelity", {
+        "torch-fidelity": "torch-fidelity's feature-level FID / KID",
+        "clean-fid": "clean-fid's",
+    })  # fmt: skip
     inception_weights: str | None = None  # path; else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache
     pr_k: int = 3
     dc_k: int = 5
@@ -163,15 +247,18 @@ class EvalConfig:
     downstream_epochs: int = 10  # CAS / augmentation / real-LT classifiers
 
 
+PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")  # the grid's default, and the CPU presets'
+
+
 @dataclass(frozen=True)
-class GridConfig:
-    methods: tuple[str, ...] = ("ddpm", "cbdm", "reweight", "resample")
+class GridConfig(_Checked):
+    methods: tuple[str, ...] = named(PAPER_METHODS, "method")  # compose with '+', e.g. cbdm+resample
     imbalances: tuple[float, ...] = (0.01,)
     seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(_Checked):
     preset: str = "custom"
     protocol: str = "ddim"  # the named evaluation protocol; rows of different protocols never mix
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -183,6 +270,89 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+
+
+_SECTIONS = {f.type: f"{f.name}." for f in fields(Config) if is_dataclass(f.default_factory)}  # type: ignore[arg-type]
+
+
+def _section_of(cls: type) -> str:
+    return _SECTIONS.get(cls.__name__, "")
+
+
+def choice_fields(cls: type = Config, prefix: str = "") -> dict[str, dict[str, str]]:
+    """Every :func:`choice` field below ``cls``: dotted key -> {value: what it means}."""
+    out: dict[str, dict[str, str]] = {}
+    hints = _resolved_types(cls)
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            out.update(choice_fields(hints[f.name], f"{prefix}{f.name}."))
+        elif "choices" in f.metadata:
+            out[prefix + f.name] = dict(f.metadata["choices"])
+    return out
+
+
+def choices(cls: type, name: str) -> tuple[str, ...]:
+    """The values of one :func:`choice` field, e.g. ``choices(EvalConfig, "reference")``."""
+    return tuple(next(f for f in fields(cls) if f.name == name).metadata["choices"])
+
+
+def named_fields(cfg: Any, prefix: str = "") -> Iterator[tuple[str, tuple[str, ...], str, dict[str, str], Any]]:
+    """(dotted key, the names it holds, registry, extra accepted values, default) of every :func:`named` field."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            yield from named_fields(value, f"{prefix}{f.name}.")
+        elif "registry" in f.metadata:
+            item = f.metadata["item"] or (lambda name: name)
+            names = value if isinstance(value, tuple) else (value,)
+            yield prefix + f.name, tuple(item(n) for n in names), f.metadata["registry"], f.metadata["also"], f.default
+
+
+def check_names(cfg: Config, lookups: Mapping[str, Callable[[str], object]]) -> None:
+    """Check every :func:`named` field against its registry: ``lookups`` maps a registry name to a
+    function that raises a ConfigError naming the valid entries for a name it does not know."""
+    for key, names, registry, also, default in named_fields(cfg):
+        for name in names:
+            if name in also:
+                continue
+            try:
+                lookups[registry](name)
+            except ConfigError as exc:
+                example = f" (e.g. --set {key}={default})" if isinstance(default, str) else ""
+                raise ConfigError(f"{key}: {exc}{example}") from None
+
+
+# ---------------------------------------------------------------- what a changed key redoes
+
+TRAIN, SAMPLE, EVALUATE = "train", "sample", "evaluate"
+# the stage a changed key redoes (and every stage after it), by section; None: the key changes how
+# fast (or where) work runs, never what it computes
+_SECTION_STAGE = {"data": TRAIN, "model": TRAIN, "diffusion": TRAIN, "train": TRAIN, "method": TRAIN,
+                  "sample": SAMPLE, "eval": EVALUATE,
+                  "grid": None}  # a cell's grid is its own method, imbalance and seed: its folder  # fmt: skip
+_KEY_STAGE = {  # the exceptions to their section, and the top-level keys
+    "preset": None,
+    "device": None,
+    "protocol": EVALUATE,  # the name the rows carry
+    "train.ckpt_every": None,
+    "train.log_every": None,
+    "train.compile": None,
+    "train.channels_last": None,
+    "train.keep_ema_at": None,  # which EMA weights are also kept on disk, not what is computed
+    "sample.batch_size": None,  # per-sample seeds: the same images for any batch
+    "eval.batch_size": None,
+}
+
+
+def stage_of(key: str) -> str | None:
+    """The first stage a change of dotted ``key`` redoes: TRAIN, SAMPLE or EVALUATE; None for a key
+    that never changes what is computed."""
+    if key in _KEY_STAGE:
+        return _KEY_STAGE[key]
+    section = key.partition(".")[0]
+    if section not in _SECTION_STAGE:
+        raise KeyError(f"config key {key!r} has no stage; add its section to _SECTION_STAGE or the key to _KEY_STAGE")
+    return _SECTION_STAGE[section]
 
 
 # ---------------------------------------------------------------- serialisation

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from benchmark.core.config import (
     MODEL_SIZES,
+    PAPER_METHODS,
     Config,
     DataConfig,
     EvalConfig,
@@ -25,7 +26,6 @@ from benchmark.core.registry import Registry
 PRESETS: Registry[Callable[[], Config]] = Registry("preset")
 PROTOCOLS: Registry[Callable[[Config], Config]] = Registry("protocol")
 
-PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")  # the CPU presets' four
 # the GPU presets add the later methods; cbdm-ft fine-tunes the grid's ddpm models (a tenth of the steps);
 # cm+t2h is Capacity Manipulation as released (with T2H's calibration), cm the capacity split alone
 GPU_METHODS = (*PAPER_METHODS, "t2h", "coral", "cm", "cm+t2h", "cbdm-ft")

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.core.config import DataConfig, choices
 from benchmark.core.errors import DataError
 from benchmark.core.names import FEW, MANY, MEDIUM
 
-PROFILES = ("exp", "step", "none", "file")  # parametric: exp, step; others see build_dataset
-GROUP_RULES = ("thresholds", "thirds")
+PROFILES = choices(DataConfig, "profile")  # parametric: exp, step; others see build_dataset
+GROUP_RULES = tuple(r for r in choices(DataConfig, "groups") if r != "auto")
 
 
 def check_imbalance(imbalance: float) -> float:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.core.config import EvalConfig
+from benchmark.core.config import EvalConfig, choices
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.files import save_npz_atomic, write_csv_atomic
@@ -55,7 +55,7 @@ from benchmark.eval.trust import UNTRUSTED_NOTE, TrustVerdict, fix_advice
 # what an evaluation yields; the harness adds the cell columns (harness.results.RESULT_COLUMNS)
 EVAL_COLUMNS = ["feature_space", "metric", "group", "class", "n_gen", "n_ref", "value", "note"]
 NEIGHBOURS = 3  # nearest training images kept per generated image for the nearest-neighbour sheets
-REFERENCES = ("test", "train-balanced", "longtail")
+REFERENCES = choices(EvalConfig, "reference")
 
 
 MIN_REF_METRICS = ("fid", "kid", "fid_ci_low", "fid_ci_high", "kid_ci_low", "kid_ci_high")

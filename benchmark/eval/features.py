@@ -23,7 +23,7 @@ from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from tqdm import tqdm
 
-from benchmark.core.config import EvalConfig
+from benchmark.core.config import EvalConfig, choices
 from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
@@ -34,7 +34,7 @@ FEATURE_SPACES: Registry = Registry("feature space")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 DINOV2_FILE = "dinov2_vits14_pretrain.pth"
 CLASSIFIER_DEFAULT = ("fashion-mnist", "mnist", "digits")
-RESIZES = ("clean", "legacy", "bilinear")
+RESIZES = choices(EvalConfig, "resize")
 _INCEPTION_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
                     "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
@@ -47,6 +47,11 @@ class FeatureSpace:
 
     def extract(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    @classmethod
+    def check_available(cls, cfg: EvalConfig) -> None:
+        """Raise a ConfigError naming the fix when what the space needs from outside (weights) is missing.
+        Cheap and offline: the grid's preflight asks it before any cell starts."""
 
 
 def default_space(dataset_name: str) -> str:
@@ -157,6 +162,10 @@ class InceptionSpace(FeatureSpace):
     name = "inception"
     size = 299
 
+    @classmethod
+    def check_available(cls, cfg: EvalConfig) -> None:
+        resolve_inception_weights(cfg)
+
     def __init__(self, *, dataset=None, cfg: EvalConfig, cache_dir: Path | None = None, device: torch.device,
                  progress: bool = False) -> None:
         weights = resolve_inception_weights(cfg)  # checked before building: no download attempt
@@ -200,8 +209,9 @@ class DinoV2Space(FeatureSpace):
     name = "dinov2"
     size = 224
 
-    def __init__(self, *, dataset=None, cfg: EvalConfig, cache_dir: Path | None = None, device: torch.device,
-                 progress: bool = False) -> None:
+    @classmethod
+    def check_available(cls, cfg: EvalConfig) -> Path:
+        """The weights file; the hub repo and the weights must both be in the torch hub cache."""
         hub = Path(torch.hub.get_dir())
         repo = [p for p in (hub / "facebookresearch_dinov2_main", hub / "facebookresearch_dinov2_master") if p.is_dir()]
         weights = hub / "checkpoints" / DINOV2_FILE
@@ -211,6 +221,11 @@ class DinoV2Space(FeatureSpace):
                 f"{DINOV2_FILE} in {hub / 'checkpoints'} ($TORCH_HOME/hub); run torch.hub.load('facebookresearch/"
                 "dinov2', 'dinov2_vits14') once on a machine with internet and copy $TORCH_HOME/hub over, "
                 "or use --set eval.feature_space=classifier. No other network is substituted.")
+        return weights
+
+    def __init__(self, *, dataset=None, cfg: EvalConfig, cache_dir: Path | None = None, device: torch.device,
+                 progress: bool = False) -> None:
+        weights = self.check_available(cfg)
         self.net = FeatureExtractorDinoV2("dinov2-vit-s-14", ["dinov2"]).to(device)
         self.device, self.resize, self.batch_size = device, cfg.resize, cfg.batch_size
         self.identity = f"dinov2-vit-s-14:{_file_digest(weights)}:{cfg.resize}"

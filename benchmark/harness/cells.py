@@ -1,5 +1,6 @@
 """Grid cells: what one cell is (dataset x imbalance x method x seed), where its folder lives, its
-config, and the config record that guards a folder against mixing runs of different settings.
+config, and the config record that guards a folder against mixing runs of different settings: a
+changed sampling or evaluation key redoes only those stages, a changed training key is refused.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmark.core.config import Config, GridConfig, to_dict
+from benchmark.core.config import EVALUATE, SAMPLE, TRAIN, Config, GridConfig, stage_of, to_dict
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL
@@ -141,11 +142,6 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
     return replace(ccfg, train=replace(ccfg.train, init_from=str(init)))
 
 
-# keys that change how fast work runs, never what it computes
-_EXECUTION_ONLY = {"device", "preset", "sample.batch_size", "eval.batch_size", "train.ckpt_every", "train.log_every",
-                   "train.keep_ema_at"}  # which EMA weights are also kept on disk, not what is computed
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -156,28 +152,77 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> None:
+def cell_stage_of(cell: Cell, key: str) -> str | None:
+    """The first stage of ``cell`` a change of ``key`` redoes (see :func:`benchmark.core.config.stage_of`).
+    A real-data cell trains and samples nothing: its data is its training, and of the sampling keys
+    only the number of images per class counts (the real floor's n)."""
+    stage = stage_of(key)
+    if cell.method != REAL or stage is None:
+        return stage
+    if key.startswith("data."):
+        return TRAIN
+    return EVALUATE if stage == EVALUATE or key == "sample.n_per_class" else None
+
+
+@dataclass(frozen=True)
+class Change:
+    """How a cell's new config differs from its folder's record: the first stage to redo (SAMPLE or
+    EVALUATE; None when no changed key affects this cell) and the changed keys (key, old, new)."""
+
+    redo: str | None
+    keys: tuple[tuple[str, object, object], ...]
+
+    def describe(self, limit: int = 5) -> str:
+        shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in self.keys[:limit])
+        return shown + (f" and {len(self.keys) - limit} more" if len(self.keys) > limit else "")
+
+
+def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> Change | None:
+    """Write the cell's config record into a new folder, or compare it with the record there.
+
+    None: no record yet (now written) or no key that matters changed.  A :class:`Change` when
+    sampling or evaluation keys changed: the caller removes what they invalidate, then writes the
+    new record with :func:`write_config`.  A changed training key is refused (ConfigError naming
+    ``--force`` and ``--out``): the model would no longer match its config.
+    """
     path = folder / "config.json"
-    record = {"cell": cell.__dict__, "config": to_dict(cfg)}
-    if path.exists() and _holds_work(folder):
-        old = _flatten(json.loads(path.read_text())["config"])
-        new = _flatten(record["config"])
-        # Only keys both records know are compared: a field added in a later version (with a default
-        # that keeps the old behaviour) must not orphan every finished cell of an older results folder.
-        shared = set(old) & set(new)
-        if parent_cell(cell) is not None:  # the grid's own init_from: where the parent cell is inside OUT
-            for rec in (old, new):
-                rec["train.init_from"] = _inside_out(rec.get("train.init_from"))
-        diff = [k for k in sorted(shared) if k not in _EXECUTION_ONLY and old[k] != new[k] and _reads(cell, k)]
-        if diff:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:5])
-            raise ConfigError(
-                f"{folder} holds a run made with a different config ({shown}). "
-                "Rerun with --force to redo this cell, or use --out for a new results folder."
-            )
-        return
+    if not path.exists() or not _holds_work(folder):  # a folder that computed nothing takes the new config
+        write_config(folder, cfg, cell)
+        return None
+    old = _flatten(json.loads(path.read_text())["config"])
+    new = _flatten(to_dict(cfg))
+    if parent_cell(cell) is not None:  # the grid's own init_from: where the parent cell is inside OUT
+        for rec in (old, new):
+            rec["train.init_from"] = _inside_out(rec.get("train.init_from"))
+    # Only keys both records know are compared: a field added in a later version (with a default
+    # that keeps the old behaviour) must not orphan every finished cell of an older results folder.
+    changed = [(k, old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]
+               and stage_of(k) is not None and _reads(cell, k)]
+    if not changed:
+        return None
+    training = [c for c in changed if cell_stage_of(cell, c[0]) == TRAIN]
+    if training:
+        shown = Change(TRAIN, tuple(training)).describe()
+        raise ConfigError(
+            f"{folder} holds a run made with a different config ({shown}), and these keys change the trained "
+            "model. Rerun with --force to retrain this cell, or use --out for a new results folder. (Changed "
+            "sampling or evaluation keys alone redo only those stages.)"
+        )
+    stages = {cell_stage_of(cell, k) for k, _, _ in changed}
+    redo = SAMPLE if SAMPLE in stages else EVALUATE if EVALUATE in stages else None
+    return Change(redo, tuple(changed))
+
+
+def write_config(folder: Path, cfg: Config, cell: Cell) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True))
+    record = {"cell": cell.__dict__, "config": to_dict(cfg)}
+    write_text_atomic(folder / "config.json", json.dumps(record, indent=2, sort_keys=True))
+
+
+def row_key(cell: Cell) -> dict:
+    """The values of :data:`benchmark.harness.results.FOLDER_KEY` in the rows this cell writes."""
+    return {"dataset": dataset_slug(cell.dataset), "profile": cell.profile, "imbalance": cell.imbalance,
+            "method": cell.method, "seed": cell.seed}  # fmt: skip
 
 
 def _reads(cell: Cell, key: str) -> bool:

@@ -3,8 +3,12 @@
 Every stage writes into the cell folder and is skipped when its output exists: training
 (``model.pt``), sampling (``samples.npz``), evaluation (``metrics.csv``).  The resolved
 config is written before work starts and checked on every rerun, so a changed setting can
-never silently mix with old outputs.  A cell's rows enter ``results.csv`` once, when the
-cell is complete; a failing cell is logged and reported, the others go on.
+never silently mix with old outputs: a changed evaluation key re-evaluates the stored
+samples, a changed sampling key resamples from the stored model, a changed training key is
+refused.  A cell's rows enter ``results.csv`` when the cell is complete, replacing those of an
+earlier run of it.  What every cell needs is checked once before the first starts (see
+:mod:`benchmark.harness.preflight`); a cell failing on its own is logged and reported, the
+others go on.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.core.config import Config
+from benchmark.core.config import EVALUATE, SAMPLE, Config
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import broadcast, current
 from benchmark.core.errors import BenchmarkError, DataError
@@ -29,12 +33,16 @@ from benchmark.data import build_dataset
 from benchmark.eval.outlook import evaluator_outlook
 from benchmark.harness.cells import (
     Cell,
+    Change,
     cell_config,
     check_or_write_config,
     expand_grid,
     method_order,
+    row_key,
+    write_config,
 )
-from benchmark.harness.results import RESULT_COLUMNS, append_cell
+from benchmark.harness.preflight import preflight
+from benchmark.harness.results import RESULT_COLUMNS, append_cell, drop_cell, put_cell
 from benchmark.harness.stages import run_stages
 
 log = logging.getLogger("ltgen")
@@ -52,6 +60,7 @@ class CellOutcome:
 def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
     device = resolve_device(cfg.device)
     out = Path(out)
+    preflight(cfg, out, force=force)  # what every cell needs, checked once: one message, nothing run
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
     outcomes = []
@@ -103,10 +112,13 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
 
     if force and folder.exists():
         _clear_cell(folder)
+        drop_cell(out / "results.csv", row_key(cell))
     ccfg = cell_config(cfg, cell, out)
     handler = None
     try:
-        check_or_write_config(folder, ccfg, cell)
+        change = check_or_write_config(folder, ccfg, cell)
+        if change is not None:
+            _redo(change, ccfg, cell, out)
         if (folder / "done.json").exists():
             announce("skip")
             rows = pd.read_csv(folder / "metrics.csv", dtype={"split_fingerprint": str, "note": str})
@@ -118,7 +130,7 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         rows = run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=progress)
         rows = rows[RESULT_COLUMNS]
         write_csv_atomic(folder / "metrics.csv", rows)
-        append_cell(out / "results.csv", rows, replace=force)
+        put_cell(out / "results.csv", rows)  # replaces the rows of an earlier run of this cell, if any
         write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
         return CellOutcome(cell, folder, "done", time.time() - start)
     except KeyboardInterrupt:
@@ -139,6 +151,30 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+
+
+def _redo(change: Change, cfg: Config, cell: Cell, out: Path) -> None:
+    """Remove what the changed keys invalidate, record the new config, and say what will be redone."""
+    folder = cell.folder(out)
+    if change.redo == SAMPLE:
+        gone = ["samples.npz", "samples.npz.parts", "metrics.csv", "done.json"]
+        action = "resampling from the stored model and re-evaluating"
+    elif change.redo == EVALUATE:
+        gone = ["metrics.csv", "done.json"]
+        action = "re-evaluating from the stored samples"
+    else:
+        gone, action = [], "nothing to redo: no changed key affects what this cell computes"
+    for name in gone:
+        path = folder / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if change.redo == SAMPLE:  # rows of samples that no longer exist (any feature space) go now
+        drop_cell(out / "results.csv", row_key(cell))
+    write_config(folder, cfg, cell)
+    kept = [name for name in ("model.pt", "samples.npz") if (folder / name).exists()]
+    message = f"config changed ({change.describe()}): {action}" + (f"; kept {', '.join(kept)}" if kept else "")
+    with open(folder / "cell.log", "a") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+    print(f"  {cell.name}: {message}", flush=True)
 
 
 def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) -> CellOutcome:

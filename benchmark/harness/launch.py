@@ -26,10 +26,11 @@ from benchmark.core.device import resolve_device
 from benchmark.core.distributed import init_from_env
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
-from benchmark.harness.cells import Cell, expand_grid, parent_cell
-from benchmark.harness.grid import CellOutcome, run_cell
+from benchmark.core.registry import Registry
+from benchmark.harness.cells import Cell, cell_config, check_or_write_config, expand_grid, parent_cell
+from benchmark.harness.grid import CellOutcome, run_cell, run_grid
+from benchmark.harness.preflight import preflight
 
-LAUNCHERS = ("local", "slurm")  # plus the hidden "submitit-local" (submitit's LocalExecutor, for tests)
 INSTALL_HINT = "pip install 'ltgen-bench[slurm]'  (or: pip install submitit)"
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
 
@@ -106,6 +107,7 @@ def run_parallel(cfg: Config, out: Path, *, jobs: int, force: bool = False) -> l
     """``jobs`` cells at a time in worker processes; one GPU each when the run uses GPUs."""
     device = resolve_device(cfg.device)
     out = Path(out)
+    preflight(cfg, out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     gpus: list[str | None] = [None]
     if device.type == "cuda":
@@ -220,6 +222,7 @@ def submit(
     """One job per unfinished cell; returns the outcomes when it waits (submitit-local or --wait), else None."""
     submitit = import_submitit()
     out = Path(out).resolve()
+    preflight(cfg, out, force=force)  # here, not once per job on the cluster
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
     wait = opts.wait or kind == "submitit-local"
@@ -231,9 +234,16 @@ def submit(
         for cell in wave:
             folder = cell.folder(out)
             if (folder / "done.json").exists() and not force:
-                outcomes[cell] = CellOutcome(cell, folder, "skipped", 0.0)
-                print(f"{cell.name}: finished, not submitted", flush=True)
-                continue
+                try:  # a changed sampling or evaluation key makes a finished cell's job redo those stages
+                    change = check_or_write_config(folder, cell_config(cfg, cell, out), cell)
+                except ConfigError as exc:  # a changed training key: refused, as the job itself would
+                    outcomes[cell] = CellOutcome(cell, folder, "failed", 0.0, str(exc))
+                    print(f"{cell.name}: not submitted: {exc}", flush=True)
+                    continue
+                if change is None or change.redo is None:
+                    outcomes[cell] = CellOutcome(cell, folder, "skipped", 0.0)
+                    print(f"{cell.name}: finished, not submitted", flush=True)
+                    continue
             active, state = _active_job(submitit, folder) if kind == "slurm" else (None, "")
             if active and state == "UNKNOWN":
                 print(f"{cell.name}: cannot tell whether job {active} still runs (sacct and squeue gave no state), "
@@ -269,3 +279,29 @@ def submit(
         if cell in outcomes:
             _say(i, len(cells), outcomes[cell])
     return [outcomes[c] for c in cells if c in outcomes]
+
+
+# ----------------------------------------------------------------------------------- the launchers
+
+# name -> launch(cfg, out, *, force, progress, jobs, opts): the outcomes, or None when the jobs run on
+LAUNCHERS: Registry = Registry("launcher")
+
+
+@LAUNCHERS.register("local")
+def launch_local(cfg: Config, out: Path, *, force: bool, progress: bool, jobs: int, opts: SlurmOptions):
+    """cells on this machine, one after another or --jobs N at once"""
+    if jobs > 1:
+        return run_parallel(cfg, out, jobs=jobs, force=force)
+    return run_grid(cfg, out, force=force, progress=progress)
+
+
+@LAUNCHERS.register("slurm")
+def launch_slurm(cfg: Config, out: Path, *, force: bool, progress: bool, jobs: int, opts: SlurmOptions):
+    """one submitit job per cell on a Slurm cluster (--slurm-* options)"""
+    return submit(cfg, out, kind="slurm", opts=opts, force=force)
+
+
+@LAUNCHERS.register("submitit-local")
+def launch_submitit_local(cfg: Config, out: Path, *, force: bool, progress: bool, jobs: int, opts: SlurmOptions):
+    """one process per cell through submitit's local executor, as Slurm would run it (for tests)"""
+    return submit(cfg, out, kind="submitit-local", opts=opts, force=force)

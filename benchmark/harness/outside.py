@@ -23,6 +23,7 @@ from benchmark.data import build_dataset
 from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
+from benchmark.harness.preflight import preflight
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import finish_rows
 
@@ -32,6 +33,7 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
     """Score the samples and append their rows; under torchrun the ranks split the feature
     extraction and rank 0 alone scores and writes (the others return None)."""
     device = resolve_device(cfg.device)
+    preflight(cfg, out, grid=False)  # data, weights and the results folder, before the samples are read
     main = current().main
     with main_first():  # rank 0 fetches / caches the data before the others read it
         dataset = build_dataset(cfg.data)

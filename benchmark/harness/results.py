@@ -1,8 +1,10 @@
-"""The tidy results table: one row per measured number, appended once per finished cell.
+"""The tidy results table: one row per measured number, one block per finished cell.
 
-Leaderboards and plots read this table alone.  A cell's rows are appended under a file
-lock, and only when no row of that cell (same data, split, method, seed and protocol) is
-present yet, so reruns and concurrent workers never duplicate rows.
+Leaderboards and plots read this table alone.  Rows are written under a file lock.  A cell
+that ran writes its rows with :func:`put_cell`, replacing what an earlier run of the same cell
+folder wrote in the same feature spaces (other feature spaces' blocks stay beside them); a
+cell found finished re-appends its stored rows only when none of that cell are present
+(:func:`append_cell`), so reruns and concurrent workers never duplicate rows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pandas as pd
 
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.files import write_csv_atomic
+from benchmark.core.names import NO_FEATURES
 
 RESULT_COLUMNS = [  # the columns of results.csv, in order
     "dataset", "profile", "imbalance", "split_fingerprint",
@@ -28,6 +31,8 @@ RESULT_COLUMNS = [  # the columns of results.csv, in order
 
 # the columns that identify one cell's block of rows
 CELL_KEY = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol"]
+# the rows one cell folder wrote, whatever the protocol or split it held at the time
+FOLDER_KEY = ["dataset", "profile", "imbalance", "method", "seed"]
 
 
 @contextlib.contextmanager
@@ -58,9 +63,9 @@ def read_results(path: Path) -> pd.DataFrame:
     return table
 
 
-def _same_cell(table: pd.DataFrame, key: dict) -> pd.Series:
+def _same_cell(table: pd.DataFrame, key: dict, columns: list[str] = CELL_KEY) -> pd.Series:
     mask = pd.Series(True, index=table.index)
-    for col in CELL_KEY:
+    for col in columns:
         left = table[col]
         value = key[col]
         if isinstance(value, float):
@@ -95,3 +100,42 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
             write_csv_atomic(path, rows)
     return True
 
+
+def put_cell(path: Path, rows: pd.DataFrame) -> int:
+    """Write the rows of a cell that just ran (anew, or again after a changed setting).
+
+    They replace every row the same cell folder wrote before in the same feature spaces, and every
+    row without a feature space (the downstream accuracies); blocks of other feature spaces (an
+    earlier evaluation of the same samples, e.g. with the classifier before Inception) stay beside
+    them, so the table holds one block per cell and feature space.  Returns the rows replaced.
+    """
+    if rows.empty:
+        raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
+    rows = rows[RESULT_COLUMNS]
+    key = {c: rows.iloc[0][c] for c in FOLDER_KEY}
+    spaces = {*rows["feature_space"].astype(str), NO_FEATURES}
+    path = Path(path)
+    with locked(path):
+        if not path.exists():
+            write_csv_atomic(path, rows)
+            return 0
+        table = read_results(path)
+        stale = _same_cell(table, key, FOLDER_KEY) & table["feature_space"].astype(str).isin(spaces)
+        if stale.any():
+            write_csv_atomic(path, pd.concat([table[~stale], rows], ignore_index=True))
+        else:
+            rows.to_csv(path, mode="a", header=False, index=False)
+        return int(stale.sum())
+
+
+def drop_cell(path: Path, key: dict) -> int:
+    """Remove every row of one cell folder (``key``: the :data:`FOLDER_KEY` values); returns how many."""
+    path = Path(path)
+    with locked(path):
+        if not path.exists():
+            return 0
+        table = read_results(path)
+        mine = _same_cell(table, key, FOLDER_KEY)
+        if mine.any():
+            write_csv_atomic(path, table[~mine])
+        return int(mine.sum())

@@ -74,6 +74,10 @@ def test_perf_script_prints_every_figure(capsys):
     assert re.search(r"ddpm-1000\s+\d+\.\d+ images/s .*EXTRAPOLATED from 2 of 1000 steps", out)
     assert re.search(r"ddim-2\s+\d+\.\d+ images/s .*measured", out)
     assert re.search(r"overall \+ 3 groups \+ 3 classes \(\d+ rows\)", out)
+    bound = re.search(r"k-NN lower bound: 3 distance passes = (\S+) FLOP = (\d+\.\d+) s at the fp32 GEMM", out)
+    assert bound and float(bound.group(1)) == pytest.approx(2 * 8 * 3 * 18**2, rel=1e-2)  # 2 d (3 n^2)
+    assert re.search(r"k-NN pass alone .* \d+\.\d+ s = \d+\.\d+x the bound", out)
+    assert re.search(r"one overall pass \(\+ FID, KID\) +\d+\.\d+ s = \d+\.\d+x the bound", out)
 
 
 def test_perf_native_convolutions_switch_back(capsys):

@@ -10,7 +10,9 @@ One run prints, for one backbone size, resolution, batch and device:
   copy loop, ``.item()`` every step); of the bare model's forward+backward+Adam step on one
   fixed batch (the limit: for cbdm one forward over the doubled batch); the ratios; peak memory;
 * sample: images/s of DDPM-1000 ancestral and DDIM-50, both with guidance (cond + uncond);
-* eval: seconds for every per-class + group metric row vs one overall pass, synthetic features.
+* eval: seconds of the fused k-NN pass and of one overall pass against the k-NN lower bound
+  (3 distance passes, FLOP at the fp32 GEMM rate measured in the same run), and of every
+  per-class + group metric row against one overall pass, on synthetic features.
 
 The training arms (``benchmark.devtools.perf_loops``) run in rounds, in alternating order, each after its
 own untimed warm-up steps; a figure is the median over rounds and a ratio the median of per-round
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ from benchmark.devtools.perf_loops import (
     METHODS,
     cpu_gemm_tflops,
     fake_dataset,
+    gemm_tflops,
     measure_training,
     peak_mib,
     peak_start,
@@ -51,6 +53,7 @@ from benchmark.devtools.perf_loops import (
 from benchmark.engine.backbone import build_unet, count_parameters
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import balanced_labels, sample_images, sample_seeds
+from benchmark.eval.knn import knn_flops, knn_metrics
 from benchmark.eval.metrics import compute_rows
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, per GPU
@@ -103,19 +106,30 @@ def sample_rate(model, diffusion, *, sampler: str, steps: int, n: int, guidance:
     return n / total
 
 
-def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int) -> tuple[float, float, int]:
-    """(one overall pass, overall + groups + every class, rows) on synthetic class-clustered features."""
+def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int, device: torch.device) -> dict:
+    """Seconds of the k-NN pass alone, of one overall pass and of overall + groups + every class, on
+    synthetic class-clustered features (float64 like the cached features the harness scores)."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(num_classes), per_class)
     centres = rng.normal(size=(num_classes, dim))
-    gen = centres[labels] + rng.normal(size=(len(labels), dim))
-    ref = centres[labels] + rng.normal(size=(len(labels), dim))
+    gen, ref = rng.normal(size=(len(labels), dim)), rng.normal(size=(len(labels), dim))
+    for c in range(num_classes):  # in place: no second copy of 50k x 2048 float64 features
+        gen[c * per_class : (c + 1) * per_class] += centres[c]
+        ref[c * per_class : (c + 1) * per_class] += centres[c]
     groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
+    base = peak_start(device)
+    sync(device)
     t0 = time.perf_counter()
-    compute_rows(gen, labels, ref, labels, groups=[ALL] * num_classes, per_class=False, kid_subsets=kid_subsets)
+    knn_metrics(gen, ref, k=3, dc_k=5, device=device)
+    sync(device)
     t1 = time.perf_counter()
-    rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets)
-    return t1 - t0, time.perf_counter() - t1, len(rows)
+    compute_rows(gen, labels, ref, labels, groups=[ALL] * num_classes, per_class=False, kid_subsets=kid_subsets,
+                 device=device)
+    t2 = time.perf_counter()
+    rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets, device=device)
+    t3 = time.perf_counter()
+    return dict(knn=t1 - t0, overall=t2 - t1, full=t3 - t2, rows=len(rows), n=len(labels),
+                peak_mib=peak_mib(device, base))
 
 
 # ---------------------------------------------------------------- the report
@@ -250,13 +264,22 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
                   f"peak {peak_mib(device, base):.0f} MiB)")
 
     if "eval" not in skip:
-        overall, full, rows = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class,
-                                           dim=args.eval_dim, kid_subsets=args.eval_kid_subsets)
-        print(f"\neval: {args.eval_classes} classes x {args.eval_per_class} images per class, features dim "
-              f"{args.eval_dim}, {args.eval_kid_subsets} KID subsets (synthetic features, CPU)")
-        print(f"  one overall pass {overall:7.2f} s; overall + 3 groups + {args.eval_classes} classes "
-              f"({rows} rows) {full:7.2f} s = {full / overall:.2f}x the overall pass; "
-              f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        e = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class, dim=args.eval_dim,
+                         kid_subsets=args.eval_kid_subsets, device=device)
+        flops = knn_flops(e["n"], e["n"], args.eval_dim)
+        rate = gemm_tflops(device)
+        bound = flops / (rate * 1e12)
+        print(f"\neval: {args.eval_classes} classes x {args.eval_per_class} images per class ({e['n']} generated vs "
+              f"{e['n']} reference), features dim {args.eval_dim}, {args.eval_kid_subsets} KID subsets (synthetic "
+              f"features; metrics on {device})")
+        print(f"  k-NN lower bound: 3 distance passes = {flops:.3g} FLOP = {bound:.2f} s at the fp32 GEMM rate "
+              f"measured now ({rate:.3f} TFLOP/s)")
+        print(f"  k-NN pass alone (precision, recall, density, coverage) {e['knn']:8.2f} s = "
+              f"{e['knn'] / bound:.2f}x the bound")
+        print(f"  one overall pass (+ FID, KID) {e['overall']:8.2f} s = {e['overall'] / bound:.2f}x the bound; "
+              f"overall + 3 groups + {args.eval_classes} classes ({e['rows']} rows) {e['full']:8.2f} s = "
+              f"{e['full'] / e['overall']:.2f}x the overall pass")
+        print(f"  peak memory {e['peak_mib']:.0f} MiB ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'})")
 
 
 if __name__ == "__main__":

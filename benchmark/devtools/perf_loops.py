@@ -243,17 +243,31 @@ def measure_training(cfg: Config, data, name: str, *, rounds: int, steps: int, w
     return {"ips": ips, "peak": peak, "vs_ref": ratio("harness", "reference"), "vs_bare": ratio("harness", "bare")}
 
 
-def cpu_gemm_tflops(n: int = 2048, reps: int = 5) -> float:
-    """TFLOP/s of one fp32 n x n matrix product on the CPU, best of ``reps`` after a warm-up: the
-    practical compute limit the training rates are set against on a machine with no published peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def gemm_tflops(device: torch.device | str = "cpu", n: int = 2048, reps: int = 5) -> float:
+    """TFLOP/s of one fp32 n x n matrix product (TF32 off), best of ``reps`` after a warm-up: the
+    practical compute limit the training rates and the k-NN pass are set against on a device with
+    no published peak."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
         a @ b
-        best = min(best, time.perf_counter() - t0)
+        best = float("inf")
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
     return 2 * n**3 / best / 1e12
+
+
+def cpu_gemm_tflops(n: int = 2048, reps: int = 5) -> float:
+    """``gemm_tflops`` on the CPU."""
+    return gemm_tflops("cpu", n, reps)
 
 
 def train_flops_per_image(cfg: Config, data, *, device: torch.device) -> float:

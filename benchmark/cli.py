@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark import __version__
-from benchmark.core.config import Config, apply_overrides, to_json
+from benchmark.core.config import PRECISIONS, Config, apply_overrides, to_json
 from benchmark.core.errors import BenchmarkError, ConfigError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import (
@@ -174,6 +174,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("sample.n_per_class must be at least 2 (metrics need two or more images per class)")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.steps and train.batch_size must be positive")
+    for key, value in (("train.precision", cfg.train.precision), ("sample.precision", cfg.sample.precision)):
+        if value not in PRECISIONS:
+            raise ConfigError(f"unknown {key} {value!r}; choose one of {', '.join(PRECISIONS)} (e.g. --set {key}=auto)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

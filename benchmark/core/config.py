@@ -17,6 +17,10 @@ from typing import Any
 
 from benchmark.core.errors import ConfigError
 
+# numeric precision of a stage (train.precision, sample.precision); auto: bf16 where the device runs it
+# natively, else fp32 (benchmark.core.device.resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -81,7 +85,7 @@ class TrainConfig:
     hflip: bool | None = None  # None: the dataset decides (no flips for digits / text-like data)
     ckpt_every: int = 5000
     log_every: int = 100
-    amp: str = "bf16"  # bf16 | none; autocast is used on CUDA only
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the device runs it natively, else fp32)
     tf32: bool = True
     compile: bool = False
     channels_last: bool = False
@@ -138,6 +142,7 @@ class SampleConfig:
     # the published protocols set 50k (their evaluators' sample size)
     n_total: int | None = None
     batch_size: int = 256
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the device runs it natively, else fp32)
 
 
 @dataclass(frozen=True)

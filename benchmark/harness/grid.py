@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.core.config import Config
-from benchmark.core.device import resolve_device
+from benchmark.core.device import resolve_device, resolve_precision
 from benchmark.core.distributed import broadcast, current
 from benchmark.core.errors import BenchmarkError, DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
@@ -33,6 +33,7 @@ from benchmark.harness.cells import (
     check_or_write_config,
     expand_grid,
     method_order,
+    resolve_precisions,
 )
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import run_stages
@@ -51,6 +52,8 @@ class CellOutcome:
 
 def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
     device = resolve_device(cfg.device)
+    for stage in ("train", "sample"):  # bad input fails here, once, not in every cell
+        resolve_precision(getattr(cfg, stage).precision, device, key=f"{stage}.precision")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
@@ -103,9 +106,9 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
 
     if force and folder.exists():
         _clear_cell(folder)
-    ccfg = cell_config(cfg, cell, out)
     handler = None
     try:
+        ccfg = resolve_precisions(cell_config(cfg, cell, out), folder, device)
         check_or_write_config(folder, ccfg, cell)
         if (folder / "done.json").exists():
             announce("skip")
@@ -147,7 +150,8 @@ def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) 
     if cell.method == REAL or broadcast(None) != "run":
         return CellOutcome(cell, folder, "skipped", 0.0)
     try:
-        run_stages(cell_config(cfg, cell, out), cell, folder, device=device, cache_dir=out / "cache", progress=False)
+        ccfg = resolve_precisions(cell_config(cfg, cell, out), folder, device)  # rank 0 wrote config.json already
+        run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=False)
     except Exception as exc:
         message = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
         rank = current().rank

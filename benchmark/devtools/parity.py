@@ -62,11 +62,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ref-per-class", type=int, default=200, help="real reference images per class for the spread")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", default=None, help="folder for the evaluator (default: a temporary one)")
+    p.add_argument("--evaluator-per-class", type=int, default=None,
+                   help="cap the evaluator's balanced training pool (default: the demo's, all of it)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     support = bf16_support(device)
     resolve_precision("bf16", device, key="precision")  # a clear error where bf16 cannot run at all
     cfg = get_preset("demo")
+    if args.evaluator_per_class:
+        cfg = replace(cfg, eval=replace(cfg.eval, classifier_per_class=args.evaluator_per_class))
     cfg = replace(cfg, train=replace(cfg.train, steps=args.steps, log_every=max(1, args.steps // 20),
                                      ckpt_every=args.steps))
     dataset = build_dataset(cfg.data)

@@ -168,6 +168,8 @@ def diversity_rows(method, seed, *, ratio, mem, counts=(100, 30, 10), names=("T-
     """A cell's per-class Vendi ratio, coverage, memorisation rows and named train counts."""
     base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
                 train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, reference="test",
+                train_precision="none" if method == "real" else "bf16",
+                sample_precision="none" if method == "real" else "bf16",
                 feature_space="classifier", n_gen=10, n_ref=20)  # fmt: skip
     rows = []
     for k, (n, name) in enumerate(zip(counts, names)):

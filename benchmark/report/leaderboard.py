@@ -268,12 +268,13 @@ def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:
     marks.loc[best, col.label] = "tie" if gap <= spread else "best"
 
 
-def _title(key: dict, display: pd.DataFrame) -> str:
-    return (
+def _title(key: dict, display: pd.DataFrame | None = None) -> str:
+    """The table's title; with its rows (``display``) it names their precision too."""
+    title = (
         f"{key['dataset']} {key['profile']} imbalance {float(key['imbalance']):g} | protocol {key['protocol']} | "
-        f"features {key['feature_space']} | reference {key['reference']} | precision (train/sample) "
-        f"{precision_note(display)}"
+        f"features {key['feature_space']} | reference {key['reference']}"
     )
+    return title if display is None else f"{title} | precision (train/sample) {precision_note(display)}"
 
 
 LEGEND = (

@@ -20,7 +20,7 @@ def test_every_config_key_has_a_stage():
         section = key.split(".")[0]
         if section in ("data", "model", "diffusion", "method"):
             assert stage == TRAIN, key
-    assert stages["train.steps"] == stages["train.lr"] == stages["train.amp"] == TRAIN
+    assert stages["train.steps"] == stages["train.lr"] == stages["train.precision"] == TRAIN
     assert stages["sample.guidance"] == stages["sample.n_per_class"] == SAMPLE
     assert stages["eval.feature_space"] == stages["eval.reference"] == stages["protocol"] == EVALUATE
     for key in ("device", "preset", "sample.batch_size", "eval.batch_size", "train.ckpt_every", "grid.seeds"):

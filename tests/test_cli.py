@@ -39,6 +39,7 @@ def test_dry_run_prints_config_and_grid(capsys, tmp_path):
         (["run", "--preset", "smoke", "--methods", "ddpmm", "--dry-run"], "ddpm"),
         (["run", "--preset", "smoke", "--imbalance", "1.5", "--dry-run"], "outside (0, 1]"),
         (["run", "--preset", "smoke", "--set", "sample.sampler=dpm", "--dry-run"], "--set sample.sampler=ddim"),
+        (["run", "--preset", "smoke", "--set", "train.precision=fp16", "--dry-run"], "choose one of auto, fp32, bf16"),
         (["data", "--dataset", "nosuchdata"], "digits"),
         (["data", "--dataset", "digits", "--imbalance", "0"], "imbalance"),
         (["data", "--dataset", "digits", "--profile", "expo"], "data.profile='expo' is not a valid value"),
@@ -55,7 +56,7 @@ def test_bad_input_is_one_clear_line(argv, fragment, capsys):
     "pair, valid",
     [
         ("train.label_drop_mode=wholebatch", ["batch", "sample"]),  # was silently per-sample dropping
-        ("train.amp=fp16", ["bf16", "none"]),  # was silently fp32
+        ("train.precision=fp16", ["auto", "fp32", "bf16"]),  # train.amp=fp16 was silently fp32
         ("eval.fid_backend=tf", ["torch-fidelity", "clean-fid"]),  # was a NaN for every FID
     ],
 )
@@ -97,7 +98,7 @@ def test_list_names_every_registered_name_in_its_own_section(capsys):
                 "feature spaces": FEATURE_SPACES, "launchers": LAUNCHERS}  # fmt: skip
     options = sections.pop("options with a fixed set of values")
     assert sorted(sections) == sorted(expected)
-    assert {"train.label_drop_mode", "train.amp", "eval.fid_backend", "bf16", "clean-fid"} <= set(options)
+    assert {"train.label_drop_mode", "train.precision", "eval.fid_backend", "bf16", "clean-fid"} <= set(options)
     for section, registry in expected.items():
         assert sorted(sections[section]) == sorted(registry.names()), section
 

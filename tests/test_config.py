@@ -112,7 +112,7 @@ CHOICES = choice_fields()
 
 def test_every_fixed_value_option_is_declared():
     # the string options whose values the code branches on, each declared next to its field
-    assert {"data.profile", "data.groups", "train.label_drop_mode", "train.amp", "method.cbdm_prior",
+    assert {"data.profile", "data.groups", "train.label_drop_mode", "train.precision", "sample.precision", "method.cbdm_prior",
             "method.reweight_scheme", "method.resample_schedule", "method.t2h_gate", "eval.reference", "eval.resize",
             "eval.fid_backend"} <= set(CHOICES)  # fmt: skip
     for key, values in CHOICES.items():
@@ -138,8 +138,8 @@ def test_choice_field_rejects_a_bogus_value_and_accepts_every_listed_one(key):
 
 
 def test_choices_are_checked_however_a_section_is_built():
-    with pytest.raises(ConfigError, match="train.amp='fp16'.*bf16.*none"):
-        TrainConfig(amp="fp16")
+    with pytest.raises(ConfigError, match="train.precision='fp16'.*auto.*fp32.*bf16"):
+        TrainConfig(precision="fp16")
     with pytest.raises(ConfigError, match="eval.fid_backend"):
         replace(EvalConfig(), fid_backend="tf")
     data = to_dict(Config())

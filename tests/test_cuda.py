@@ -34,7 +34,7 @@ def _train(run_dir, name="ddpm", cfg=None, method=None):
 @pytest.mark.parametrize("name", ["ddpm", "cbdm", "reweight", "resample", "t2h", "coral", "cm", "cm+t2h"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_trains_on_cuda_in_bf16(tmp_path, name, channels_last):
-    cfg = tiny_config(amp="bf16", channels_last=channels_last)
+    cfg = tiny_config(precision="bf16", channels_last=channels_last)
     path = _train(tmp_path, name, cfg)
     model, info = load_model(path, "cuda")
     assert info["steps"] == 6 and next(model.parameters()).device.type == "cuda"
@@ -49,7 +49,7 @@ def test_trains_on_cuda_in_bf16(tmp_path, name, channels_last):
 
 
 def test_resume_on_cuda_continues_the_same_run(tmp_path):
-    cfg = tiny_config(amp="bf16")
+    cfg = tiny_config(precision="bf16")
     method = get_method("cbdm", class_counts=DATA.counts, options=cfg.method)
     full = _train(tmp_path / "full", "cbdm", cfg)
     with pytest.raises(KeyboardInterrupt):
@@ -74,13 +74,15 @@ def test_sampling_on_cuda_is_the_cpu_computation(tmp_path):
     kw = dict(labels=balanced_labels(3, 4), seeds=sample_seeds(3, 12), sampler="ddim", steps=10, guidance=1.5,
               batch_size=12)
     cpu = sample_images(model, diff, device="cpu", **kw)
-    gpu = sample_images(model.cuda(), diff, device="cuda", **kw)
-    again = sample_images(model, diff, device="cuda", **kw)
+    gpu = sample_images(model.cuda(), diff, device="cuda", precision="bf16", **kw)
+    again = sample_images(model, diff, device="cuda", precision="bf16", **kw)
+    gpu32 = sample_images(model, diff, device="cuda", precision="fp32", **kw)
+    assert (gpu32.int() - cpu.int()).abs().float().mean() < 1  # fp32 on the GPU: the CPU's computation
     assert gpu.shape == cpu.shape and gpu.dtype == torch.uint8 and gpu.device.type == "cpu"
     diff_levels = (gpu.int() - cpu.int()).abs().float()
     assert diff_levels.mean() < 4, f"mean |cuda - cpu| = {diff_levels.mean():.2f} grey levels"
     assert (gpu.int() - again.int()).abs().max() <= 1
-    other = sample_images(model, diff, device="cuda", **{**kw, "seeds": sample_seeds(4, 12)})
+    other = sample_images(model, diff, device="cuda", precision="bf16", **{**kw, "seeds": sample_seeds(4, 12)})
     assert (other.int() - gpu.int()).abs().float().mean() > 4  # the seeds matter
 
 
@@ -106,7 +108,8 @@ def test_perf_script_on_cuda(capsys):
                "--sample-steps", "2", "--eval-classes", "3", "--eval-per-class", "6", "--eval-dim", "8",
                "--eval-kid-subsets", "2", "--peak-tflops", "100"])
     out = capsys.readouterr().out
-    assert "amp=bf16" in out
+    assert "precision auto resolves to bf16; arms at fp32, bf16" in out
+    assert re.search(r"^ddpm\s+bf16/fp32 in the same rounds: harness \d+\.\d+x", out, re.M), out
     for name in ("ddpm", "cbdm"):
         assert re.search(rf"^{name}\s.*\(\d+\.\d+% of the given peak\)$", out, re.M), out
     assert re.search(r"ddim-2\s+\d+\.\d+ images/s", out)

@@ -61,19 +61,33 @@ def test_perf_script_prints_every_figure(capsys):
     assert "cpu convolutions: oneDNN" in out
     gemm = re.search(r"fp32 GEMM .* on this CPU: (\d+\.\d+) TFLOP/s", out)
     assert gemm and float(gemm.group(1)) > 0
+    header = re.search(r"^# bf16 on this device: cpu .*: bf16 (native|emulated|none); precision auto resolves to "
+                       r"(fp32|bf16); arms at (.*)$", out, re.M)
+    assert header, out
+    precisions = header.group(3).split(", ")
+    assert precisions == (["fp32", "bf16"] if header.group(1) == "native" else ["fp32"])  # auto: bf16 iff native
     num = r"(\d+\.\d+) \[(\d+\.\d+)-(\d+\.\d+)\]"
     for name in ("ddpm", "cbdm"):
-        m = re.search(rf"^{name}\s+{num}\s+{num}\s+{num}\s+(\d+\.\d+)x\s+(\d+\.\d+)x\s+(\d+\.\d+)\s+(\d+)/(\d+)/(\d+)",
-                      out, re.M)
-        assert m, f"no training row for {name} in:\n{out}"
-        v = [float(x) for x in m.groups()]
-        for i in (0, 3, 6):  # median inside [min, max], all positive
-            assert 0 < v[i + 1] <= v[i] <= v[i + 2]
-        assert v[9] > 0 and v[10] > 0
-        assert re.search(rf"^{name}\s.*\((\d+\.\d)% of this CPU's fp32 GEMM rate\)$", out, re.M)
-    assert re.search(r"ddpm-1000\s+\d+\.\d+ images/s .*EXTRAPOLATED from 2 of 1000 steps", out)
-    assert re.search(r"ddim-2\s+\d+\.\d+ images/s .*measured", out)
+        for prec in precisions:
+            m = re.search(rf"^{name}\s+{prec}\s+{num}\s+{num}\s+{num}\s+(\d+\.\d+)x\s+(\d+\.\d+)x\s+(\d+\.\d+)\s+"
+                          rf"(\d+)/(\d+)/(\d+)", out, re.M)
+            assert m, f"no {prec} training row for {name} in:\n{out}"
+            v = [float(x) for x in m.groups()]
+            for i in (0, 3, 6):  # median inside [min, max], all positive
+                assert 0 < v[i + 1] <= v[i] <= v[i + 2]
+            assert v[9] > 0 and v[10] > 0
+            assert re.search(rf"^{name}\s+{prec}\s.*\((\d+\.\d)% of this CPU's fp32 GEMM rate\)$", out, re.M)
+        both = re.search(rf"^{name}\s+bf16/fp32 in the same rounds: harness (\d+\.\d+)x, bare (\d+\.\d+)x", out, re.M)
+        assert bool(both) == (len(precisions) == 2)
+    for prec in precisions:
+        assert re.search(rf"ddpm-1000\s+{prec}\s+\d+\.\d+ images/s .*EXTRAPOLATED from 2 of 1000 steps", out)
+        assert re.search(rf"ddim-2\s+{prec}\s+\d+\.\d+ images/s .*measured", out)
+    assert bool(re.search(r"ddim-2\s+bf16/fp32 in the same rounds: \d+\.\d+x", out)) == (len(precisions) == 2)
     assert re.search(r"overall \+ 3 groups \+ 3 classes \(\d+ rows\)", out)
+    bound = re.search(r"k-NN lower bound: 3 distance passes = (\S+) FLOP = (\d+\.\d+) s at the fp32 GEMM", out)
+    assert bound and float(bound.group(1)) == pytest.approx(2 * 8 * 3 * 18**2, rel=1e-2)  # 2 d (3 n^2)
+    assert re.search(r"k-NN pass alone .* \d+\.\d+ s = \d+\.\d+x the bound", out)
+    assert re.search(r"one overall pass \(\+ FID, KID\) +\d+\.\d+ s = \d+\.\d+x the bound", out)
 
 
 def test_perf_native_convolutions_switch_back(capsys):

@@ -8,10 +8,13 @@ from benchmark.report.build import make_report
 from benchmark.report.leaderboard import leaderboards
 
 
-def cell_rows(method, seed, fid, recall, *, dataset="digits", imbalance=0.1, protocol="p", counts=(100, 30, 10)):
+def cell_rows(method, seed, fid, recall, *, dataset="digits", imbalance=0.1, protocol="p", counts=(100, 30, 10),
+              precision="bf16"):
     rows = []
+    precision = "none" if method == "real" else precision
     base = dict(dataset=dataset, profile="exp", imbalance=imbalance, split_fingerprint="abc", method=method,
                 seed=seed, train_steps=10, protocol=protocol, sampler="ddim", sampler_steps=10, guidance=1.0,
+                train_precision=precision, sample_precision=precision,
                 reference="test", feature_space="classifier", n_gen=10, n_ref=20, note="")  # fmt: skip
     for group, scale in [("all", 1.0), ("many", 0.8), ("medium", 1.0), ("few", 1.5)]:
         rows.append({**base, "metric": "fid", "group": group, "class": np.nan, "value": fid * scale})
@@ -53,6 +56,36 @@ def test_leaderboard_marks_best_and_ties(table_dir):
     assert marks.loc["cbdm", "FID"] == "best"  # gap 5 > spread 1
     assert marks.loc["cbdm", "Rec"] == "tie"  # gap 0.001 within spread
     assert marks.loc["real data (floor)"].eq("").all()  # the floor never competes
+
+
+def test_rows_of_different_precisions_never_share_a_cell_and_the_title_says_so(tmp_path):
+    table = pd.concat([cell_rows("ddpm", 0, 10.0, 0.5, precision="fp32"), cell_rows("ddpm", 1, 12.0, 0.5),
+                       cell_rows("cbdm", 0, 5.0, 0.5), cell_rows("real", 0, 1.0, 0.9)])
+    [(key, display, _)] = leaderboards(table)
+    assert list(display.index) == ["cbdm [bf16/bf16]", "ddpm [bf16/bf16]", "ddpm [fp32/fp32]", "real data (floor)"]
+    assert display.loc["ddpm [fp32/fp32]", "FID"] == "10.00" and display.loc["ddpm [bf16/bf16]", "FID"] == "12.00"
+    assert display.loc["ddpm [fp32/fp32]", "precision"] == "fp32/fp32"
+    table.to_csv(tmp_path / "results.csv", index=False)
+    make_report(tmp_path, plots=False)
+    assert "precision (train/sample) DIFFERS between rows: bf16/bf16, fp32/fp32" in (tmp_path / "leaderboard.md").read_text()
+    same = pd.concat([cell_rows("ddpm", 0, 10.0, 0.5), cell_rows("cbdm", 0, 5.0, 0.5), cell_rows("real", 0, 1.0, 0.9)])
+    [(_, display, _)] = leaderboards(same)
+    assert list(display.index) == ["cbdm", "ddpm", "real data (floor)"]
+    same.to_csv(tmp_path / "results.csv", index=False)
+    make_report(tmp_path, plots=False)
+    assert "| precision (train/sample) bf16/bf16" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_a_table_from_before_precision_was_recorded_reads_and_grows(tmp_path):
+    path = tmp_path / "results.csv"
+    old = cell_rows("ddpm", 0, 10.0, 0.5).drop(columns=["train_precision", "sample_precision"])
+    old.to_csv(path, index=False)
+    assert set(read_results(path)["train_precision"]) == {"unrecorded"}
+    assert append_cell(path, cell_rows("cbdm", 0, 5.0, 0.5))  # the header is rewritten with the new columns
+    table = read_results(path)
+    assert list(pd.read_csv(path, nrows=0).columns) == RESULT_COLUMNS
+    assert set(table.loc[table.method == "cbdm", "sample_precision"]) == {"bf16"}
+    assert set(table.loc[table.method == "ddpm", "sample_precision"]) == {"unrecorded"}
 
 
 def _paper_rows(method, protocol, dataset="cifar100", space="inception-v3-compat:abc:bilinear", k=5):
@@ -135,6 +168,8 @@ def diversity_rows(method, seed, *, ratio, mem, counts=(100, 30, 10), names=("T-
     """A cell's per-class Vendi ratio, coverage, memorisation rows and named train counts."""
     base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
                 train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, reference="test",
+                train_precision="none" if method == "real" else "bf16",
+                sample_precision="none" if method == "real" else "bf16",
                 feature_space="classifier", n_gen=10, n_ref=20)  # fmt: skip
     rows = []
     for k, (n, name) in enumerate(zip(counts, names)):

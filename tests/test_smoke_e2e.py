@@ -1,5 +1,6 @@
 """End to end on the smoke preset: the whole pipeline, resume after a kill, reruns, failures."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from benchmark.core.device import resolve_precision
 from benchmark.core.errors import ConfigError
 from benchmark.harness.results import RESULT_COLUMNS, read_results
 
@@ -57,6 +59,12 @@ def test_results_table_has_every_method_group_and_metric(smoke):
     assert names.str.contains("name=").all()  # digits: the names are "0".."9"
     # one split for all: every row carries the same fingerprint
     assert table.split_fingerprint.nunique() == 1
+    # the resolved precision of both stages (auto -> what this CPU runs natively), in rows and config.json
+    auto = resolve_precision("auto", "cpu")
+    assert set(gen.train_precision) == set(gen.sample_precision) == {auto}
+    assert set(real.train_precision) == {"none"}
+    config = json.loads(next((out / "runs").rglob("ddpm/seed0/config.json")).read_text())["config"]
+    assert config["train"]["precision"] == config["sample"]["precision"] == auto
 
 
 def test_leaderboards_and_plots_exist(smoke):

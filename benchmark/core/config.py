@@ -59,6 +59,11 @@ def not_a_choice(key: str, value: Any, allowed: Mapping[str, str]) -> str:
     return f"{key}={value!r} is not a valid value.{hint} Valid values: {listed}. E.g. --set {key}={next(iter(allowed))}"
 
 
+PRECISION_CHOICES = {"auto": "bf16 where the device runs it natively, else fp32", "fp32": "fp32 throughout",
+                     "bf16": "bf16 autocast; refused where the device cannot run it"}
+PRECISIONS = tuple(PRECISION_CHOICES)  # numeric precision of a stage (benchmark.core.device.resolve_precision)
+
+
 @dataclass(frozen=True)
 class DataConfig(_Checked):
     dataset: str = named("fashion-mnist", "dataset", also={"imagefolder:PATH": "one subfolder per class"})
@@ -134,7 +139,7 @@ class TrainConfig(_Checked):
     hflip: bool | None = None  # None: the dataset decides (no flips for digits / text-like data)
     ckpt_every: int = 5000
     log_every: int = 100
-    amp: str = choice("bf16", {"bf16": "bf16 autocast, on CUDA only", "none": "fp32 throughout"})
+    precision: str = choice("auto", PRECISION_CHOICES)
     tf32: bool = True
     compile: bool = False
     channels_last: bool = False
@@ -211,6 +216,7 @@ class SampleConfig(_Checked):
     # the published protocols set 50k (their evaluators' sample size)
     n_total: int | None = None
     batch_size: int = 256
+    precision: str = choice("auto", PRECISION_CHOICES)
 
 
 @dataclass(frozen=True)

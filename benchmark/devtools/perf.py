@@ -10,7 +10,9 @@ One run prints, for one backbone size, resolution, batch and device:
   copy loop, ``.item()`` every step); of the bare model's forward+backward+Adam step on one
   fixed batch (the limit: for cbdm one forward over the doubled batch); the ratios; peak memory;
 * sample: images/s of DDPM-1000 ancestral and DDIM-50, both with guidance (cond + uncond);
-* eval: seconds for every per-class + group metric row vs one overall pass, synthetic features.
+* eval: seconds of the fused k-NN pass and of one overall pass against the k-NN lower bound
+  (3 distance passes, FLOP at the fp32 GEMM rate measured in the same run), and of every
+  per-class + group metric row against one overall pass, on synthetic features.
 
 The training arms (``benchmark.devtools.perf_loops``) run in rounds, in alternating order, each after its
 own untimed warm-up steps; a figure is the median over rounds and a ratio the median of per-round
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -36,12 +37,13 @@ import numpy as np
 import torch
 
 from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
-from benchmark.core.device import resolve_device
+from benchmark.core.device import bf16_support, resolve_device, resolve_precision
 from benchmark.core.names import ALL, GROUPS
 from benchmark.devtools.perf_loops import (
     METHODS,
     cpu_gemm_tflops,
     fake_dataset,
+    gemm_tflops,
     measure_training,
     peak_mib,
     peak_start,
@@ -51,6 +53,7 @@ from benchmark.devtools.perf_loops import (
 from benchmark.engine.backbone import build_unet, count_parameters
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import balanced_labels, sample_images, sample_seeds
+from benchmark.eval.knn import knn_flops, knn_metrics
 from benchmark.eval.metrics import compute_rows
 
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}  # dense, per GPU
@@ -79,12 +82,12 @@ class _StopAfter(torch.nn.Module):
 
 
 def sample_rate(model, diffusion, *, sampler: str, steps: int, n: int, guidance: float, device,
-                timed_steps: int | None = None) -> float:
+                precision: str = "fp32", timed_steps: int | None = None) -> float:
     """images/s of ``sample_images``; with ``timed_steps`` only that many steps are run and the
     full count is extrapolated from their mean (setup + steps x mean step)."""
     labels = balanced_labels(model.num_classes, -(-n // model.num_classes))[:n]
     kw = dict(labels=labels, seeds=sample_seeds(0, n), sampler=sampler, steps=steps, guidance=guidance,
-              batch_size=n, device=device)
+              batch_size=n, device=device, precision=precision)
     sample_images(model, diffusion, **{**kw, "sampler": "ddim", "steps": 2})  # warm-up at the same shape
     sync(device)
     t0 = time.perf_counter()
@@ -103,19 +106,30 @@ def sample_rate(model, diffusion, *, sampler: str, steps: int, n: int, guidance:
     return n / total
 
 
-def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int) -> tuple[float, float, int]:
-    """(one overall pass, overall + groups + every class, rows) on synthetic class-clustered features."""
+def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int, device: torch.device) -> dict:
+    """Seconds of the k-NN pass alone, of one overall pass and of overall + groups + every class, on
+    synthetic class-clustered features (float64 like the cached features the harness scores)."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(num_classes), per_class)
     centres = rng.normal(size=(num_classes, dim))
-    gen = centres[labels] + rng.normal(size=(len(labels), dim))
-    ref = centres[labels] + rng.normal(size=(len(labels), dim))
+    gen, ref = rng.normal(size=(len(labels), dim)), rng.normal(size=(len(labels), dim))
+    for c in range(num_classes):  # in place: no second copy of 50k x 2048 float64 features
+        gen[c * per_class : (c + 1) * per_class] += centres[c]
+        ref[c * per_class : (c + 1) * per_class] += centres[c]
     groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
+    base = peak_start(device)
+    sync(device)
     t0 = time.perf_counter()
-    compute_rows(gen, labels, ref, labels, groups=[ALL] * num_classes, per_class=False, kid_subsets=kid_subsets)
+    knn_metrics(gen, ref, k=3, dc_k=5, device=device)
+    sync(device)
     t1 = time.perf_counter()
-    rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets)
-    return t1 - t0, time.perf_counter() - t1, len(rows)
+    compute_rows(gen, labels, ref, labels, groups=[ALL] * num_classes, per_class=False, kid_subsets=kid_subsets,
+                 device=device)
+    t2 = time.perf_counter()
+    rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets, device=device)
+    t3 = time.perf_counter()
+    return dict(knn=t1 - t0, overall=t2 - t1, full=t3 - t2, rows=len(rows), n=len(labels),
+                peak_mib=peak_mib(device, base))
 
 
 # ---------------------------------------------------------------- the report
@@ -158,7 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label-drop", type=float, default=0.0, help="unconditional-batch probability (0: all conditional)")
     p.add_argument("--channels-last", choices=("default", "on", "off"), default="default",
                    help="harness and bare model memory format (default: TrainConfig's)")
-    p.add_argument("--amp", choices=("bf16", "none"), default="bf16", help="autocast on CUDA (the reference is fp32)")
+    p.add_argument("--precision", choices=("both", "auto", "fp32", "bf16"), default="both",
+                   help="harness, bare and sampling arms: both = fp32 and what auto resolves to on this device "
+                        "(one arm when that is fp32); the reference loop is fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the harness and bare model")
     p.add_argument("--mkldnn", choices=("on", "off"), default="on",
                    help="CPU convolutions through oneDNN (torch's default) or torch's native im2col + GEMM, all arms")
@@ -192,7 +208,13 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
     skip = {s for s in args.skip.split(",") if s}
 
     device = resolve_device(args.device)
-    tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, amp=args.amp, compile=args.compile)
+    support = bf16_support(device)
+    auto = resolve_precision("auto", device)
+    if args.precision == "both":
+        precisions = ("fp32", auto) if auto != "fp32" else ("fp32",)
+    else:
+        precisions = (resolve_precision(args.precision, device),)
+    tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, compile=args.compile)
     if args.channels_last != "default":
         tc = replace(tc, channels_last=args.channels_last == "on")
     cfg = Config(model=MODEL_SIZES[args.size], train=tc, method=MethodConfig())
@@ -200,10 +222,12 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
     model = build_unet(cfg.model, channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     print("$ python -m benchmark.devtools.perf " + shlex.join(sys.argv[1:] if argv is None else argv))
     print("# " + _environment(device))
+    print(f"# bf16 on this device: {support.report}; precision auto resolves to {auto}; arms at "
+          f"{', '.join(precisions)}")
     print(f"# model {args.size}: {count_parameters(model) / 1e6:.2f}M params, {args.channels}x{args.resolution}x"
           f"{args.resolution}, {args.classes} classes, batch {args.batch}; harness and bare: channels_last="
-          f"{tc.channels_last}, amp={tc.amp if device.type == 'cuda' else 'none (cpu)'}, compile={tc.compile}; "
-          f"reference: fp32, contiguous, eager" + ("" if device.type == "cuda" else f"; cpu convolutions: "
+          f"{tc.channels_last}, compile={tc.compile}; reference: fp32, contiguous, eager"
+          + ("" if device.type == "cuda" else f"; cpu convolutions: "
           f"{'oneDNN' if torch.backends.mkldnn.enabled else 'native (oneDNN off)'}"))
 
     if "train" not in skip:
@@ -219,17 +243,22 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
         print(f"\ntrain: images/s, median [min-max] of {args.rounds} rounds x {args.steps} timed steps "
               f"(+{args.warmup_steps} warm-up) per arm; label_drop={args.label_drop}; "
               f"model forward+backward {flops / 1e9:.3f} GFLOP per image (cbdm: two per image)")
-        print(f"{'method':<7}{'harness':>24}{'reference':>24}{'bare (limit)':>24}{'harness/ref':>13}"
+        print(f"{'method':<7}{'prec':<6}{'harness':>24}{'reference':>24}{'bare (limit)':>24}{'harness/ref':>13}"
               f"{'harness/bare':>14}{'harness TFLOP/s':>17}  peak MiB harness/ref/bare")
         for name in methods:
             m = measure_training(cfg, data, name, rounds=args.rounds, steps=args.steps, warm=args.warmup_steps,
-                                 device=device)
+                                 device=device, precisions=precisions)
             ips = m["ips"]
-            tflops = statistics.median(ips["harness"]) * flops * (2 if name == "cbdm" else 1) / 1e12
-            frac = f" ({100 * tflops / peak:.1f}% of {kind})" if peak else ""
-            mem = "/".join(f"{m['peak'][a]:.0f}" for a in ("harness", "reference", "bare"))
-            print(f"{name:<7}{_spread(ips['harness']):>24}{_spread(ips['reference']):>24}{_spread(ips['bare']):>24}"
-                  f"{m['vs_ref']:>12.2f}x{m['vs_bare']:>13.2f}x{tflops:>17.3f}  {mem}{frac}")
+            for prec in precisions:
+                h, b = f"harness {prec}", f"bare {prec}"
+                tflops = statistics.median(ips[h]) * flops * (2 if name == "cbdm" else 1) / 1e12
+                frac = f" ({100 * tflops / peak:.1f}% of {kind})" if peak else ""
+                mem = "/".join(f"{m['peak'][a]:.0f}" for a in (h, "reference", b))
+                print(f"{name:<7}{prec:<6}{_spread(ips[h]):>24}{_spread(ips['reference']):>24}{_spread(ips[b]):>24}"
+                      f"{m['vs_ref'][prec]:>12.2f}x{m['vs_bare'][prec]:>13.2f}x{tflops:>17.3f}  {mem}{frac}")
+            if "bf16_vs_fp32" in m:
+                r = m["bf16_vs_fp32"]
+                print(f"{name:<7}bf16/fp32 in the same rounds: harness {r['harness']:.2f}x, bare {r['bare']:.2f}x")
         if device.type != "cuda":
             print("  (peak memory on the CPU is the process's peak RSS so far, not per arm)")
 
@@ -240,23 +269,44 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
                          num_classes=args.classes).to(device)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         print(f"\nsample: {n} images in one batch, guidance w={args.guidance} (cond + uncond in one forward of "
-              f"{2 * n}), random weights, eval mode")
+              f"{2 * n}), random weights, eval mode; median [min-max] of {args.rounds} rounds, precisions "
+              f"alternating")
         for sampler, steps, timed in (("ddpm", diffusion.T, args.ddpm_timed_steps), ("ddim", args.sample_steps, 0)):
-            base = peak_start(device)
-            rate = sample_rate(net, diffusion, sampler=sampler, steps=steps, n=n, guidance=args.guidance,
-                               device=device, timed_steps=timed if timed and timed < steps else None)
+            rates: dict[str, list[float]] = {p: [] for p in precisions}
+            peaks = dict.fromkeys(precisions, 0.0)
+            for r in range(args.rounds):
+                for prec in (precisions if r % 2 == 0 else precisions[::-1]):
+                    base = peak_start(device)
+                    rates[prec].append(sample_rate(net, diffusion, sampler=sampler, steps=steps, n=n,
+                                                   guidance=args.guidance, device=device, precision=prec,
+                                                   timed_steps=timed if timed and timed < steps else None))
+                    peaks[prec] = max(peaks[prec], peak_mib(device, base))
             how = f"EXTRAPOLATED from {timed} of {steps} steps" if timed and timed < steps else "measured"
-            print(f"  {sampler}-{steps:<5} {rate:10.3f} images/s  ({rate * steps:9.1f} image-steps/s, {how}; "
-                  f"peak {peak_mib(device, base):.0f} MiB)")
+            for prec in precisions:
+                med = statistics.median(rates[prec])
+                print(f"  {sampler}-{steps:<5} {prec:<5} {med:10.3f} images/s [{min(rates[prec]):.3f}-"
+                      f"{max(rates[prec]):.3f}] ({med * steps:9.1f} image-steps/s, {how}; peak {peaks[prec]:.0f} MiB)")
+            if len(precisions) == 2:
+                ratio = statistics.median(b / a for a, b in zip(rates["fp32"], rates["bf16"]))
+                print(f"  {sampler}-{steps:<5} bf16/fp32 in the same rounds: {ratio:.2f}x")
 
     if "eval" not in skip:
-        overall, full, rows = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class,
-                                           dim=args.eval_dim, kid_subsets=args.eval_kid_subsets)
-        print(f"\neval: {args.eval_classes} classes x {args.eval_per_class} images per class, features dim "
-              f"{args.eval_dim}, {args.eval_kid_subsets} KID subsets (synthetic features, CPU)")
-        print(f"  one overall pass {overall:7.2f} s; overall + 3 groups + {args.eval_classes} classes "
-              f"({rows} rows) {full:7.2f} s = {full / overall:.2f}x the overall pass; "
-              f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        e = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class, dim=args.eval_dim,
+                         kid_subsets=args.eval_kid_subsets, device=device)
+        flops = knn_flops(e["n"], e["n"], args.eval_dim)
+        rate = gemm_tflops(device)
+        bound = flops / (rate * 1e12)
+        print(f"\neval: {args.eval_classes} classes x {args.eval_per_class} images per class ({e['n']} generated vs "
+              f"{e['n']} reference), features dim {args.eval_dim}, {args.eval_kid_subsets} KID subsets (synthetic "
+              f"features; metrics on {device})")
+        print(f"  k-NN lower bound: 3 distance passes = {flops:.3g} FLOP = {bound:.2f} s at the fp32 GEMM rate "
+              f"measured now ({rate:.3f} TFLOP/s)")
+        print(f"  k-NN pass alone (precision, recall, density, coverage) {e['knn']:8.2f} s = "
+              f"{e['knn'] / bound:.2f}x the bound")
+        print(f"  one overall pass (+ FID, KID) {e['overall']:8.2f} s = {e['overall'] / bound:.2f}x the bound; "
+              f"overall + 3 groups + {args.eval_classes} classes ({e['rows']} rows) {e['full']:8.2f} s = "
+              f"{e['full'] / e['overall']:.2f}x the overall pass")
+        print(f"  peak memory {e['peak_mib']:.0f} MiB ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'})")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmark.core.config import Config
+from benchmark.core.device import autocast, resolve_precision
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.trainer import train
@@ -171,7 +172,7 @@ class ReferenceLoop:
 class BareStep:
     """The limit: forward + backward + the harness's Adam on one fixed batch, nothing else.
 
-    Same model settings as the harness (channels_last, bf16 autocast on CUDA, compile); for
+    Same model settings as the harness (channels_last, ``train.precision``'s autocast, compile); for
     cbdm the forward runs over the doubled batch [x_t; x_t] that CBDM's loss needs.
     """
 
@@ -186,7 +187,7 @@ class BareStep:
         cuda = device.type == "cuda"
         self.opt = torch.optim.Adam(self.params, lr=tc.lr, **({"fused": True} if cuda else {"foreach": True}))
         self.model = torch.compile(model) if tc.compile else model
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and tc.amp == "bf16")
+        self.autocast = autocast(resolve_precision(tc.precision, device, key="train.precision"), device)
         n = tc.batch_size * (2 if name == "cbdm" else 1)
         shape = (n, data.channels, data.resolution, data.resolution)
         self.x = torch.randn(shape, device=device)
@@ -215,45 +216,71 @@ def loop_seconds(arm, *, steps: int, warm: int, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def measure_training(cfg: Config, data, name: str, *, rounds: int, steps: int, warm: int, device) -> dict:
-    """images/s per arm (median, min, max over rounds), per-round ratios, peak memory per arm."""
+def measure_training(cfg: Config, data, name: str, *, rounds: int, steps: int, warm: int, device,
+                     precisions: tuple[str, ...] = ("fp32",)) -> dict:
+    """images/s per arm (median, min, max over rounds), per-round ratios, peak memory per arm.
+
+    The harness and bare arms run once per precision (``harness fp32``, ``bare bf16``, ...); the
+    reference loop is fp32 as the official code is.  Ratios are medians of per-round ratios.
+    """
     B = cfg.train.batch_size
-    ips: dict[str, list[float]] = {"harness": [], "reference": [], "bare": []}
+    arms = [f"harness {p}" for p in precisions] + ["reference"] + [f"bare {p}" for p in precisions]
+    ips: dict[str, list[float]] = {a: [] for a in arms}
     peak = dict.fromkeys(ips, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            for arm in (list(ips) if r % 2 == 0 else list(ips)[::-1]):
+            for arm in (arms if r % 2 == 0 else arms[::-1]):
+                kind, _, prec = arm.partition(" ")
+                acfg = replace(cfg, train=replace(cfg.train, precision=prec or "fp32"))
                 base = peak_start(device)
-                if arm == "harness":
-                    sec = harness_seconds(cfg, data, name, steps=steps, warm=warm, device=device,
-                                          tmp=Path(tmp), tag=f"{name}-{r}")
+                if kind == "harness":
+                    sec = harness_seconds(acfg, data, name, steps=steps, warm=warm, device=device,
+                                          tmp=Path(tmp), tag=f"{name}-{prec}-{r}")
                 else:
-                    if arm == "reference":
+                    if kind == "reference":
                         # torch's defaults: what the plain loop runs with
                         _cuda_flags(device, matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False)
-                        obj = ReferenceLoop(cfg, data, name, device=device)
+                        obj = ReferenceLoop(acfg, data, name, device=device)
                     else:
                         _cuda_flags(device, matmul_tf32=cfg.train.tf32, cudnn_tf32=cfg.train.tf32, cudnn_benchmark=True)
-                        obj = BareStep(cfg, data, name, device=device)
+                        obj = BareStep(acfg, data, name, device=device)
                     sec = loop_seconds(obj, steps=steps, warm=warm, device=device)
                     del obj
                 ips[arm].append(steps * B / sec)
                 peak[arm] = max(peak[arm], peak_mib(device, base))
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(ips[a], ips[b]))  # noqa: E731
-    return {"ips": ips, "peak": peak, "vs_ref": ratio("harness", "reference"), "vs_bare": ratio("harness", "bare")}
+    out = {"ips": ips, "peak": peak, "vs_ref": {p: ratio(f"harness {p}", "reference") for p in precisions},
+           "vs_bare": {p: ratio(f"harness {p}", f"bare {p}") for p in precisions}}
+    if {"fp32", "bf16"} <= set(precisions):
+        out["bf16_vs_fp32"] = {k: ratio(f"{k} bf16", f"{k} fp32") for k in ("harness", "bare")}
+    return out
+
+
+def gemm_tflops(device: torch.device | str = "cpu", n: int = 2048, reps: int = 5) -> float:
+    """TFLOP/s of one fp32 n x n matrix product (TF32 off), best of ``reps`` after a warm-up: the
+    practical compute limit the training rates and the k-NN pass are set against on a device with
+    no published peak."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        a @ b
+        best = float("inf")
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    return 2 * n**3 / best / 1e12
 
 
 def cpu_gemm_tflops(n: int = 2048, reps: int = 5) -> float:
-    """TFLOP/s of one fp32 n x n matrix product on the CPU, best of ``reps`` after a warm-up: the
-    practical compute limit the training rates are set against on a machine with no published peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e12
+    """``gemm_tflops`` on the CPU."""
+    return gemm_tflops("cpu", n, reps)
 
 
 def train_flops_per_image(cfg: Config, data, *, device: torch.device) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from benchmark.core.config import SampleConfig
+from benchmark.core.device import autocast, resolve_precision
 from benchmark.core.distributed import barrier, current
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
@@ -114,13 +116,18 @@ def sample_images(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Generate one image per (label, seed) pair; returns uint8 [N, C, H, W] on the CPU."""
+    """Generate one image per (label, seed) pair; returns uint8 [N, C, H, W] on the CPU.
+
+    ``precision``: the model's arithmetic, fp32 | bf16 | auto (bf16 where ``device`` runs it
+    natively); the sampler's own update runs in fp32 either way."""
     if labels.shape != seeds.shape or labels.ndim != 1:
         raise ConfigError("labels and seeds must be 1-D tensors of equal length (one seed per image)")
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
     device = torch.device(device)
+    precision = resolve_precision(precision, device, key="sample.precision")
     shape = (model.in_channels, model.resolution, model.resolution)
     was_training = model.training
     model.eval()
@@ -130,8 +137,7 @@ def sample_images(
         for s in tqdm(starts, desc=f"sampling ({sampler})", disable=not progress, leave=False):
             y = labels[s : s + batch_size].to(device)
             noise = _Noise(seeds[s : s + batch_size], shape, device)
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-            with autocast:
+            with autocast(precision, device):
                 out.append(
                     _sample_batch(model, diffusion, y, noise, sampler=sampler, steps=steps, eta=eta, guidance=guidance).cpu()
                 )
@@ -177,8 +183,10 @@ def generate_eval_set(
         raise ConfigError("no guidance strength: set sample.guidance or pass the method's official_guidance")
     labels = balanced_labels(num_classes, n_per_class)
     seeds = sample_seeds(seed, len(labels))
+    precision = resolve_precision(cfg.precision, device, key="sample.precision")
+    cfg = replace(cfg, precision=precision)
     key = hashlib.sha256(
-        repr((cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class)).encode()
+        repr((cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class, precision)).encode()
     ).hexdigest()[:16]
     parts = out_path.with_name(out_path.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
@@ -206,7 +214,7 @@ def generate_eval_set(
                     continue
         imgs = sample_images(
             model, diffusion, labels=labels[s : s + chunk], seeds=seeds[s : s + chunk], sampler=cfg.sampler,
-            steps=cfg.steps, eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device,
+            steps=cfg.steps, eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device, precision=precision,
         )
         save_npz_atomic(part, images=imgs.numpy(), key=np.array(key))
         images.append(imgs)
@@ -226,5 +234,6 @@ def _sample_part(model, diffusion, part: Path, key: str, labels, seeds, cfg: Sam
             if str(data["key"]) == key and len(data["images"]) == len(labels):
                 return
     imgs = sample_images(model, diffusion, labels=labels, seeds=seeds, sampler=cfg.sampler, steps=cfg.steps,
-                         eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device)  # fmt: skip
+                         eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device,
+                         precision=cfg.precision)  # fmt: skip
     save_npz_atomic(part, images=imgs.numpy(), key=np.array(key))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmark.core.config import Config, to_json
+from benchmark.core.device import autocast, resolve_precision
 from benchmark.core.distributed import (
     Dist,
     all_gather,
@@ -85,6 +86,9 @@ def train(
     if final.exists():
         return final
     device = torch.device(device)
+    # auto -> fp32 | bf16 on this device; the run (and its checkpoints) carry the resolved one
+    cfg = replace(cfg, train=replace(cfg.train, precision=resolve_precision(cfg.train.precision, device,
+                                                                           key="train.precision")))
     tc = cfg.train
     if len(dataset.train_labels) == 0:
         raise DataError("the training set is empty; check the dataset and imbalance settings")
@@ -246,8 +250,9 @@ def _seed_rank_streams(run: _Run, state: dict | None, seed: int) -> None:
 
 
 def _autocast(run: _Run) -> torch.autocast:
-    """The precision the forward pass runs in (bf16 autocast on CUDA when ``train.amp=bf16``)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.cuda and run.cfg.train.amp == "bf16")
+    """The precision the forward pass runs in: bf16 autocast when ``train.precision`` resolved to bf16
+    (on CUDA or a CPU with bf16 units), else fp32; parameters, gradients and Adam stay fp32."""
+    return autocast(run.cfg.train.precision, run.device)
 
 
 def _objective(run: _Run, batch: Batch) -> list[torch.Tensor]:
@@ -309,7 +314,7 @@ class _Window:
             raise TrainingError(
                 f"non-finite loss or gradient between steps {run.step - window + 1} and {run.step} "
                 f"({', '.join(f'{n}={v:.4g}' for n, v in zip([*names, 'grad_norm'], values))}); {kept}. "
-                "Lower train.lr, set train.amp=none, or check the data and the method's loss terms."
+                "Lower train.lr, set train.precision=fp32, or check the data and the method's loss terms."
             )
         dt = time.perf_counter() - self.t0
         terms = values[: len(names)]

@@ -124,11 +124,11 @@ def _check_images(images: torch.Tensor, labels: torch.Tensor, dataset) -> None:
 
 
 def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset, cfg: EvalConfig, seed: int,
-                        space_id: str, extra_note: str) -> pd.DataFrame:
+                        space_id: str, extra_note: str, device: torch.device | None = None) -> pd.DataFrame:
     rows = compute_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=list(dataset.groups),
                         k=cfg.pr_k, dc_k=cfg.dc_k, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
                         gen_probs=gen.get("probs"), gen_logits=gen.get("logits"), bootstrap=cfg.bootstrap, seed=seed,
-                        backend=cfg.fid_backend)
+                        backend=cfg.fid_backend, device=device)
     frame = enforce_min_ref(pd.DataFrame(rows), min_ref=cfg.min_ref_fid)
     frame["note"] = [";".join(p for p in (n, extra_note) if p) for n in frame["note"]]
     fallback = fallback_classes(dataset, cfg.reference)
@@ -271,7 +271,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     if together and not current().main:
         return None
     frame = _rows_from_features(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
-                                space_id=space.identity, extra_note=f"reference={cfg.reference}")
+                                space_id=space.identity, extra_note=f"reference={cfg.reference}", device=device)
     parts = [frame, pd.DataFrame(evaluator_rows(space, dataset))]
     if cfg.diversity:
         train_labels = dataset.train_labels.numpy()
@@ -335,7 +335,8 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
         note += f";capped_classes={capped}"
     rest_ref = {k: v[rest] for k, v in ref.items()}
     frame = _rows_from_features(gen, labels[held], rest_ref, labels[rest],
-                                dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note)
+                                dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note,
+                                device=device)
     if cfg.diversity:
         if cfg.reference == "longtail":  # the held-out images are training images: test them against the rest
             train, train_labels, train_images = rest_ref, labels[rest], ref_images[torch.from_numpy(rest)]

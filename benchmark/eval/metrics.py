@@ -2,8 +2,9 @@
 
 Every number comes from the features of the generated set and of the reference set, so one
 feature pass serves all slices.  The feature-level functions of torch-fidelity are used where
-they exist (FID statistics, KID's unbiased MMD, improved precision/recall, Inception Score);
-density/coverage (Naeem et al. 2020) is not in torch-fidelity and is implemented here.
+they exist (FID statistics, KID's unbiased MMD, Inception Score).  Improved precision/recall
+and density/coverage (Naeem et al. 2020) come together from one chunked set of k-NN passes
+(``benchmark.eval.knn``), equal to torch-fidelity's precision/recall (tested against it).
 
 Two speed-ups keep 100 per-class slices close to the cost of one overall pass, both exact:
 - FID for a slice with fewer samples than feature dimensions uses tr sqrt(S1 S2) =
@@ -48,10 +49,6 @@ from torch_fidelity.metric_fid import (
 )
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric, mmd2
-from torch_fidelity.metric_prc import (
-    calculate_precision_recall_full,
-    calculate_precision_recall_part,
-)
 
 from benchmark.core.errors import MetricError
 from benchmark.core.names import (
@@ -72,8 +69,8 @@ from benchmark.core.names import (
     is_interval,
 )
 from benchmark.eval.intervals import half_sample_interval
+from benchmark.eval.knn import knn_metrics
 
-_PRC_BATCH = 5000  # rows per cdist block; above this the batched ("part") variant keeps memory bounded
 _KERNEL_CACHE_LIMIT = 30_000_000  # kernel entries we are willing to hold to reuse across KID subsets
 
 
@@ -148,33 +145,16 @@ def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, see
     return out["kernel_inception_distance_mean"], std, m
 
 
-def precision_recall(gen: np.ndarray, ref: np.ndarray, *, k: int) -> tuple[float, float]:
-    """Improved precision/recall (Kynkaanniemi 2019) via torch-fidelity; needs n > k on both sides."""
-    _need(len(gen), k + 1, f"precision/recall (k={k})", "generated")
-    _need(len(ref), k + 1, f"precision/recall (k={k})", "reference")
-    g = torch.from_numpy(np.ascontiguousarray(gen, dtype=np.float32))
-    r = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
-    big = max(len(gen), len(ref)) > _PRC_BATCH
-    fn = calculate_precision_recall_part if big else calculate_precision_recall_full
-    return fn(g, r, k, _PRC_BATCH)
+def precision_recall(gen: np.ndarray, ref: np.ndarray, *, k: int, device=None) -> tuple[float, float]:
+    """Improved precision/recall (Kynkaanniemi 2019), equal to torch-fidelity's; needs n > k on both sides."""
+    out = knn_metrics(gen, ref, k=k, dc_k=k, device=device)
+    return out.get("precision"), out.get("recall")
 
 
-def density_coverage(gen: np.ndarray, ref: np.ndarray, *, k: int) -> tuple[float, float]:
+def density_coverage(gen: np.ndarray, ref: np.ndarray, *, k: int, device=None) -> tuple[float, float]:
     """Density and coverage (Naeem et al. 2020) from k-NN balls around the reference samples."""
-    _need(len(ref), k + 1, f"density/coverage (k={k})", "reference")
-    _need(len(gen), 1, "density/coverage", "generated")
-    g = torch.from_numpy(np.ascontiguousarray(gen, dtype=np.float32))
-    r = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
-    radii = torch.cat([torch.cdist(rb, r).kthvalue(k + 1, dim=1).values for rb in r.split(_PRC_BATCH)])
-    inside = 0.0
-    nearest = torch.full((len(r),), float("inf"))
-    for gb in g.split(_PRC_BATCH):
-        d = torch.cdist(gb, r)  # [gen batch, ref]
-        inside += (d < radii).sum().item()
-        nearest = torch.minimum(nearest, d.min(dim=0).values)
-    density = inside / (k * len(g))
-    coverage = (nearest < radii).float().mean().item()
-    return float(density), float(coverage)
+    out = knn_metrics(gen, ref, k=k, dc_k=k, device=device)
+    return out.get("density"), out.get("coverage")
 
 
 IS_MIN_N = 10
@@ -196,11 +176,12 @@ def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 2020) -
 def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[str], k: int = 3, dc_k: int = 5,
                  kid_subsets: int = 100, kid_subset_size: int = 1000, gen_probs=None, gen_logits=None,
                  bootstrap: int = 0, seed: int = 0, backend: str = "torch-fidelity",
-                 per_class: bool = True) -> list[dict]:
+                 per_class: bool = True, device=None) -> list[dict]:
     """All metrics overall, per group and per class.
 
     ``groups`` has one entry per class; ``gen_probs`` ([N, C] class probabilities of the
-    evaluator) gives label accuracy; ``gen_logits`` (Inception's unbiased logits) gives IS.
+    evaluator) gives label accuracy; ``gen_logits`` (Inception's unbiased logits) gives IS;
+    ``device`` is where the k-NN passes run (default the CPU; the cell's GPU when it has one).
     """
     gen_feats = np.asarray(gen_feats, dtype=np.float64)
     ref_feats = np.asarray(ref_feats, dtype=np.float64)
@@ -209,7 +190,7 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     if gen_feats.shape[1] != ref_feats.shape[1]:
         raise MetricError(f"feature dims differ: generated {gen_feats.shape[1]}, reference {ref_feats.shape[1]}")
     opts = dict(k=k, dc_k=dc_k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                bootstrap=bootstrap, seed=seed, backend=backend)
+                bootstrap=bootstrap, seed=seed, backend=backend, device=device)
     slices = [(ALL, None, np.ones(len(gen_labels), bool), np.ones(len(ref_labels), bool))]
     for g in GROUPS:
         classes = [c for c, name in enumerate(groups) if name == g]
@@ -268,7 +249,7 @@ def _classes(classes: list[int], show: int = 8) -> str:
 
 
 def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_subsets, kid_subset_size,
-               bootstrap, seed, backend) -> list[dict]:
+               bootstrap, seed, backend, device=None) -> list[dict]:
     """Rows for one slice; a metric that cannot be computed is NaN with the reason in ``note``."""
     n_gen, n_ref, dim = len(gen), len(ref), gen.shape[1]
     rows: list[dict] = []
@@ -293,14 +274,10 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
         return mean, f"kid_subset={m};kid_subsets={kid_subsets};std={std:.3g};backend={backend}"
 
     add(KID, kid_value)
-    # each pair comes from one k-NN computation, made once and shared by its two rows
-    for (first, second), fn, kk in (
-        ((PRECISION, RECALL), precision_recall, k),
-        ((DENSITY, COVERAGE), density_coverage, dc_k),
-    ):
-        pair = functools.lru_cache(maxsize=1)(lambda fn=fn, kk=kk: fn(gen, ref, k=kk))
-        add(first, lambda pair=pair, kk=kk: (pair()[0], f"k={kk}"))
-        add(second, lambda pair=pair, kk=kk: (pair()[1], f"k={kk}"))
+    # all four k-NN metrics come from one set of passes (benchmark.eval.knn), made once per slice
+    knn = functools.lru_cache(maxsize=1)(lambda: knn_metrics(gen, ref, k=k, dc_k=dc_k, device=device))
+    for metric, kk in ((PRECISION, k), (RECALL, k), (DENSITY, dc_k), (COVERAGE, dc_k)):
+        add(metric, lambda metric=metric, kk=kk: (knn().get(metric), f"k={kk}"))
     if logits is not None:
         add(IS, lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception_score(logits)))
     if probs is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmark.core.config import EVALUATE, SAMPLE, TRAIN, Config, GridConfig, stage_of, to_dict
+from benchmark.core.device import bf16_support, resolve_precision
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL
@@ -240,6 +241,31 @@ def _holds_work(folder: Path) -> bool:
         return True
     ckpts = folder / "checkpoints"
     return ckpts.is_dir() and any(ckpts.iterdir())
+
+
+def resolve_precisions(cfg: Config, folder: Path, device) -> Config:
+    """The cell's config with train.precision and sample.precision made concrete (fp32 | bf16).
+
+    ``auto`` in a cell whose config.json already names a precision keeps that one where it can
+    run (a resumed run does not switch precision midway, and a finished cell is not re-resolved
+    on another machine); otherwise ``auto`` resolves on ``device``.  A finished cell is never
+    checked against the device: nothing runs there.
+    """
+    path = Path(folder) / "config.json"
+    old = json.loads(path.read_text())["config"] if path.exists() else {}
+    done = (Path(folder) / "done.json").exists()
+    support = bf16_support(device)
+    chosen = {}
+    for stage in ("train", "sample"):
+        asked, prev = getattr(cfg, stage).precision, old.get(stage, {}).get("precision")
+        if asked == "auto" and prev in ("fp32", "bf16") and (done or prev == "fp32" or support.runs):
+            chosen[stage] = prev
+        elif done and asked in ("fp32", "bf16"):
+            chosen[stage] = asked
+        else:
+            chosen[stage] = resolve_precision(asked, device, key=f"{stage}.precision")
+    return replace(cfg, train=replace(cfg.train, precision=chosen["train"]),
+                   sample=replace(cfg.sample, precision=chosen["sample"]))
 
 
 def _inside_out(path: str | None) -> str | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.core.config import EVALUATE, SAMPLE, Config
-from benchmark.core.device import resolve_device
+from benchmark.core.device import resolve_device, resolve_precision
 from benchmark.core.distributed import broadcast, current
 from benchmark.core.errors import BenchmarkError, DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
@@ -38,6 +38,7 @@ from benchmark.harness.cells import (
     check_or_write_config,
     expand_grid,
     method_order,
+    resolve_precisions,
     row_key,
     write_config,
 )
@@ -59,6 +60,8 @@ class CellOutcome:
 
 def run_grid(cfg: Config, out: Path, *, force: bool = False, progress: bool = True) -> list[CellOutcome]:
     device = resolve_device(cfg.device)
+    for stage in ("train", "sample"):  # bad input fails here, once, not in every cell
+        resolve_precision(getattr(cfg, stage).precision, device, key=f"{stage}.precision")
     out = Path(out)
     preflight(cfg, out, force=force)  # what every cell needs, checked once: one message, nothing run
     out.mkdir(parents=True, exist_ok=True)
@@ -113,9 +116,9 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
     if force and folder.exists():
         _clear_cell(folder)
         drop_cell(out / "results.csv", row_key(cell))
-    ccfg = cell_config(cfg, cell, out)
     handler = None
     try:
+        ccfg = resolve_precisions(cell_config(cfg, cell, out), folder, device)
         change = check_or_write_config(folder, ccfg, cell)
         if change is not None:
             _redo(change, ccfg, cell, out)
@@ -183,7 +186,8 @@ def _follow_cell(cfg: Config, cell: Cell, out: Path, *, device, progress: bool) 
     if cell.method == REAL or broadcast(None) != "run":
         return CellOutcome(cell, folder, "skipped", 0.0)
     try:
-        run_stages(cell_config(cfg, cell, out), cell, folder, device=device, cache_dir=out / "cache", progress=False)
+        ccfg = resolve_precisions(cell_config(cfg, cell, out), folder, device)  # rank 0 wrote config.json already
+        run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=False)
     except Exception as exc:
         message = str(exc) if isinstance(exc, BenchmarkError) else f"{type(exc).__name__}: {exc}"
         rank = current().rank

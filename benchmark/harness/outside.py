@@ -59,6 +59,7 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         "dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
         "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "train_steps": math.nan,
         "protocol": cfg.protocol, "sampler": "external", "sampler_steps": 0, "guidance": math.nan,
+        "train_precision": "external", "sample_precision": "external",
         "reference": reference_label(cfg.eval.reference, dataset), "feature_space_default": cfg.eval.feature_space,
     }  # fmt: skip
     table = finish_rows(rows, ident, dataset)

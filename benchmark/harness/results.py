@@ -24,10 +24,15 @@ RESULT_COLUMNS = [  # the columns of results.csv, in order
     "dataset", "profile", "imbalance", "split_fingerprint",
     "method", "seed", "train_steps",
     "protocol", "sampler", "sampler_steps", "guidance",
+    "train_precision", "sample_precision",
     "reference", "feature_space",
     "metric", "group", "class",
     "n_gen", "n_ref", "value", "note",
 ]  # fmt: skip
+
+# columns added after the first tables were written: older tables and metrics.csv files get this
+# value on reading, and a table is rewritten with the full header when a new cell joins it
+LATER_COLUMNS = {"train_precision": "unrecorded", "sample_precision": "unrecorded"}
 
 # the columns that identify one cell's block of rows
 CELL_KEY = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol"]
@@ -55,12 +60,18 @@ def read_results(path: Path) -> pd.DataFrame:
             f"no results table at {path}; run a benchmark into that folder first "
             "(python run_benchmark.py run --out DIR) or point `report` at a folder that has results.csv"
         )
-    table = pd.read_csv(path, dtype={"split_fingerprint": str, "note": str, "method": str})
+    table = with_later_columns(pd.read_csv(path, dtype={"split_fingerprint": str, "note": str, "method": str}))
     missing = [c for c in RESULT_COLUMNS if c not in table.columns]
     if missing:
         raise BenchmarkError(f"{path} is not an LTGen-Bench results table (missing columns: {', '.join(missing)})")
     table["note"] = table["note"].fillna("")
     return table
+
+
+def with_later_columns(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of an older table with the columns added since, holding LATER_COLUMNS' values."""
+    missing = {c: v for c, v in LATER_COLUMNS.items() if c not in rows.columns}
+    return rows.assign(**missing) if missing else rows
 
 
 def _same_cell(table: pd.DataFrame, key: dict, columns: list[str] = CELL_KEY) -> pd.Series:
@@ -79,6 +90,7 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
     """Append one finished cell's rows; returns False when the cell was already present."""
     if rows.empty:
         raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
+    rows = with_later_columns(rows)
     missing = [c for c in RESULT_COLUMNS if c not in rows.columns]
     if missing:
         raise ValueError(f"result rows lack columns {missing}")
@@ -95,7 +107,10 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
                 table = table[~present]
                 write_csv_atomic(path, pd.concat([table, rows], ignore_index=True))
                 return True
-            rows.to_csv(path, mode="a", header=False, index=False)
+            if list(pd.read_csv(path, nrows=0).columns) != RESULT_COLUMNS:  # an older header: rewrite it whole
+                write_csv_atomic(path, pd.concat([table[RESULT_COLUMNS], rows], ignore_index=True))
+            else:
+                rows.to_csv(path, mode="a", header=False, index=False)
         else:
             write_csv_atomic(path, rows)
     return True

@@ -47,6 +47,9 @@ def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> d
         "sampler": REAL if is_real else cfg.sample.sampler,
         "sampler_steps": 0 if is_real else cfg.sample.steps,
         "guidance": math.nan if is_real or guidance is None else float(guidance),
+        # resolved before the cell runs (grid.run_cell): fp32 or bf16, what the stage really used
+        "train_precision": "none" if is_real else cfg.train.precision,
+        "sample_precision": "none" if is_real else cfg.sample.precision,
         "reference": reference_label(cfg.eval.reference, dataset),
         "feature_space_default": resolve_feature_space_name(cfg.eval.feature_space, dataset, cfg.eval),
     }

@@ -87,8 +87,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     agg = attach_feature_free_rows(table)
     agg = agg[agg["group"] != CLASS]
     agg = agg[agg["metric"].isin({c.metric for c in LEADERBOARD_COLUMNS})]
-    per_seed = agg.groupby(TABLE_KEY + ["method", "metric", "group", "seed"], dropna=False)["value"].mean()
-    grouped = per_seed.groupby(level=list(range(len(TABLE_KEY) + 3)), dropna=False)
+    agg = agg.assign(precision=agg["train_precision"].astype(str) + "/" + agg["sample_precision"].astype(str))
+    # precision is part of a row's identity: seeds trained or sampled at different precisions never share a cell
+    per_seed = agg.groupby(TABLE_KEY + ["method", "precision", "metric", "group", "seed"], dropna=False)["value"].mean()
+    grouped = per_seed.groupby(level=list(range(len(TABLE_KEY) + 4)), dropna=False)
     out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n_seeds": grouped.count()})
     return out.reset_index()
 
@@ -137,18 +139,21 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
     for key_values, block in summary.groupby(TABLE_KEY, dropna=False, sort=True):
         key = dict(zip(TABLE_KEY, key_values))
         no_ranking = untrusted.get(tuple(key_values))
-        methods = sorted(m for m in block["method"].unique() if m != REAL)
+        block = block.assign(label=_row_labels(block))
+        methods = sorted(m for m in block.loc[block["method"] != REAL, "label"].unique())
         if REAL in set(block["method"]):
             methods.append(REAL)
-        display = pd.DataFrame(index=methods, columns=["seeds"] + [c.label for c in LEADERBOARD_COLUMNS], dtype=object)
+        display = pd.DataFrame(index=methods, columns=["seeds", "precision"] + [c.label for c in LEADERBOARD_COLUMNS],
+                               dtype=object)
         marks = pd.DataFrame("", index=methods, columns=display.columns)
         for method in methods:
-            rows = block[block["method"] == method]
+            rows = block[block["label"] == method]
             display.loc[method, "seeds"] = str(int(rows["n_seeds"].max())) if len(rows) else "0"
+            display.loc[method, "precision"] = rows["precision"].iloc[0] if len(rows) else "-"
         for col in LEADERBOARD_COLUMNS:
             stats = {}
             for method in methods:
-                hit = block[(block["method"] == method) & (block["metric"] == col.metric) & (block["group"] == col.group)]
+                hit = block[(block["label"] == method) & (block["metric"] == col.metric) & (block["group"] == col.group)]
                 scale = SCALE.get(col.metric, 1.0)
                 if len(hit):
                     first = hit.iloc[0]
@@ -171,6 +176,7 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
             marks.loc[label] = ""
             display.loc[label, "seeds"] = "paper"
             display.loc[label, "settings"] = f"{row.settings.source}: {describe(row.settings)}"
+            display.loc[label, "precision"] = "-"
             for col in LEADERBOARD_COLUMNS:
                 if (col.metric, col.group) in row.values:
                     display.loc[label, col.label] = f"{row.values[(col.metric, col.group)]:.{col.digits}f}"
@@ -228,6 +234,21 @@ def _beside_ours(display: pd.DataFrame, marks: pd.DataFrame, published) -> tuple
     order += [p for p, m in pub.items() if m not in ours]
     order += [i for i in display.index if i == REAL]
     return display.loc[order], marks.loc[order]
+def _row_labels(block: pd.DataFrame) -> pd.Series:
+    """The method name; with its precision appended where the table holds more than one."""
+    models = block["method"] != REAL
+    if block.loc[models, "precision"].nunique() <= 1:
+        return block["method"].where(models, REAL)
+    return (block["method"] + " [" + block["precision"] + "]").where(models, REAL)
+
+
+def precision_note(display: pd.DataFrame) -> str:
+    """What a table's title says about precision: the one its method rows share, or that they differ."""
+    shown = display.drop(index=[i for i in display.index if i == "real data (floor)" or i.endswith("(published)")])
+    found = sorted(set(shown["precision"]) - {"-"})
+    if len(found) <= 1:
+        return found[0] if found else "-"
+    return "DIFFERS between rows: " + ", ".join(found)
 
 
 def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:
@@ -247,11 +268,13 @@ def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:
     marks.loc[best, col.label] = "tie" if gap <= spread else "best"
 
 
-def _title(key: dict) -> str:
-    return (
+def _title(key: dict, display: pd.DataFrame | None = None) -> str:
+    """The table's title; with its rows (``display``) it names their precision too."""
+    title = (
         f"{key['dataset']} {key['profile']} imbalance {float(key['imbalance']):g} | protocol {key['protocol']} | "
         f"features {key['feature_space']} | reference {key['reference']}"
     )
+    return title if display is None else f"{title} | precision (train/sample) {precision_note(display)}"
 
 
 LEGEND = (
@@ -263,7 +286,9 @@ LEGEND = (
     "score of generated over real images at the same n, pooled over the group) is best closest to 1; the "
     "rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
     "images at the same sample size (a perfect generator's score); its CAS/Aug columns are empty and its "
-    f"downstream baseline (classifier on the real long-tailed set alone) is in the CSV as {REAL_ACC}."
+    f"downstream baseline (classifier on the real long-tailed set alone) is in the CSV as {REAL_ACC}. "
+    "precision: train/sample arithmetic (fp32 or bf16) of the row; where a table holds rows of different "
+    "precisions, its title says so and each method row carries its precision in brackets."
 )
 
 
@@ -309,7 +334,7 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
     boards = leaderboards(table)
     md, tex, flat = ["# Leaderboards", "", LEGEND, ""], [], []
     for key, display, marks in boards:
-        md += [f"## {_title(key)}", ""]
+        md += [f"## {_title(key, display)}", ""]
         if display.attrs.get("no_ranking"):
             md += [f"> {display.attrs['no_ranking']}", ""]
         md += [_markdown(display, marks), ""]
@@ -348,9 +373,10 @@ def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
     def esc(s: str) -> str:
         return s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%").replace("&", r"\&")
 
+    caption_note = ". " + display.attrs["no_ranking"] if display.attrs.get("no_ranking") else ""
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
-        rf"\caption{{{esc(_title(key) + ('. ' + display.attrs['no_ranking'] if display.attrs.get('no_ranking') else ''))}}}",
+        rf"\caption{{{esc(_title(key, display) + caption_note)}}}",
         r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
         "Method & " + " & ".join(esc(c) for c in cols) + r" \\", r"\midrule",
     ]  # fmt: skip

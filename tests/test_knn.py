@@ -1,0 +1,90 @@
+"""The fused k-NN pass equals torch-fidelity's precision/recall and Naeem et al.'s density/coverage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch_fidelity.metric_prc import calculate_precision_recall_full, calculate_precision_recall_part
+
+from benchmark.core.errors import MetricError
+from benchmark.eval.knn import KnnMetrics, knn_flops, knn_metrics
+
+
+def cloud(n, d, shift=0.0, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32) + np.float32(shift)
+
+
+def naeem_reference(gen, ref, k):
+    """Density / coverage written straight from the paper, on full distance matrices (small n only)."""
+    g, r = torch.from_numpy(gen), torch.from_numpy(ref)
+    radii = torch.cdist(r, r).kthvalue(k + 1, dim=1).values
+    d = torch.cdist(g, r)
+    density = (d < radii).sum().item() / (k * len(g))
+    coverage = (d.min(dim=0).values < radii).float().mean().item()
+    return density, coverage
+
+
+def counts(value, n):
+    return round(value * n)
+
+
+@pytest.mark.parametrize("n_gen,n_ref,d,shift,seed", [(80, 90, 8, 0.5, 0), (300, 200, 32, 0.2, 1),
+                                                      (150, 400, 64, 0.1, 2), (60, 60, 2048, 0.0, 3)])
+def test_small_n_exactly_equal_to_torch_fidelity_and_naeem(n_gen, n_ref, d, shift, seed):
+    gen, ref = cloud(n_gen, d, shift, seed), cloud(n_ref, d, 0.0, seed + 10)
+    p, r = calculate_precision_recall_full(torch.from_numpy(gen), torch.from_numpy(ref), 3, 10000)
+    dens, cov = naeem_reference(gen, ref, 5)
+    for block in (1 << 25, 997):  # one block, and many blocks of a few rows
+        out = knn_metrics(gen, ref, k=3, dc_k=5, block_elems=block)
+        # same counts; torch-fidelity reports the fp32 mean, we report the exact fraction
+        assert counts(out.precision, n_gen) == counts(p, n_gen) and np.float32(out.precision) == np.float32(p)
+        assert counts(out.recall, n_ref) == counts(r, n_ref) and np.float32(out.recall) == np.float32(r)
+        assert out.density == dens and np.float32(out.coverage) == np.float32(cov)
+    assert 0 < out.precision < 1 and 0 < out.recall < 1 and 0 < out.density
+
+
+def test_large_n_matches_torch_fidelity_batched_path_within_float_tolerance():
+    # above torch-fidelity's batch size its "part" variant computes the distances block by block
+    gen, ref = cloud(5600, 6, 0.3, seed=4), cloud(5200, 6, 0.0, seed=5)
+    p, r = calculate_precision_recall_part(torch.from_numpy(gen), torch.from_numpy(ref), 5, 5000)
+    out = knn_metrics(gen, ref, k=5, dc_k=5, block_elems=1 << 22)
+    assert abs(counts(out.precision, 5600) - counts(p, 5600)) <= 2  # a tie within an ulp may flip
+    assert abs(counts(out.recall, 5200) - counts(r, 5200)) <= 2
+    assert 0.5 < out.precision < 0.99 and 0.5 < out.recall < 0.99
+
+
+def test_known_geometry_and_identical_sets():
+    a = cloud(400, 8, seed=1)
+    same = knn_metrics(a, a, k=3, dc_k=5)
+    assert (same.precision, same.recall, same.coverage) == (1.0, 1.0, 1.0)
+    far = knn_metrics(cloud(100, 8, 50.0, seed=2), a, k=3, dc_k=5)
+    assert (far.precision, far.recall, far.density, far.coverage) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_too_few_samples_skip_only_the_pair_that_needs_them():
+    ref = cloud(50, 4, seed=6)
+    out = knn_metrics(cloud(3, 4, seed=7), ref, k=3, dc_k=5)  # 3 generated: no k=3 radius, density still fine
+    assert math.isnan(out.precision) and "at least 4 generated" in out.pr_skip and not out.dc_skip
+    assert 0 <= out.get("density") and 0 <= out.get("coverage") <= 1
+    with pytest.raises(MetricError, match="precision/recall"):
+        out.get("recall")
+    few_ref = knn_metrics(cloud(20, 4, seed=7), ref[:5], k=3, dc_k=5)  # 5 references: k=3 radii, no k=5
+    assert isinstance(few_ref, KnnMetrics) and "at least 6 reference" in few_ref.dc_skip and not few_ref.pr_skip
+    assert 0 <= few_ref.get("precision") <= 1 and math.isnan(few_ref.density)
+
+
+def test_flop_count_of_the_three_passes():
+    assert knn_flops(50_000, 50_000, 2048) == pytest.approx(3.07e13, rel=1e-3)  # the issue's bound
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_pass_equals_cpu_pass():
+    gen, ref = cloud(700, 64, 0.3, seed=8), cloud(600, 64, seed=9)
+    torch.backends.cuda.matmul.allow_tf32 = True  # the harness's setting: the pass must turn it off
+    cpu, gpu = knn_metrics(gen, ref, k=3, dc_k=5), knn_metrics(gen, ref, k=3, dc_k=5, device="cuda")
+    assert torch.backends.cuda.matmul.allow_tf32
+    for name in ("precision", "recall", "density", "coverage"):
+        assert getattr(gpu, name) == pytest.approx(getattr(cpu, name), abs=3 / 600)

@@ -27,7 +27,14 @@ from benchmark.core.distributed import init_from_env
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.registry import Registry
-from benchmark.harness.cells import Cell, cell_config, check_or_write_config, expand_grid, parent_cell
+from benchmark.harness.cells import (
+    Cell,
+    cell_config,
+    check_or_write_config,
+    expand_grid,
+    parent_cell,
+    resolve_precisions,
+)
 from benchmark.harness.grid import CellOutcome, run_cell, run_grid
 from benchmark.harness.preflight import preflight
 
@@ -235,7 +242,9 @@ def submit(
             folder = cell.folder(out)
             if (folder / "done.json").exists() and not force:
                 try:  # a changed sampling or evaluation key makes a finished cell's job redo those stages
-                    change = check_or_write_config(folder, cell_config(cfg, cell, out), cell)
+                    # as the job will: 'auto' precision keeps what the finished cell recorded (no device needed)
+                    ccfg = resolve_precisions(cell_config(cfg, cell, out), folder, torch.device("cpu"))
+                    change = check_or_write_config(folder, ccfg, cell)
                 except ConfigError as exc:  # a changed training key: refused, as the job itself would
                     outcomes[cell] = CellOutcome(cell, folder, "failed", 0.0, str(exc))
                     print(f"{cell.name}: not submitted: {exc}", flush=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import shutil
 import tempfile
 import time
@@ -28,18 +27,9 @@ import torch
 
 from benchmark.core.config import Config, from_dict
 from benchmark.data import build_dataset
+from benchmark.devtools.machine import cpu_name
 from benchmark.eval.evaluate import evaluate_set
 from benchmark.eval.features import content_hash, extract_cached, get_feature_space
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _fresh_cache(base: Path, drop: list[str], into: Path) -> Path:
@@ -92,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     def fmt(x: np.ndarray) -> str:
         return f"{np.median(x):.2f} [{x.min():.2f}-{x.max():.2f}]"
 
-    print(f"cell {folder} | {_cpu_name()} | torch threads {torch.get_num_threads()}")
+    print(f"cell {folder} | {cpu_name()} | torch threads {torch.get_num_threads()}")
     print(f"evaluation, diversity off (s): {fmt(off)}")
     print(f"evaluation, diversity on  (s): {fmt(on)}   (training features cached, as for every cell after the first)")
     print(f"training-set features, once per split (s): {fmt(tf)}")

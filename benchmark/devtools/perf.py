@@ -39,6 +39,7 @@ import torch
 from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
 from benchmark.core.device import bf16_support, resolve_device, resolve_precision
 from benchmark.core.names import ALL, GROUPS
+from benchmark.devtools.machine import cpu_name
 from benchmark.devtools.perf_loops import (
     METHODS,
     cpu_gemm_tflops,
@@ -139,8 +140,7 @@ def _environment(device: torch.device) -> str:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+        name = cpu_name()
     try:
         # --dirty: figures from a tree with uncommitted changes say so
         rev = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -25,15 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from benchmark.devtools.machine import cpu_name
 
 
 def write_dataset(root: Path, *, images: int, classes: int, size: int, seed: int = 0) -> Path:
@@ -90,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         lst = write_dataset(tmp, images=args.images, classes=args.classes, size=args.size)
         written = time.perf_counter() - t0
         disk = sum(f.stat().st_size for f in (tmp / "train").rglob("*.png")) / 2**20
-        print(f"CPU: {_cpu_name()} ({os.cpu_count()} cores); {args.images} PNGs {args.size}x{args.size} "
+        print(f"CPU: {cpu_name()} ({os.cpu_count()} cores); {args.images} PNGs {args.size}x{args.size} "
               f"({disk:.0f} MiB) in {args.classes} classes written in {written:.1f} s")  # fmt: skip
         call = f"_load({str(lst)!r}, {str(tmp / 'cache')!r}, {args.resolution})"
         code = f"from benchmark.devtools.perf_listfile import _load; {call}"

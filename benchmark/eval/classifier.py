@@ -131,6 +131,15 @@ def _augment(x: torch.Tensor, gen: torch.Generator, *, hflip: bool, shift: bool)
     return x
 
 
+def _sgd_step(net: nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor, device) -> None:
+    """One cross-entropy step of either recipe: the optimiser, then the learning-rate schedule."""
+    loss = F.cross_entropy(net(x.to(device)), y.to(device))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, epochs: int, seed: int,
                      device: torch.device, hflip: bool = False, arch: str | None = None,
                      progress: bool = False, desc: str = "classifier") -> nn.Module:
@@ -155,11 +164,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
             if len(idx) < 2 and len(images) >= 2:
                 continue  # BatchNorm cannot train on a single image
             x = _augment(_prep(images[idx]), gen, hflip=hflip, shift=(channels == 3))
-            loss = F.cross_entropy(net(x.to(device)), labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            _sgd_step(net, opt, sched, x, labels[idx], device)
             bar.update()
     bar.close()
     return net.eval()
@@ -247,11 +252,7 @@ def train_evaluator(images: torch.Tensor, labels: torch.Tensor, *, num_classes: 
             if hflip:
                 x = _augment(x, gen, hflip=True, shift=False)
             x = _shift_each(x, gen, max_shift)
-            loss = F.cross_entropy(net(x.to(device)), y_train[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            _sgd_step(net, opt, sched, x, y_train[idx], device)
             bar.update()
         epochs = epoch
         if len(x_val) == 0:

@@ -205,15 +205,20 @@ def imbalance_sweep(table: pd.DataFrame, folder: Path) -> list[Path]:
     return out
 
 
-def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 8, max_classes: int = 10) -> list[Path]:
-    """One image per method: a row per class from head to tail (read from the cells' samples.npz)."""
-    paths = []
+def _cell_files(table: pd.DataFrame, out: Path, name: str):
+    """(cell row, path) for every method cell of the table whose folder holds the file ``name``."""
     cells = table[table["method"] != REAL][["dataset", "profile", "imbalance", "method", "seed"]].drop_duplicates()
     for _, c in cells.iterrows():
         cell = Cell(c["dataset"], c["profile"], float(c["imbalance"]), c["method"], int(c["seed"]))
-        npz = cell.folder(out) / "samples.npz"
-        if not npz.exists():
-            continue
+        path = cell.folder(out) / name
+        if path.exists():
+            yield c, path
+
+
+def sample_grids(table: pd.DataFrame, out: Path, folder: Path, per_class: int = 8, max_classes: int = 10) -> list[Path]:
+    """One image per method: a row per class from head to tail (read from the cells' samples.npz)."""
+    paths = []
+    for c, npz in _cell_files(table, out, "samples.npz"):
         data = np.load(npz)
         images, labels = data["images"], data["labels"]
         info = class_info(table[(table["dataset"] == c["dataset"]) & (table["imbalance"] == c["imbalance"])])
@@ -247,12 +252,7 @@ def neighbour_sheets(table: pd.DataFrame, out: Path, folder: Path) -> list[Path]
     its block, d1/d2 beneath) above their three nearest training images in pixel space (read from
     the cells' neighbours.npz, written at evaluation)."""
     paths = []
-    cells = table[table["method"] != REAL][["dataset", "profile", "imbalance", "method", "seed"]].drop_duplicates()
-    for _, c in cells.iterrows():
-        cell = Cell(c["dataset"], c["profile"], float(c["imbalance"]), c["method"], int(c["seed"]))
-        npz = cell.folder(out) / "neighbours.npz"
-        if not npz.exists():
-            continue
+    for c, npz in _cell_files(table, out, "neighbours.npz"):
         with np.load(npz) as z:
             sheet = {k: z[k] for k in z.files}
         if not len(sheet["classes"]) or not sheet["found"].any():

@@ -9,9 +9,11 @@ outside the harness.  The reference set is a named choice (``EvalConfig.referenc
 ``reference_label`` adds the data's reference protocol for the ``reference`` column (folders:
 e.g. ``test:holdout-0.2-min20``).  With protocol ``holdout`` the reference of a *fallback class*
 (too few held out) is all its real images: the rows of that class, and of the group and overall
-slices holding it, carry ``reference=train-fallback``.  FID and KID of a slice with fewer than
-``eval.min_ref_fid`` reference images are NaN with the reason (precision / recall need k + 1,
-density / coverage dc_k + 1: metrics.py says so itself).
+slices holding it, carry ``reference=train-fallback``.  The floor holds out
+min(n, half a class) images per class, fewer than a method's n where a class is small: with
+``floor_n`` a method is also scored at the floor's sample size (``<metric>_at_floor_n`` rows).
+FID and KID of a slice with fewer than ``eval.min_ref_fid`` reference images are NaN with the
+reason (precision / recall need k + 1, density / coverage dc_k + 1: metrics.py says so itself).
 With ``EvalConfig.diversity`` the rows include the Vendi score of generated and real images
 at the same n and the memorisation rate against the long-tailed training
 images of each class, in the feature space and in pixel space.
@@ -37,11 +39,15 @@ from benchmark.core.names import (
     CLASS,
     EVALUATOR_ACC,
     EVALUATOR_BALANCED_ACC,
+    FID,
     GROUPS,
+    KID,
     MEMORIZATION,
     MEMORIZATION_PIXEL,
     NO_FEATURES,
     PIXEL,
+    at_floor_n,
+    class_mean,
 )
 from benchmark.data.imagefolder import IMAGE_EXTENSIONS, image_files, read_image, set_channels
 from benchmark.data.reference import FALLBACK_NOTE
@@ -49,7 +55,7 @@ from benchmark.eval.diversity import vendi_rows
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
 from benchmark.eval.memorization import class_ratios, memorization_rows, neighbour_sheet, pixels, sheet_classes
-from benchmark.eval.metrics import compute_rows
+from benchmark.eval.metrics import STATS_VERSION, compute_rows
 from benchmark.eval.trust import UNTRUSTED_NOTE, TrustVerdict, fix_advice
 
 # what an evaluation yields; the harness adds the cell columns (harness.results.RESULT_COLUMNS)
@@ -59,6 +65,9 @@ REFERENCES = choices(EvalConfig, "reference")
 
 
 MIN_REF_METRICS = ("fid", "kid", "fid_ci_low", "fid_ci_high", "kid_ci_low", "kid_ci_high")
+# what a method is also scored with at the real floor's sample size (rows ``<metric>_at_floor_n``)
+AT_FLOOR_METRICS = frozenset({FID, KID})
+AT_FLOOR_ROWS = (FID, KID, class_mean(FID), class_mean(KID))
 
 
 def reference_set(dataset, reference: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,11 +133,12 @@ def _check_images(images: torch.Tensor, labels: torch.Tensor, dataset) -> None:
 
 
 def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset, cfg: EvalConfig, seed: int,
-                        space_id: str, extra_note: str, device: torch.device | None = None) -> pd.DataFrame:
+                        space_id: str, extra_note: str, device: torch.device | None = None,
+                        only: frozenset[str] | None = None) -> pd.DataFrame:
     rows = compute_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=list(dataset.groups),
                         k=cfg.pr_k, dc_k=cfg.dc_k, kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size,
                         gen_probs=gen.get("probs"), gen_logits=gen.get("logits"), bootstrap=cfg.bootstrap, seed=seed,
-                        backend=cfg.fid_backend, device=device)
+                        backend=cfg.fid_backend, device=device, only=only)
     frame = enforce_min_ref(pd.DataFrame(rows), min_ref=cfg.min_ref_fid)
     frame["note"] = [";".join(p for p in (n, extra_note) if p) for n in frame["note"]]
     fallback = fallback_classes(dataset, cfg.reference)
@@ -248,7 +258,8 @@ def _warn_untrusted(space, dataset) -> None:
 
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: EvalConfig, cache_dir: Path,
                  device: torch.device, seed: int = 0, downstream: bool = True, progress: bool = True,
-                 together: bool = False, neighbours_path: Path | None = None) -> pd.DataFrame | None:
+                 together: bool = False, neighbours_path: Path | None = None,
+                 floor_n: int | None = None) -> pd.DataFrame | None:
     """All rows for one generated set (see module docstring); features cached under ``cache_dir``.
 
     ``together=True``: a collective call of every torchrun rank.  Rank 0 prepares the feature
@@ -256,6 +267,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     the feature extraction of both sets, and rank 0 alone computes the rows and returns them
     (None on the other ranks).  ``neighbours_path``: where to store the few-shot classes'
     generated images beside their nearest training images (``write_neighbours``), for the report.
+    ``floor_n``: the real floor's images per class (``real_floor_rows``' ``n_per_class``); the rows
+    then also hold FID / KID at the floor's sample size (``floor_n_rows``).
     """
     labels = torch.as_tensor(labels, dtype=torch.int64)
     _check_images(images, labels, dataset)
@@ -273,6 +286,9 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     frame = _rows_from_features(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
                                 space_id=space.identity, extra_note=f"reference={cfg.reference}", device=device)
     parts = [frame, pd.DataFrame(evaluator_rows(space, dataset))]
+    if floor_n is not None:
+        parts.append(floor_n_rows(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg,
+                                  n_per_class=floor_n, seed=seed, space_id=space.identity, device=device))
     if cfg.diversity:
         train_labels = dataset.train_labels.numpy()
         div, ratios, near = _diversity_rows(
@@ -308,31 +324,78 @@ def floor_split(ref_labels: np.ndarray, n_per_class: int, *, seed: int) -> tuple
     return held_idx, rest, int(capped)
 
 
+def floor_gen_subset(gen_labels: np.ndarray, per_class: np.ndarray, *, seed: int) -> np.ndarray:
+    """Indices of ``per_class[c]`` generated images of each class c (all of them where it has fewer),
+    drawn without replacement with ``seed``: the generated set cut to the real floor's sample size."""
+    rng = np.random.RandomState(seed)
+    picks = []
+    for c, want in enumerate(np.asarray(per_class)):
+        idx = np.flatnonzero(gen_labels == c)
+        picks.append(rng.permutation(idx)[: int(want)])
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)
+
+
+def floor_note(n_per_class: int, capped: int) -> str:
+    """How the real floor's sample is drawn: in the note of its rows and of the methods' rows at its n."""
+    note = f"real_floor n_per_class={n_per_class}"
+    return note + (f";capped_classes={capped}" if capped else "")
+
+
+def floor_n_rows(gen: dict, gen_labels: np.ndarray, ref: dict, ref_labels: np.ndarray, *, dataset, cfg: EvalConfig,
+                 n_per_class: int, seed: int, space_id: str, device: torch.device | None = None) -> pd.DataFrame:
+    """FID and KID of the generated set at the real floor's sample size: ``<metric>_at_floor_n`` rows.
+
+    The floor (``real_floor_rows``) holds out min(n_per_class, half a class) real images per class
+    and scores them against the rest of the reference; a method's own rows score n_per_class
+    images against the whole reference.  FID and KID depend on both n, so these rows score the
+    method the floor's way: per class as many generated images as the floor holds out (drawn
+    with the cell seed) against the same rest of the reference (the same split: same seed).
+    They and the floor's FID / KID rows are the like-for-like comparison."""
+    held, rest, capped = floor_split(ref_labels, n_per_class, seed=seed)
+    want = np.bincount(ref_labels[held], minlength=dataset.num_classes)
+    pick = floor_gen_subset(gen_labels, want, seed=seed)
+    sub = {k: v[pick] for k, v in gen.items()}
+    rest_ref = {k: v[rest] for k, v in ref.items()}
+    note = f"reference={cfg.reference};at the {floor_note(n_per_class, capped)}"
+    frame = _rows_from_features(sub, gen_labels[pick], rest_ref, ref_labels[rest], dataset=dataset, cfg=cfg,
+                                seed=seed, space_id=space_id, extra_note=note, device=device, only=AT_FLOOR_METRICS)
+    frame["metric"] = frame["metric"].map(at_floor_n)
+    return frame
+
+
+def _floor_at_own_n(frame: pd.DataFrame) -> pd.DataFrame:
+    """The floor's FID / KID rows once more as ``<metric>_at_floor_n``: a leaderboard column then
+    holds the methods at the floor's n and the floor itself (which is at its own n)."""
+    same = frame[frame["metric"].isin(AT_FLOOR_ROWS)].copy()
+    same["metric"] = same["metric"].map(at_floor_n)
+    return pd.concat([frame, same], ignore_index=True)
+
+
 def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Path, device: torch.device,
                     seed: int = 0, progress: bool = True) -> pd.DataFrame:
-    """Metrics of real held-out reference images vs the rest of the reference; cached per dataset."""
+    """Metrics of real held-out reference images vs the rest of the reference; cached per dataset.
+    Its FID / KID rows come twice, the second time named ``<metric>_at_floor_n`` beside the
+    methods' rows of that name (``floor_n_rows``)."""
     cache_dir = Path(cache_dir)
     space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
                               progress=progress)
     key = json.dumps(dict(source=dataset.source.source_id, fp=dataset.fingerprint, reference=cfg.reference,
                           space=space.identity, n=n_per_class, seed=seed, k=cfg.pr_k, dc_k=cfg.dc_k,
                           kid=[cfg.kid_subsets, cfg.kid_subset_size], boot=cfg.bootstrap, backend=cfg.fid_backend,
-                          diversity=cfg.diversity),
+                          diversity=cfg.diversity, stats=STATS_VERSION),
                      sort_keys=True)
     path = cache_dir / f"real_floor-{hashlib.sha256(key.encode()).hexdigest()[:16]}.csv"
     if path.exists():
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
         frame["class"] = frame["class"].astype("Int64")
         frame["note"] = frame["note"].fillna("")
-        return frame[EVAL_COLUMNS]
+        return _floor_at_own_n(frame[EVAL_COLUMNS])
     ref_images, ref_labels = reference_set(dataset, cfg.reference)
     ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress)  # shared with evaluate_set
     labels = ref_labels.numpy()
     held, rest, capped = floor_split(labels, n_per_class, seed=seed)
     gen = {k: v[held] for k, v in ref.items()}
-    note = f"reference={cfg.reference};real_floor n_per_class={n_per_class}"
-    if capped:
-        note += f";capped_classes={capped}"
+    note = f"reference={cfg.reference};{floor_note(n_per_class, capped)}"
     rest_ref = {k: v[rest] for k, v in ref.items()}
     frame = _rows_from_features(gen, labels[held], rest_ref, labels[rest],
                                 dataset=dataset, cfg=cfg, seed=seed, space_id=space.identity, extra_note=note,
@@ -350,7 +413,7 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
     frame = flag_untrusted(frame[EVAL_COLUMNS], space)
     frame["class"] = frame["class"].astype("Int64")
     write_csv_atomic(path, frame)
-    return frame
+    return _floor_at_own_n(frame)
 
 
 # ---------------------------------------------------------------- bring your own samples

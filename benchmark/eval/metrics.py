@@ -71,6 +71,9 @@ from benchmark.core.names import (
 from benchmark.eval.intervals import half_sample_interval
 from benchmark.eval.knn import knn_metrics
 
+# the version of the statistics' definitions: bumped whenever a row would come out differently from the same
+# features (it enters the real-floor cache key, so a cached floor of an older version is recomputed)
+STATS_VERSION = 3
 _KERNEL_CACHE_LIMIT = 30_000_000  # kernel entries we are willing to hold to reuse across KID subsets
 
 
@@ -176,12 +179,13 @@ def inception_score(logits: np.ndarray, *, splits: int = 10, seed: int = 2020) -
 def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[str], k: int = 3, dc_k: int = 5,
                  kid_subsets: int = 100, kid_subset_size: int = 1000, gen_probs=None, gen_logits=None,
                  bootstrap: int = 0, seed: int = 0, backend: str = "torch-fidelity",
-                 per_class: bool = True, device=None) -> list[dict]:
+                 per_class: bool = True, device=None, only: frozenset[str] | None = None) -> list[dict]:
     """All metrics overall, per group and per class.
 
     ``groups`` has one entry per class; ``gen_probs`` ([N, C] class probabilities of the
     evaluator) gives label accuracy; ``gen_logits`` (Inception's unbiased logits) gives IS;
-    ``device`` is where the k-NN passes run (default the CPU; the cell's GPU when it has one).
+    ``device`` is where the k-NN passes run (default the CPU; the cell's GPU when it has one);
+    ``only``: compute just these metrics (and their class means, no intervals), e.g. {"fid", "kid"}.
     """
     gen_feats = np.asarray(gen_feats, dtype=np.float64)
     ref_feats = np.asarray(ref_feats, dtype=np.float64)
@@ -190,7 +194,7 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     if gen_feats.shape[1] != ref_feats.shape[1]:
         raise MetricError(f"feature dims differ: generated {gen_feats.shape[1]}, reference {ref_feats.shape[1]}")
     opts = dict(k=k, dc_k=dc_k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                bootstrap=bootstrap, seed=seed, backend=backend, device=device)
+                bootstrap=bootstrap, seed=seed, backend=backend, device=device, only=only)
     slices = [(ALL, None, np.ones(len(gen_labels), bool), np.ones(len(ref_labels), bool))]
     for g in GROUPS:
         classes = [c for c, name in enumerate(groups) if name == g]
@@ -249,12 +253,14 @@ def _classes(classes: list[int], show: int = 8) -> str:
 
 
 def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_subsets, kid_subset_size,
-               bootstrap, seed, backend, device=None) -> list[dict]:
+               bootstrap, seed, backend, device=None, only=None) -> list[dict]:
     """Rows for one slice; a metric that cannot be computed is NaN with the reason in ``note``."""
     n_gen, n_ref, dim = len(gen), len(ref), gen.shape[1]
     rows: list[dict] = []
 
     def add(metric, fn):
+        if only is not None and metric not in only:
+            return
         try:
             value, note = fn()
         except Exception as err:  # noqa: BLE001 - one failing metric is a NaN row; the other rows are kept
@@ -282,7 +288,7 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
         add(IS, lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception_score(logits)))
     if probs is not None:
         add(LABEL_ACC, lambda: _label_acc(probs, gen_labels))
-    if bootstrap > 0:
+    if bootstrap > 0 and only is None:
         estimates = {r["metric"]: r["value"] for r in rows}
         rows += _interval_rows(gen, ref, estimates=estimates, group=group, cls=cls, replicates=bootstrap, seed=seed,
                                backend=backend, kid_subsets=kid_subsets, kid_m=kid_out.get("m"))

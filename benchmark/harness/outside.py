@@ -52,7 +52,8 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
                           json.dumps({"external_samples": str(samples), "config": to_dict(cfg)}, indent=2))  # fmt: skip
     rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache", device=device,
                         seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True,
-                        neighbours_path=folder / "neighbours.npz")  # fmt: skip
+                        neighbours_path=folder / "neighbours.npz",
+                        floor_n=per_class if cfg.eval.real_floor else None)  # fmt: skip
     if not main:
         return None
     ident = {

@@ -153,6 +153,7 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     rows = evaluate_set(
         images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
         downstream=cfg.eval.downstream, progress=progress, together=True, neighbours_path=folder / "neighbours.npz",
+        floor_n=n_per_class if cfg.eval.real_floor else None,
     )  # fmt: skip
     if not current().main:
         return None

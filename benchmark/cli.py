@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds, e.g. 0,1,2")
     run.add_argument("--out", default=None, help="results folder (default results/<preset>)")
     run.add_argument("--force", action="store_true", help="redo cells that already finished")
+    run.add_argument("--rescore", action="store_true",
+                     help="re-evaluate finished cells from their stored samples with the current code (no retraining, "
+                          "no resampling); their rows replace the old ones")
     run.add_argument("--dry-run", action="store_true", help="print the resolved config and grid, then exit")
     run.add_argument("--no-report", action="store_true", help="skip leaderboards and plots at the end")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -248,6 +251,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = dict(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus, cpus=args.slurm_cpus,
                  mem=args.slurm_mem)  # fmt: skip
     opts = SlurmOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(args.slurm_extra), wait=args.wait)
+    if args.rescore:
+        if args.force:
+            raise ConfigError("--rescore re-evaluates from the stored samples and --force retrains everything: pick one")
+        if d.main:
+            from benchmark.harness.grid import prepare_rescore
+
+            lines = prepare_rescore(cfg, out)
+            print(f"rescore: {len(lines)} finished cell(s)" + (":" if lines else " (nothing to rescore yet)"), flush=True)
+            for line in lines:
+                print(line, flush=True)
     outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
     if outcomes is None:
         print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "

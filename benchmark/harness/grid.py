@@ -156,6 +156,28 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
             handler.close()
 
 
+def prepare_rescore(cfg: Config, out: Path) -> list[str]:
+    """``run --rescore``: every finished cell of the grid evaluates again from what it stored (its
+    samples.npz; a real-data cell from the data), with the current code, and its rows replace the
+    old ones when it finishes.  Nothing is retrained or resampled: a finished method cell without
+    stored samples is left as it is, and said so.  Returns one line per cell."""
+    lines = []
+    for cell in expand_grid(cfg):
+        folder = cell.folder(out)
+        if not (folder / "done.json").exists():
+            continue
+        if cell.method != REAL and not (folder / "samples.npz").exists():
+            lines.append(f"  {cell.name}: not rescored: {folder / 'samples.npz'} is gone (its rows stay; "
+                         "--force retrains and resamples it)")
+            continue
+        for name in ("done.json", "metrics.csv"):
+            (folder / name).unlink(missing_ok=True)
+        with open(folder / "cell.log", "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} --rescore: re-evaluating from the stored samples\n")
+        lines.append(f"  {cell.name}: re-evaluating from the stored samples")
+    return lines
+
+
 def _redo(change: Change, cfg: Config, cell: Cell, out: Path) -> None:
     """Remove what the changed keys invalidate, record the new config, and say what will be redone."""
     folder = cell.folder(out)

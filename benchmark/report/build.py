@@ -7,15 +7,20 @@ from pathlib import Path
 from benchmark.harness.results import read_results
 from benchmark.report.leaderboard import no_ranking_lines, write_leaderboards
 from benchmark.report.plots import write_plots
+from benchmark.report.stale import write_stale
 
 
 def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
     """Redraw leaderboards (and plots) from ``out/results.csv`` alone; ``say`` gets one line per table
-    that ranks nothing (its classifier evaluator failed the trust gate)."""
+    that ranks nothing (its classifier evaluator failed the trust gate) and one per kind of stale row
+    (written by an earlier version that computed it differently, listed in ``stale_rows.csv``)."""
     table = read_results(out)
     for line in no_ranking_lines(table):
         say(f"WARNING: {line}")
-    paths = write_leaderboards(table, out)
+    paths, stale = write_stale(table, Path(out))
+    for line in stale:
+        say(f"WARNING: {line}")
+    paths += write_leaderboards(table, out)
     if plots:
         paths += write_plots(table, Path(out))
     return paths

@@ -254,3 +254,29 @@ def test_stale_rows_are_reported_and_rescore_recomputes_them_without_training(sm
     _one_block_per_cell_and_setting(again)
     assert len(again) == len(table) and not (out / "stale_rows.csv").exists()
     assert main(["run", "--preset", "smoke", "--out", str(out), "--rescore", "--force"]) == 2  # a config error: pick one
+
+
+def test_intervals_on_the_smoke_preset_bracket_their_estimates(smoke, tmp_path):
+    """eval.bootstrap on the smoke preset: every interval row of results.csv brackets its estimate."""
+    import shutil
+
+    src, _ = smoke
+    out = tmp_path / "intervals"
+    shutil.copytree(src, out)
+    assert main(["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods", "ddpm",
+                 "--set", "eval.bootstrap=20", "--set", "eval.downstream=false"]) == 0
+    table = read_results(out)
+    keys = ["method", "seed", "feature_space", "group", "class"]
+    checked = 0
+    for metric in ("fid", "kid"):
+        est = table[table.metric == metric].set_index(keys).value
+        low = table[table.metric == f"{metric}_ci_low"].set_index(keys).value
+        high = table[table.metric == f"{metric}_ci_high"].set_index(keys).value
+        both = low.notna() & high.reindex(low.index).notna()
+        assert both.sum() >= 5, metric  # overall, groups and the larger classes
+        for k in low.index[both]:
+            assert low[k] <= est[k] <= high[k], (metric, k)
+            checked += 1
+        nan = table[table.metric.isin([f"{metric}_ci_low", f"{metric}_ci_high"]) & table.value.isna()]
+        assert nan.note.str.startswith("skipped:").all()
+    assert checked >= 10

@@ -1,10 +1,15 @@
-"""Seed-level claims (benchmark/report/seeds.py) checked against a known truth on synthetic seeds."""
+"""Seed-level claims (benchmark/report/seeds.py) checked against a known truth on synthetic seeds,
+and the leaderboard marks and ``leaderboard_paired.csv`` built from them."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmark.report.seeds import compare, compare_best
+from benchmark.harness.results import RESULT_COLUMNS
+from benchmark.report.build import make_report
+from benchmark.report.leaderboard import leaderboards, write_leaderboards
+from benchmark.report.seeds import ALPHA, compare, compare_best
 
 REPEATS = 200
 SEEDS = 3  # what a benchmark grid usually runs
@@ -108,3 +113,86 @@ def test_interval_covers_the_true_mean_difference():
     print(f"coverage of the 95% interval, {SEEDS} seeds: {coverage:.3f}")
     # Binomial(400, 0.95): std 0.011; the bounds are 3.2 std either side
     assert 0.915 < coverage < 0.985
+
+
+def rows(method, seed, fid, recall):
+    """One cell's leaderboard rows (FID and recall over all classes) in the results table's format."""
+    precision = "none" if method == "real" else "bf16"
+    base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
+                train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0,
+                train_precision=precision, sample_precision=precision, reference="test", feature_space="classifier",
+                n_gen=10, n_ref=20, note="", group="all", **{"class": np.nan})  # fmt: skip
+    return pd.DataFrame([{**base, "metric": "fid", "value": fid}, {**base, "metric": "recall", "value": recall}])[
+        RESULT_COLUMNS
+    ]
+
+
+SHARED = (0.0, 3.0, -2.0)  # the seed's own luck, common to all methods of that seed
+
+
+def three_seed_table():
+    """cbdm is 2 FID better than ddpm on every seed (+-0.1), but the seed term spreads both by ~2.5;
+    on recall neither leads (seed-to-seed differences -0.01, +0.02, -0.005); oc trails on both."""
+    parts = []
+    for s, base in enumerate(SHARED):
+        parts += [rows("cbdm", s, 8.0 + base + (0.1, -0.1, 0.05)[s], 0.50 + (0.0, 0.02, 0.0)[s]),
+                  rows("ddpm", s, 10.0 + base, 0.50 + (0.01, 0.0, 0.005)[s]),
+                  rows("oc", s, 15.0 + base, 0.40),
+                  rows("real", s, 1.0, 0.9)]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_three_seeds_bold_a_planted_winner_and_italicise_a_null(tmp_path):
+    table = three_seed_table()
+    [(_, display, marks)] = leaderboards(table)
+    cbdm, ddpm = np.array([8.1, 10.9, 6.05]), 10.0 + np.array(SHARED)
+    assert ddpm.mean() - cbdm.mean() < max(cbdm.std(ddof=1), ddpm.std(ddof=1))  # the old std rule: a tie
+    assert marks.loc["cbdm", "FID"] == "best"
+    assert marks.loc["cbdm", "Rec"] == "tie" and marks.loc["ddpm", "Rec"] == ""
+    assert not display.attrs["one_seed"]
+    table.to_csv(tmp_path / "results.csv", index=False)
+    lines = []
+    make_report(tmp_path, plots=False, say=lines.append)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert f"**{display.loc['cbdm', 'FID']}**" in md and f"*{display.loc['cbdm', 'Rec']}~*" in md
+    assert "No ranking is claimed" not in md.split("## ")[1] and not lines
+
+
+def test_one_seed_claims_no_ranking(tmp_path):
+    table = pd.concat([rows("cbdm", 0, 8.0, 0.5), rows("ddpm", 0, 10.0, 0.5), rows("real", 0, 1.0, 0.9)])
+    [(_, display, marks)] = leaderboards(table)
+    assert display.attrs["one_seed"]
+    assert marks.loc["cbdm", "FID"] == "best"  # the best mean, untested
+    assert marks.loc["cbdm", "Rec"] == "tie"  # equal means are never bold
+    table.to_csv(tmp_path / "results.csv", index=False)
+    lines = []
+    make_report(tmp_path, plots=False, say=lines.append)
+    title, statement = (tmp_path / "leaderboard.md").read_text().split("## ")[1].split("\n\n")[:2]
+    assert title.startswith("digits exp") and statement.startswith("> No ranking is claimed: one seed")
+    assert len(lines) == 1 and lines[0].startswith("NOTE: leaderboard digits") and "No ranking is claimed" in lines[0]
+    assert "No ranking is claimed: one seed" in (tmp_path / "leaderboard.tex").read_text()
+    flat = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert set(flat.ranking) == {"none: one seed"}
+    paired = pd.read_csv(tmp_path / "leaderboard_paired.csv")
+    assert set(paired.n_seeds) == {1} and paired.p.isna().all()
+    assert paired.note.str.startswith("one seed: no ranking claimed; not tested").all()
+
+
+def test_paired_csv_holds_every_comparison(tmp_path):
+    paths = write_leaderboards(three_seed_table(), tmp_path)
+    assert tmp_path / "leaderboard_paired.csv" in paths
+    paired = pd.read_csv(tmp_path / "leaderboard_paired.csv")
+    assert list(paired.columns) == ["dataset", "profile", "imbalance", "protocol", "feature_space", "reference",
+                                    "column", "metric", "group", "best", "other", "runner_up", "mean_diff", "ci_low",
+                                    "ci_high", "p", "n_seeds", "note"]  # fmt: skip
+    assert set(paired.column) == {"FID", "Rec"}  # the only columns with values; the floor never competes
+    fid = paired[paired.column == "FID"].set_index("other")
+    assert list(fid.index) == ["ddpm", "oc"] and set(fid.best) == {"cbdm"}
+    assert list(fid.runner_up) == [True, False] and set(fid.n_seeds) == {3}
+    d = 10.0 - np.array([8.1, 7.9, 8.05])  # cbdm's advantage over ddpm per seed (the shared term cancels)
+    ref = stats.ttest_1samp(d, 0.0)
+    assert fid.loc["ddpm", "mean_diff"] == pytest.approx(d.mean()) and fid.loc["ddpm", "p"] == pytest.approx(ref.pvalue)
+    assert fid.loc["ddpm", "p"] < ALPHA and (fid.loc["ddpm", ["ci_low", "ci_high"]] > 0).all()
+    assert fid.loc["oc", "mean_diff"] == pytest.approx(15.0 - 8.0 - np.mean([0.1, -0.1, 0.05]))
+    rec = paired[(paired.column == "Rec") & paired.runner_up].iloc[0]
+    assert rec.p > ALPHA and rec.ci_low < 0 < rec.ci_high and rec.n_seeds == 3

@@ -5,16 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.harness.results import read_results
-from benchmark.report.leaderboard import no_ranking_lines, write_leaderboards
+from benchmark.report.leaderboard import no_ranking_lines, one_seed_lines, write_leaderboards
 from benchmark.report.plots import write_plots
 
 
 def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
-    """Redraw leaderboards (and plots) from ``out/results.csv`` alone; ``say`` gets one line per table
-    that ranks nothing (its classifier evaluator failed the trust gate)."""
+    """Redraw leaderboards (and plots) from ``out/results.csv`` alone and return the files written
+    (``leaderboard_paired.csv``, the seed-level tests behind the marks, among them).  ``say`` gets one
+    line per table that ranks nothing (its classifier evaluator failed the trust gate) and one per
+    table that claims no ranking because its methods have one seed."""
     table = read_results(out)
     for line in no_ranking_lines(table):
         say(f"WARNING: {line}")
+    for line in one_seed_lines(table):
+        say(f"NOTE: {line}")
     paths = write_leaderboards(table, out)
     if plots:
         paths += write_plots(table, Path(out))

@@ -53,8 +53,10 @@ def test_leaderboard_marks_best_and_ties(table_dir):
     assert list(display.index) == ["cbdm", "ddpm", "real data (floor)"]
     assert display.loc["cbdm", "FID"] == "6.00 ± 1.00"
     assert display.loc["ddpm", "seeds"] == "3"
-    assert marks.loc["cbdm", "FID"] == "best"  # gap 5 > spread 1
-    assert marks.loc["cbdm", "Rec"] == "tie"  # gap 0.001 within spread
+    assert marks.loc["cbdm", "FID"] == "best"  # 5 better on every seed: the paired test separates it
+    assert marks.loc["cbdm", "Rec"] == "tie"  # ahead by 0, 0.001, 0.002: paired t p = 0.23 over 3 seeds
+    [rec] = display.attrs["paired"]["Rec"]
+    assert rec.test.n_seeds == 3 and rec.test.p == pytest.approx(0.225, abs=0.005)
     assert marks.loc["real data (floor)"].eq("").all()  # the floor never competes
 
 
@@ -194,8 +196,12 @@ def test_diversity_plot_per_class_csv_and_leaderboard_columns(tmp_path, monkeypa
                          diversity_rows("real", 0, ratio=(1.0, 1.0, 1.0), mem=(0.0, 0.0, 0.02))])
     [(_, display, marks)] = leaderboards(table)
     assert display.loc["cbdm", "Vendi/real few"] == "0.800"
-    assert marks.loc["cbdm", "Vendi/real few"] == "best"  # 0.8 is closer to 1 than ddpm's 1.41
-    assert marks.loc["cbdm", "Mem few"] == "best" and display.loc["real data (floor)", "Mem few"] == "0.020"
+    # cbdm has the best mean (0.8 is closer to 1 than ddpm's 1.4) but shares only seed 0 with ddpm: not separable
+    assert marks.loc["cbdm", "Vendi/real few"] == "tie"
+    [vendi] = display.attrs["paired"]["Vendi/real few"]
+    assert (vendi.best, vendi.other, vendi.test.n_seeds) == ("cbdm", "ddpm", 1) and np.isnan(vendi.test.p)
+    assert vendi.test.mean_diff == pytest.approx(0.2) and "2 seeds not shared" in vendi.test.note
+    assert marks.loc["cbdm", "Mem few"] == "tie" and display.loc["real data (floor)", "Mem few"] == "0.020"
     figs = []
     monkeypatch.setattr(plots, "_save", lambda fig, stem: figs.append((stem.name, fig)) or [stem])
     plots.write_plots(table, tmp_path)

@@ -106,7 +106,7 @@ def test_leaderboard_ranks_nothing_from_an_untrusted_evaluator_and_says_why(tmp_
     untrusted_part = md.split("features classifier:abc")[1].split("## ")[0]
     assert "No ranking" in untrusted_part and "**" not in untrusted_part
     assert "Inception or DINOv2" in untrusted_part and "reference folder" in untrusted_part
-    assert "No ranking" not in md.split("features inception:xyz")[1]
+    assert "No ranking:" not in md.split("features inception:xyz")[1]
     assert "WARNING: leaderboard" in capsys.readouterr().out
     flat = pd.read_csv(tmp_path / "leaderboard.csv")
     assert set(flat[flat.feature_space == "classifier:abc"].ranking) == {"none: untrusted evaluator"}

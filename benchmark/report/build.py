@@ -5,18 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.harness.results import read_results
-from benchmark.report.leaderboard import no_ranking_lines, write_leaderboards
+from benchmark.report.leaderboard import no_ranking_lines, one_seed_lines, write_leaderboards
 from benchmark.report.plots import write_plots
 from benchmark.report.stale import write_stale
 
 
 def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
-    """Redraw leaderboards (and plots) from ``out/results.csv`` alone; ``say`` gets one line per table
-    that ranks nothing (its classifier evaluator failed the trust gate) and one per kind of stale row
+    """Redraw leaderboards (and plots) from ``out/results.csv`` alone and return the files written
+    (``leaderboard_paired.csv``, the seed-level tests behind the marks, among them).  ``say`` gets one
+    line per table that ranks nothing (its classifier evaluator failed the trust gate), one per
+    table that claims no ranking because its methods have one seed, and one per kind of stale row
     (written by an earlier version that computed it differently, listed in ``stale_rows.csv``)."""
     table = read_results(out)
     for line in no_ranking_lines(table):
         say(f"WARNING: {line}")
+    for line in one_seed_lines(table):
+        say(f"NOTE: {line}")
     paths, stale = write_stale(table, Path(out))
     for line in stale:
         say(f"WARNING: {line}")

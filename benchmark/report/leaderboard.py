@@ -1,8 +1,12 @@
 """Leaderboards from ``results.csv`` alone: Markdown, LaTeX (booktabs) and CSV.
 
 One table per (dataset, profile, imbalance, protocol, feature space, reference): rows are
-methods, cells are mean +- std over seeds.  The best method per column is marked, and marked
-as not separable when its lead over the runner-up is within the seed spread.  Published
+methods, cells are mean +- std over seeds.  The best method per column (by mean) is marked bold
+when a paired t test over the seeds it shares with the runner-up separates the two at 5%, and
+marked not separable otherwise (see ``seeds.py``: the methods of one seed share their initial
+noise and reference, so their per-seed differences are what carries the evidence).  A table with
+one seed claims no ranking and says so under its title (bold there marks only the best mean).
+``leaderboard_paired.csv`` holds every test: the best method against each other one.  Published
 numbers appear as labelled reference rows only when the protocol matches, each beside our row of
 the same method and with what it was measured with (``settings``; see ``published.py``).
 
@@ -47,6 +51,7 @@ from benchmark.core.names import (
 )
 from benchmark.eval.trust import UNTRUSTED_NOTE
 from benchmark.report.published import describe, published_for
+from benchmark.report.seeds import ALPHA, LEVEL, Comparison, compare_best
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows, class_info
 
 
@@ -82,15 +87,24 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
 ]
 SCALE = {KID: 1e3}
 
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Long summary: one row per (table key, method, metric, group) with mean, std, n seeds."""
+def per_seed_values(table: pd.DataFrame) -> pd.DataFrame:
+    """Long per-seed values: one row per (table key, method, precision, metric, group, seed)."""
     agg = attach_feature_free_rows(table)
     agg = agg[agg["group"] != CLASS]
     agg = agg[agg["metric"].isin({c.metric for c in LEADERBOARD_COLUMNS})]
     agg = agg.assign(precision=agg["train_precision"].astype(str) + "/" + agg["sample_precision"].astype(str))
     # precision is part of a row's identity: seeds trained or sampled at different precisions never share a cell
-    per_seed = agg.groupby(TABLE_KEY + ["method", "precision", "metric", "group", "seed"], dropna=False)["value"].mean()
-    grouped = per_seed.groupby(level=list(range(len(TABLE_KEY) + 4)), dropna=False)
+    keys = TABLE_KEY + ["method", "precision", "metric", "group", "seed"]
+    return agg.groupby(keys, dropna=False)["value"].mean().reset_index()
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Long summary: one row per (table key, method, metric, group) with mean, std, n seeds."""
+    return _summary(per_seed_values(table))
+
+
+def _summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+    grouped = per_seed.groupby(TABLE_KEY + ["method", "precision", "metric", "group"], dropna=False)["value"]
     out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n_seeds": grouped.count()})
     return out.reset_index()
 
@@ -123,6 +137,24 @@ def no_ranking_lines(table: pd.DataFrame) -> list[str]:
     return [f"leaderboard {_title(dict(zip(TABLE_KEY, key)))}: {why}" for key, why in untrusted_tables(table).items()]
 
 
+ONE_SEED = ("No ranking is claimed: one seed per method, so the seed-to-seed spread is unknown and no paired "
+            "test is possible; bold marks only the best mean.")
+
+
+def one_seed_lines(table: pd.DataFrame) -> list[str]:
+    """One console line per (trusted) leaderboard table whose methods have a single seed: it claims no ranking."""
+    untrusted = untrusted_tables(table)
+    return [f"leaderboard {_title(dict(zip(TABLE_KEY, key)))}: {ONE_SEED}"
+            for key, block in per_seed_values(table).groupby(TABLE_KEY, dropna=False, sort=True)
+            if _one_seed(block) and tuple(key) not in untrusted]
+
+
+def _one_seed(per_seed: pd.DataFrame) -> bool:
+    """Whether a table's competing methods (not the real-data floor) have at most one seed each."""
+    models = per_seed[(per_seed["method"] != REAL) & per_seed["value"].notna()]
+    return bool(len(models)) and int(models.groupby(["method", "precision"])["seed"].nunique().max()) <= 1
+
+
 def _fmt(mean: float, std: float, n: int, digits: int) -> str:
     if np.isnan(mean):
         return "-"
@@ -132,14 +164,20 @@ def _fmt(mean: float, std: float, n: int, digits: int) -> str:
 
 
 def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataFrame]]:
-    """[(key, display frame, marks frame)] where marks are '' / 'best' / 'tie'."""
-    summary = summarize(table)
+    """[(key, display frame, marks frame)] where marks are '' / 'best' / 'tie'.
+
+    Each display frame's ``attrs`` carry ``paired`` (the column's comparisons, see ``seeds.py``),
+    ``one_seed`` (True when the table claims no ranking for want of seeds) and ``no_ranking``
+    (why an untrusted evaluator's table marks nothing)."""
     untrusted = untrusted_tables(table)
     boards = []
-    for key_values, block in summary.groupby(TABLE_KEY, dropna=False, sort=True):
+    for key_values, seeds_block in per_seed_values(table).groupby(TABLE_KEY, dropna=False, sort=True):
         key = dict(zip(TABLE_KEY, key_values))
         no_ranking = untrusted.get(tuple(key_values))
+        one_seed = _one_seed(seeds_block)
+        block = _summary(seeds_block)
         block = block.assign(label=_row_labels(block))
+        seeds_block = seeds_block.assign(label=_row_labels(seeds_block))
         methods = sorted(m for m in block.loc[block["method"] != REAL, "label"].unique())
         if REAL in set(block["method"]):
             methods.append(REAL)
@@ -150,11 +188,13 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
             rows = block[block["label"] == method]
             display.loc[method, "seeds"] = str(int(rows["n_seeds"].max())) if len(rows) else "0"
             display.loc[method, "precision"] = rows["precision"].iloc[0] if len(rows) else "-"
+        paired = {}
         for col in LEADERBOARD_COLUMNS:
-            stats = {}
+            scale = SCALE.get(col.metric, 1.0)
+            cells = seeds_block[(seeds_block["metric"] == col.metric) & (seeds_block["group"] == col.group)]
+            values = {}  # {method: {seed: value}} of the competing methods
             for method in methods:
                 hit = block[(block["label"] == method) & (block["metric"] == col.metric) & (block["group"] == col.group)]
-                scale = SCALE.get(col.metric, 1.0)
                 if len(hit):
                     first = hit.iloc[0]
                     mean, std, n = float(first["mean"]) * scale, float(first["std"]) * scale, int(first["n_seeds"])
@@ -162,9 +202,10 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
                     mean, std, n = float("nan"), float("nan"), 0
                 display.loc[method, col.label] = _fmt(mean, std, n, col.digits)
                 if method != REAL and not np.isnan(mean):
-                    stats[method] = (mean, 0.0 if np.isnan(std) else std)
+                    mine = cells[(cells["label"] == method) & cells["value"].notna()]
+                    values[method] = {seed: float(v) * scale for seed, v in zip(mine["seed"], mine["value"])}
             if not no_ranking:
-                _mark_best(stats, col, marks)
+                paired[col.label] = _mark_best(values, col, marks, one_seed=one_seed)
         own = _settings(table, key)
         display.insert(1, "settings", [own.get(m, "") for m in display.index])
         marks.insert(1, "settings", "")
@@ -186,6 +227,8 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
             marks = marks.rename(index={REAL: "real data (floor)"})
         if no_ranking:
             display.attrs["no_ranking"] = no_ranking
+        display.attrs["one_seed"] = one_seed
+        display.attrs["paired"] = paired
         boards.append((key, display, marks))
     return boards
 
@@ -251,21 +294,16 @@ def precision_note(display: pd.DataFrame) -> str:
     return "DIFFERS between rows: " + ", ".join(found)
 
 
-def _mark_best(stats: dict, col: Column, marks: pd.DataFrame) -> None:
-    if not stats:
-        return
-    if col.target is not None:  # closest to the target wins
-        stats = {m: (abs(mean - col.target), std) for m, (mean, std) in stats.items()}
-        order = sorted(stats, key=lambda m: stats[m][0])
-    else:
-        order = sorted(stats, key=lambda m: stats[m][0], reverse=not col.lower_is_better)
-    best = order[0]
-    if len(order) == 1:
-        return
-    runner = order[1]
-    gap = abs(stats[best][0] - stats[runner][0])
-    spread = max(stats[best][1], stats[runner][1])
-    marks.loc[best, col.label] = "tie" if gap <= spread else "best"
+def _mark_best(values: dict, col: Column, marks: pd.DataFrame, *, one_seed: bool) -> list[Comparison]:
+    """Mark the column's best mean: 'best' when the paired test separates it from the runner-up at 5%,
+    'tie' when it does not (or fewer than two seeds pair up); in a one-seed table, 'best' for a strictly
+    best mean ('tie' on equal means).  Returns the comparisons of the best method with every other one."""
+    comparisons = compare_best(values, lower_is_better=col.lower_is_better, target=col.target)
+    if comparisons:
+        runner_up = comparisons[0]
+        ahead = runner_up.lead > 0 if one_seed else runner_up.separated
+        marks.loc[runner_up.best, col.label] = "best" if ahead else "tie"
+    return comparisons
 
 
 def _title(key: dict, display: pd.DataFrame | None = None) -> str:
@@ -278,9 +316,13 @@ def _title(key: dict, display: pd.DataFrame | None = None) -> str:
 
 
 LEGEND = (
-    "Mean ± std over seeds. **Bold**: best method in the column, separated from the runner-up by more "
-    "than the seed spread; *italic~*: best mean but within the seed spread of the runner-up (not separable). "
-    "With a single seed the spread is unknown, so bold then marks only the best mean. "
+    "Mean ± std over seeds. **Bold**: best mean in the column, separated from the runner-up by a paired t "
+    f"test over the seeds both have (two-sided p < {ALPHA:g}; the methods of one seed share their initial noise "
+    "and reference images, so the per-seed differences are compared); *italic~*: best mean that the test does "
+    "not separate from the runner-up, or fewer than two paired seeds (not separable). A table with one seed "
+    "claims no ranking and says so under its title; bold there marks only the best mean, untested. "
+    "leaderboard_paired.csv holds each test: the best method against every other one, with the mean "
+    f"difference, its {LEVEL:.0%} t interval, p and the number of paired seeds. "
     "FID/KID and Mem (memorised fraction of the few-shot group's generated images, d1/d2 < 1/3 against "
     "their class's training images, in the feature space / in pixels) lower is better; Vendi/real (Vendi "
     "score of generated over real images at the same n, pooled over the group) is best closest to 1; the "
@@ -329,19 +371,55 @@ def per_class_table(table: pd.DataFrame) -> pd.DataFrame:
     return wide.sort_values(TABLE_KEY + ["method", "class"], kind="stable").reset_index(drop=True)
 
 
+PAIRED_COLUMNS = TABLE_KEY + ["column", "metric", "group", "best", "other", "runner_up", "mean_diff", "ci_low",
+                              "ci_high", "p", "n_seeds", "note"]
+
+
+def paired_table(boards: list[tuple[dict, pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per (table key, column, best method, other method): the paired test of ``seeds.py``.
+
+    ``mean_diff`` is the best method's mean advantage over the other on their shared seeds, in the
+    column's units (KID x1000) and direction (positive: the best is better; for the Vendi ratio,
+    closer to 1); ``runner_up`` flags the comparison that decides the column's mark.  Tables of
+    an untrusted evaluator rank nothing and have no rows."""
+    by_label = {c.label: c for c in LEADERBOARD_COLUMNS}
+    rows = []
+    for key, display, _ in boards:
+        for label, comparisons in display.attrs.get("paired", {}).items():
+            col = by_label[label]
+            for i, comp in enumerate(comparisons):
+                note = comp.test.note
+                if display.attrs.get("one_seed"):
+                    note = f"one seed: no ranking claimed; {note}" if note else "one seed: no ranking claimed"
+                rows.append({**key, "column": label, "metric": col.metric, "group": col.group, "best": comp.best,
+                             "other": comp.other, "runner_up": i == 0, "mean_diff": comp.test.mean_diff,
+                             "ci_low": comp.test.ci_low, "ci_high": comp.test.ci_high, "p": comp.test.p,
+                             "n_seeds": comp.test.n_seeds, "note": note})  # fmt: skip
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def _statement(display: pd.DataFrame) -> str:
+    """What a table's title is followed by: why it ranks nothing, or that one seed claims no ranking."""
+    if display.attrs.get("no_ranking"):
+        return display.attrs["no_ranking"]
+    return ONE_SEED if display.attrs.get("one_seed") else ""
+
+
 def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
     out = Path(out)
     boards = leaderboards(table)
     md, tex, flat = ["# Leaderboards", "", LEGEND, ""], [], []
     for key, display, marks in boards:
         md += [f"## {_title(key, display)}", ""]
-        if display.attrs.get("no_ranking"):
-            md += [f"> {display.attrs['no_ranking']}", ""]
+        if _statement(display):
+            md += [f"> {_statement(display)}", ""]
         md += [_markdown(display, marks), ""]
         tex += [_latex(key, display, marks), ""]
         frame = display.copy()
+        frame.attrs = {}
         frame.insert(0, "method", frame.index)
-        frame["ranking"] = "none: untrusted evaluator" if display.attrs.get("no_ranking") else ""
+        frame["ranking"] = ("none: untrusted evaluator" if display.attrs.get("no_ranking")
+                            else "none: one seed" if display.attrs.get("one_seed") else "")  # fmt: skip
         for k, v in reversed(list(key.items())):
             frame.insert(0, k, v)
         flat.append(frame)
@@ -351,6 +429,8 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
     (pd.concat(flat, ignore_index=True) if flat else pd.DataFrame()).to_csv(paths[2], index=False)
     paths.append(out / "leaderboard_per_class.csv")
     per_class_table(table).to_csv(paths[-1], index=False)
+    paths.append(out / "leaderboard_paired.csv")
+    paired_table(boards).to_csv(paths[-1], index=False)
     return paths
 
 
@@ -373,7 +453,7 @@ def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
     def esc(s: str) -> str:
         return s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%").replace("&", r"\&")
 
-    caption_note = ". " + display.attrs["no_ranking"] if display.attrs.get("no_ranking") else ""
+    caption_note = ". " + _statement(display) if _statement(display) else ""
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
         rf"\caption{{{esc(_title(key, display) + caption_note)}}}",

@@ -249,3 +249,27 @@ def test_neighbour_sheet_and_named_sample_grid(tmp_path, monkeypatch):
     plots.sample_grids(table, tmp_path, tmp_path / "plots")
     labels = [t.get_text() for t in figs[0].axes[0].get_yticklabels()]
     assert labels == ["0 T-shirt/top (n=100)", "1 Trouser (n=30)", "2 Bag (n=10)"]
+
+
+def test_floor_n_columns_and_sample_sizes_under_each_table(tmp_path):
+    path = tmp_path / "results.csv"
+    for method, fid, at_floor in (("ddpm", 10.0, 14.0), ("cbdm", 8.0, 11.0), ("real", 2.0, 2.0)):
+        rows = cell_rows(method, 0, fid, 0.5)
+        extra = rows[(rows.metric == "fid") & (rows.group == "all")].copy()
+        extra["metric"], extra["value"] = "fid_at_floor_n", at_floor
+        extra["n_gen"], extra["n_ref"] = 6, 14
+        if method == "real":
+            rows.loc[rows.metric == "fid", ["n_gen", "n_ref"]] = (6, 14)
+            rows.loc[rows.metric == "fid", "note"] = "real_floor n_per_class=10;capped_classes=1"
+        append_cell(path, pd.concat([rows, extra], ignore_index=True))
+    make_report(tmp_path, plots=False)
+    md = (tmp_path / "leaderboard.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    at = cols.index("FID @floor n")
+    cells = {line.split("|")[1].strip(): line.split("|")[at + 1].strip() for line in md.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert cells["ddpm"] == "14.00" and cells["cbdm"] == "**11.00**" and cells["real data (floor)"] == "2.00"
+    assert ("Sample sizes, generated vs reference images, overall: methods' own columns 10 vs 20; '@floor n' "
+            "columns 6 vs 14; real data (floor) 6 vs 14 (capped_classes=1, real_floor n_per_class=10).") in md
+    assert "compare methods with the floor there" in md

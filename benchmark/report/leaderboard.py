@@ -48,6 +48,7 @@ from benchmark.core.names import (
     VENDI,
     VENDI_RATIO,
     VENDI_REAL,
+    at_floor_n,
 )
 from benchmark.eval.trust import UNTRUSTED_NOTE
 from benchmark.report.published import describe, published_for
@@ -71,6 +72,9 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
     Column("FID med", FID, MEDIUM, True),
     Column("FID few", FID, FEW, True),
     Column("KIDx1e3", KID, ALL, True),
+    Column("FID @floor n", at_floor_n(FID), ALL, True),
+    Column("FID few @floor n", at_floor_n(FID), FEW, True),
+    Column("KIDx1e3 @floor n", at_floor_n(KID), ALL, True),
     Column("IS", IS, ALL, False),
     Column("Prec", PRECISION, ALL, False, 3),
     Column("Rec", RECALL, ALL, False, 3),
@@ -85,7 +89,7 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
     Column("Aug", AUG_ACC, ALL, False, 3),
     Column("Aug few", AUG_ACC, FEW, False, 3),
 ]
-SCALE = {KID: 1e3}
+SCALE = {KID: 1e3, at_floor_n(KID): 1e3}
 
 def per_seed_values(table: pd.DataFrame) -> pd.DataFrame:
     """Long per-seed values: one row per (table key, method, precision, metric, group, seed)."""
@@ -228,9 +232,36 @@ def leaderboards(table: pd.DataFrame) -> list[tuple[dict, pd.DataFrame, pd.DataF
         if no_ranking:
             display.attrs["no_ranking"] = no_ranking
         display.attrs["one_seed"] = one_seed
+        display.attrs["sizes"] = sample_sizes(table, key)
         display.attrs["paired"] = paired
         boards.append((key, display, marks))
     return boards
+
+
+def _sizes_of(rows: pd.DataFrame) -> str:
+    pairs = sorted({(int(g), int(r)) for g, r in zip(rows["n_gen"], rows["n_ref"])})
+    return ", ".join(f"{g} vs {r}" for g, r in pairs) if pairs else "-"
+
+
+def sample_sizes(table: pd.DataFrame, key: dict) -> str:
+    """The line under a table: n_gen vs n_ref of its overall FID rows, for the methods' own columns,
+    for the '@floor n' columns and for the floor, and how the floor drew its sample."""
+    rows = _key_rows(table, key)
+    rows = rows[rows["group"] == ALL]
+    methods, real = rows[rows["method"] != REAL], rows[rows["method"] == REAL]
+    own = methods[methods["metric"] == FID]
+    at_floor = methods[methods["metric"] == at_floor_n(FID)]
+    floor = real[real["metric"] == FID]
+    if own.empty and floor.empty:
+        return ""
+    parts = [f"methods' own columns {_sizes_of(own)}"]
+    if len(at_floor):
+        parts.append(f"'@floor n' columns {_sizes_of(at_floor)}")
+    if len(floor):
+        how = sorted({p for n in floor["note"].astype(str) for p in n.split(";")
+                      if p.startswith(("real_floor", "capped_classes"))})
+        parts.append(f"real data (floor) {_sizes_of(floor)}" + (f" ({', '.join(how)})" if how else ""))
+    return "Sample sizes, generated vs reference images, overall: " + "; ".join(parts) + "."
 
 
 def _key_rows(table: pd.DataFrame, key: dict) -> pd.DataFrame:
@@ -326,8 +357,12 @@ LEGEND = (
     "FID/KID and Mem (memorised fraction of the few-shot group's generated images, d1/d2 < 1/3 against "
     "their class's training images, in the feature space / in pixels) lower is better; Vendi/real (Vendi "
     "score of generated over real images at the same n, pooled over the group) is best closest to 1; the "
-    "rest higher. KID is shown x1000. 'real data (floor)' scores real held-out "
-    "images at the same sample size (a perfect generator's score); its CAS/Aug columns are empty and its "
+    "rest higher. KID is shown x1000. 'real data (floor)' scores real held-out images like generated ones "
+    "(a perfect generator's score): per class min(n, half the class's reference images) held out against "
+    "the rest of the reference, so its n can be below the methods'. The plain FID/KID columns score each "
+    "method at its own n against the whole reference; the '@floor n' columns score it at exactly the "
+    "floor's n (per class as many generated images as the floor holds out, against the same rest): compare "
+    "methods with the floor there. The sample sizes are under each table. Its CAS/Aug columns are empty and its "
     f"downstream baseline (classifier on the real long-tailed set alone) is in the CSV as {REAL_ACC}. "
     "precision: train/sample arithmetic (fp32 or bf16) of the row; where a table holds rows of different "
     "precisions, its title says so and each method row carries its precision in brackets."
@@ -414,6 +449,8 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
         if _statement(display):
             md += [f"> {_statement(display)}", ""]
         md += [_markdown(display, marks), ""]
+        if display.attrs.get("sizes"):
+            md += [display.attrs["sizes"], ""]
         tex += [_latex(key, display, marks), ""]
         frame = display.copy()
         frame.attrs = {}
@@ -454,6 +491,8 @@ def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
         return s.replace("_", r"\_").replace("±", r"$\pm$").replace("%", r"\%").replace("&", r"\&")
 
     caption_note = ". " + _statement(display) if _statement(display) else ""
+    if display.attrs.get("sizes"):
+        caption_note += ". " + display.attrs["sizes"].rstrip(".")
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
         rf"\caption{{{esc(_title(key, display) + caption_note)}}}",

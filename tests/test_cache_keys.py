@@ -1,10 +1,12 @@
-"""What the feature caches are keyed by: the numeric settings extraction runs under, which
-extract_cached pins whatever the caller (the trainer) left set."""
+"""What the feature caches are keyed by: the evaluator's weights (not only its recipe) and the numeric
+settings extraction runs under, which extract_cached pins whatever the caller (the trainer) left set."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
+import numpy as np
 import pytest
 import torch
 from fake_eval_data import fake_dataset
@@ -12,8 +14,9 @@ from fake_eval_data import fake_dataset
 from benchmark.core import device as numerics
 from benchmark.core.config import EvalConfig
 from benchmark.eval import features
+from benchmark.eval.classifier import build_net, weights_digest
 from benchmark.eval.evaluate import real_floor_rows
-from benchmark.eval.features import extract_cached
+from benchmark.eval.features import extract_cached, feature_cache_path, get_feature_space
 
 CPU = torch.device("cpu")
 CFG = EvalConfig(feature_space="classifier", classifier_epochs=1, kid_subsets=2, batch_size=64, diversity=False)
@@ -46,6 +49,61 @@ def ds():
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
+
+
+# ---------------------------------------------------------------- the evaluator's weights
+
+
+class _AB(torch.nn.Module):
+    """A weight matrix and an integer counter (as BatchNorm keeps), with values fixed by hand."""
+
+    def __init__(self, order: str) -> None:
+        super().__init__()
+        values = {"a": torch.arange(6.0).reshape(2, 3) / 7, "b": torch.tensor(7)}
+        for name in order:  # the same entries registered in another order: another state_dict order
+            self.register_buffer(name, values[name])
+
+
+def test_weights_digest_depends_on_the_numbers_only():
+    assert list(_AB("ab").state_dict()) != list(_AB("ba").state_dict())
+    assert weights_digest(_AB("ab")) == weights_digest(_AB("ba"))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = build_net("smallcnn", channels=1, num_classes=3)
+    copy = build_net("smallcnn", channels=1, num_classes=3)
+    copy.load_state_dict(net.state_dict())
+    digest = weights_digest(net)
+    assert re.fullmatch(r"[0-9a-f]{12}", digest) and weights_digest(copy) == digest
+    with torch.no_grad():
+        next(copy.parameters()).view(-1)[0] += 1e-6  # one weight, barely moved
+    assert weights_digest(copy) != digest
+    # fixed values, fixed digest: in every process and on every machine (object ids, devices and dict order
+    # do not enter).  A change of this value invalidates every cached feature of the classifier space.
+    assert weights_digest(_AB("ab")) == "8b99686c75a4"
+
+
+def test_classifier_identity_follows_the_weights_file(ds, cache):
+    space = get_feature_space("classifier", dataset=ds, cfg=CFG, cache_dir=cache, device=CPU)
+    fp = space.info["fingerprint"]
+    assert re.fullmatch(rf"classifier:{fp}:w[0-9a-f]{{12}}", space.identity)
+    images = ds.source.test.images
+    first = extract_cached(space, images, cache_dir=cache)
+    again = get_feature_space("classifier", dataset=ds, cfg=CFG, cache_dir=cache, device=CPU)  # loaded, not trained
+    assert again.identity == space.identity  # the digest of the loaded weights is that of the trained ones
+    # the cached evaluator replaced by one with other weights (retrained elsewhere, or nondeterministically)
+    path = cache / f"evaluator-{fp}.pt"
+    blob = torch.load(path, weights_only=True)
+    name = next(k for k, v in blob["state_dict"].items() if v.is_floating_point())
+    blob["state_dict"][name] = blob["state_dict"][name] + 0.05
+    torch.save(blob, path)
+    other = get_feature_space("classifier", dataset=ds, cfg=CFG, cache_dir=cache, device=CPU)
+    assert other.info["fingerprint"] == fp  # the same recipe...
+    assert other.identity != space.identity and other.identity.startswith(f"classifier:{fp}:w")  # ...other weights
+    assert feature_cache_path(other, "k", cache) != feature_cache_path(space, "k", cache)
+    before = set((cache / "features").glob("*.npz"))
+    changed = extract_cached(other, images, cache_dir=cache)
+    assert len(set((cache / "features").glob("*.npz")) - before) == 1  # extracted anew, not read from the old file
+    assert not np.allclose(changed["features"], first["features"])
 
 
 # ---------------------------------------------------------------- numeric settings

@@ -2,7 +2,7 @@
 
 A feature space turns uint8 images [N, C, H, W] into float64 features [N, D] (plus class
 probabilities for the domain classifier, or Inception's unbiased logits for IS).  Its
-``identity`` names the network, the weights and the resize, and enters every cache
+``identity`` names the network, a digest of the weights and the resize, and enters every cache
 key and every results row; cached features are keyed by it, the images' content and the numeric
 settings extraction runs under (``numerics``, pinned by :func:`extract_cached`).  Pretrained
 weights are never downloaded silently and never replaced by another network: when they are
@@ -30,7 +30,7 @@ from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
 from benchmark.core.registry import Registry
-from benchmark.eval.classifier import EVALUATOR_SEED, load_or_train_evaluator, predict
+from benchmark.eval.classifier import EVALUATOR_SEED, load_or_train_evaluator, predict, weights_digest
 
 FEATURE_SPACES: Registry = Registry("feature space")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -273,7 +273,9 @@ class ClassifierSpace(FeatureSpace):
                                                       patience=cfg.classifier_patience)
         self.device, self.batch_size = device, cfg.batch_size
         self.resolution, self.channels = dataset.source.resolution, dataset.source.channels
-        self.identity = f"classifier:{self.info['fingerprint']}"
+        # the recipe names how it was trained; the digest is of the weights actually loaded or trained, so a
+        # retrained evaluator or a replaced weights file is a new space (new caches, a new results table)
+        self.identity = f"classifier:{self.info['fingerprint']}:w{weights_digest(self.net)}"
 
     def extract(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
         if tuple(images.shape[1:]) != (self.channels, self.resolution, self.resolution):

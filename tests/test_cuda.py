@@ -1,5 +1,6 @@
-"""The CUDA path: bf16 autocast, fused Adam, cudnn autotuning and TF32, the dataset held on the
-GPU, sampling and a whole grid on the GPU, and the perf script's CUDA branches.
+"""The CUDA path: bf16 autocast, fused Adam, cudnn autotuning and TF32 (for training only: the caller's
+settings come back, and feature extraction pins its own), the dataset held on the GPU, sampling and a
+whole grid on the GPU, and the perf script's CUDA branches.
 
 Skipped where torch sees no GPU (CI has none). On a CUDA machine run them, with the GPU
 throughput figures, by ``.ci/gpu-checks``. GPU kernels are not bitwise reproducible (cudnn
@@ -9,6 +10,7 @@ autotuning, atomics), so where a CPU test asks for equality these ask for closen
 import csv
 import re
 
+import numpy as np
 import pytest
 import torch
 from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
@@ -62,6 +64,46 @@ def test_resume_on_cuda_continues_the_same_run(tmp_path):
     assert torch.equal(ca["gen_device"], cb["gen_device"]) and torch.equal(ca["rng_cuda"], cb["rng_cuda"])
     for k in a["ema"]:
         torch.testing.assert_close(a["ema"][k], b["ema"][k], rtol=1e-3, atol=1e-4)
+
+
+def _cuda_flags():
+    b = torch.backends
+    return b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.benchmark
+
+
+def test_training_on_cuda_gives_back_the_processes_tf32_and_autotuning(tmp_path):
+    before = _cuda_flags()
+    _train(tmp_path, cfg=tiny_config(tf32=not before[0]))  # the run switches TF32 to the other value...
+    assert _cuda_flags() == before  # ...and puts the caller's back: sampling and evaluation run under their own
+
+
+def test_feature_extraction_on_cuda_is_the_same_whatever_tf32_the_caller_left_on(tmp_path):
+    from benchmark.core.device import kept_numerics
+    from benchmark.eval.features import FeatureSpace, extract_cached
+
+    class ConvSpace(FeatureSpace):
+        name, identity, device = "conv", "conv:v1", torch.device("cuda")
+
+        def __init__(self):
+            with torch.random.fork_rng(devices=[0]):
+                torch.manual_seed(0)
+                self.conv = torch.nn.Conv2d(3, 64, 3).cuda()
+                self.proj = torch.randn(64, 256, device="cuda")
+
+        @torch.no_grad()
+        def extract(self, images, *, progress=False):
+            x = self.conv(images.cuda().float() / 255).mean((2, 3))
+            return {"features": (x @ self.proj).double().cpu().numpy()}
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    space, out = ConvSpace(), []
+    with kept_numerics():
+        for i, tf32 in enumerate((True, False)):  # after training (TF32, autotuning) and in a fresh process
+            b = torch.backends
+            b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = b.cudnn.benchmark = tf32
+            out.append(extract_cached(space, images, cache_dir=tmp_path / str(i))["features"])
+            assert _cuda_flags() == (tf32, tf32, tf32)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-7)  # TF32 would differ by ~1e-3 relative
 
 
 def test_sampling_on_cuda_is_the_cpu_computation(tmp_path):

@@ -17,6 +17,7 @@ it has none; ``auto`` never fails.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -112,3 +113,129 @@ def resolve_precision(name: str, device: torch.device | str, *, key: str = "prec
 def autocast(precision: str, device: torch.device):
     """The autocast context of a resolved precision (a no-op for fp32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ---------------------------------------------------------------- numeric settings (TF32, cuDNN)
+#
+# torch keeps these process-wide, in two APIs: the legacy flags (``allow_tf32``,
+# ``set_float32_matmul_precision``) and, from torch 2.9, a ``fp32_precision`` string per backend and
+# operation.  Reading a legacy flag raises once the two disagree, so every read below tolerates that.
+
+_PRECISION_OPS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv", "mkldnn.rnn")
+_MATMUL = torch.backends.cuda.matmul
+_CUDNN = torch.backends.cudnn
+
+
+def _op(path: str):
+    obj = torch.backends
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj if obj is not None and _read(lambda: obj.fp32_precision) is not None else None
+
+
+def _read(get):
+    """A setting's value, or None where this torch lacks it or its two APIs were set in disagreement."""
+    try:
+        return get()
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _capture() -> dict:
+    return dict(matmul_tf32=_read(lambda: _MATMUL.allow_tf32), cudnn_tf32=_read(lambda: _CUDNN.allow_tf32),
+                matmul_precision=_read(torch.get_float32_matmul_precision), benchmark=_CUDNN.benchmark,
+                deterministic=_CUDNN.deterministic,
+                ops={p: _op(p).fp32_precision for p in _PRECISION_OPS if _op(p) is not None})
+
+
+def _restore(state: dict) -> None:
+    # legacy flags first, then the matmul precision (a legacy allow_tf32 write after it breaks its read-back),
+    # then the per-operation strings, which put back exactly what either API had set
+    if state["matmul_tf32"] is not None:
+        _MATMUL.allow_tf32 = state["matmul_tf32"]
+    if state["cudnn_tf32"] is not None:
+        _CUDNN.allow_tf32 = state["cudnn_tf32"]
+    if state["matmul_precision"] is not None:
+        torch.set_float32_matmul_precision(state["matmul_precision"])
+    for path, value in state["ops"].items():
+        _op(path).fp32_precision = value
+    _CUDNN.benchmark, _CUDNN.deterministic = state["benchmark"], state["deterministic"]
+
+
+@contextlib.contextmanager
+def kept_numerics():
+    """Every numeric setting above is put back as it was on exit (also after an error): what a stage
+    switches on for itself (the trainer's TF32 and cuDNN autotuning) cannot leak into the next stage
+    of the same process."""
+    state = _capture()
+    try:
+        yield
+    finally:
+        _restore(state)
+
+
+@contextlib.contextmanager
+def train_numerics(device: torch.device, *, tf32: bool):
+    """The training loop's settings on CUDA (``train.tf32`` for matmuls and convolutions, cuDNN
+    autotuning for the fixed shapes, as edm does), for the run only; nothing changes on other devices."""
+    with kept_numerics():
+        if torch.device(device).type == "cuda":
+            _MATMUL.allow_tf32 = tf32
+            _CUDNN.allow_tf32 = tf32
+            _CUDNN.benchmark = True
+        yield
+
+
+@contextlib.contextmanager
+def pinned_numerics(device: torch.device):
+    """Fixed full-fp32 settings for feature extraction, the caller's back on exit; yields their
+    :func:`numerics_key`.
+
+    Why pinned and not only keyed: features of generated images and of the reference set are compared
+    with each other, and the reference's are cached and reused by later processes.  Were extraction to
+    run under whatever the process had set (TF32 left on by training, cuDNN autotuning picking other
+    algorithms), a cell evaluated after training in the same process would compare TF32 features with
+    reference features cached by a fresh process (TF32 keeps 10 mantissa bits: about 1e-3 relative
+    error per product).  Pinned, both sides always come from the same numerics, and the key then
+    records them (with the device type and the default dtype, which pinning leaves alone: the
+    networks were built in it before extraction starts) so caches of other numerics are never
+    read.  Pinned: TF32 off for every matmul and convolution (both of torch's APIs), float32 matmul
+    precision ``highest`` (no bf16 matmuls on CPUs either), cuDNN autotuning off and cuDNN's
+    deterministic algorithms only, autocast off.  ``torch.use_deterministic_algorithms`` is recorded, not set
+    (on CUDA it needs an environment variable set before start-up).
+    """
+    with kept_numerics():
+        _MATMUL.allow_tf32 = False
+        _CUDNN.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        for path in _PRECISION_OPS:
+            if _op(path) is not None:
+                _op(path).fp32_precision = "ieee"
+        _CUDNN.benchmark, _CUDNN.deterministic = False, True
+        device = torch.device(device)
+        with torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else contextlib.nullcontext():
+            yield numerics_key(device)
+
+
+def numerics_key(device: torch.device | str) -> str:
+    """The numeric settings work on ``device`` runs under now, as one string (caches key on it).
+
+    CUDA: TF32 for matmuls and cuDNN (both APIs), cuDNN autotuning and determinism; every device:
+    the float32 matmul precision, CPU: oneDNN's per-operation precision; and everywhere
+    ``torch.use_deterministic_algorithms`` and the default dtype.  The CPU's key holds no cuBLAS or
+    cuDNN flag.  Under :func:`pinned_numerics` it is one fixed string per device type, torch
+    version family and default dtype.  ``?`` is a setting this torch lacks, or one set through both
+    of torch's APIs in disagreement."""
+    device = torch.device(device)
+    show = lambda v: "?" if v is None else str(int(v) if isinstance(v, bool) else v)
+    state = _capture()
+    parts = [device.type]
+    if device.type == "cuda":
+        parts += [f"matmul_tf32={show(state['matmul_tf32'])}", f"cudnn_tf32={show(state['cudnn_tf32'])}",
+                  f"cudnn_benchmark={show(state['benchmark'])}", f"cudnn_deterministic={show(state['deterministic'])}"]
+    parts.append(f"matmul_precision={show(state['matmul_precision'])}")
+    ops = _PRECISION_OPS[:3] if device.type == "cuda" else _PRECISION_OPS[3:] if device.type == "cpu" else ()
+    parts += [f"{p}={v}" for p, v in state["ops"].items() if p in ops]
+    parts += [f"deterministic_algorithms={int(torch.are_deterministic_algorithms_enabled())}",
+              f"dtype={str(torch.get_default_dtype()).removeprefix('torch.')}"]
+    return " ".join(parts)

@@ -14,7 +14,6 @@ extraction.  Prints medians with [min-max] of the wall times and of the ratio on
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import tempfile
@@ -29,7 +28,7 @@ from benchmark.core.config import Config, from_dict
 from benchmark.data import build_dataset
 from benchmark.devtools.machine import cpu_name
 from benchmark.eval.evaluate import evaluate_set
-from benchmark.eval.features import content_hash, extract_cached, get_feature_space
+from benchmark.eval.features import content_hash, extract_cached, feature_cache_path, get_feature_space
 
 
 def _fresh_cache(base: Path, drop: list[str], into: Path) -> Path:
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     base = args.results / "cache"
     space = get_feature_space(cfg.eval.feature_space, dataset=dataset, cfg=cfg.eval, cache_dir=base, device=device)
     def feature_file(imgs) -> str:
-        return hashlib.sha256(f"{content_hash(imgs)}|{space.identity}".encode()).hexdigest()[:24]
+        return feature_cache_path(space, content_hash(imgs), base).stem
 
     gen_file, train_file = feature_file(images), feature_file(dataset.train_images)
     times = {"off": [], "on": [], "train_features": []}

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmark.core.config import Config, to_json
-from benchmark.core.device import autocast, resolve_precision
+from benchmark.core.device import autocast, resolve_precision, train_numerics
 from benchmark.core.distributed import (
     Dist,
     all_gather,
@@ -93,13 +93,10 @@ def train(
     if len(dataset.train_labels) == 0:
         raise DataError("the training set is empty; check the dataset and imbalance settings")
     cuda = device.type == "cuda"
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = tc.tf32
-        torch.backends.cudnn.allow_tf32 = tc.tf32
-        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once (as edm does)
     init_seed, dev_seed, host_seed = _seeds(seed)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
-    with torch.random.fork_rng(devices=devices):
+    # TF32 and cuDNN autotuning for this run only: sampling and evaluation after it get the caller's settings
+    with train_numerics(device, tf32=tc.tf32), torch.random.fork_rng(devices=devices):
         torch.manual_seed(init_seed)
         run = _setup(cfg=cfg, dataset=dataset, method=method, run_dir=run_dir, seed=seed, device=device,
                      dev_seed=dev_seed, host_seed=host_seed)  # fmt: skip

@@ -277,6 +277,21 @@ def train_evaluator(images: torch.Tensor, labels: torch.Tensor, *, num_classes: 
     return net.eval(), info
 
 
+def weights_digest(net: nn.Module) -> str:
+    """12 hex of the SHA-256 of a network's weights: every state_dict entry (parameters and
+    BatchNorm buffers) in the order of its name, each as name, dtype, shape and the raw bytes of
+    its values on the CPU.  It depends on the numbers alone, never on object ids, devices or the
+    dict's insertion order, so the same weights give the same digest in every process; a
+    retrained or replaced evaluator gives another (its recipe fingerprint alone would not)."""
+    h = hashlib.sha256()
+    state = net.state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def evaluator_fingerprint(*, source_id: str, resolution: int, seed: int, epochs: int, arch: str,
                           per_class: int | None = None, patience: int | None = None) -> str:
     extra = {} if per_class is None else {"per_class": int(per_class)}  # old fingerprints stay valid

@@ -380,7 +380,7 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
     space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
                               progress=progress)
     key = json.dumps(dict(source=dataset.source.source_id, fp=dataset.fingerprint, reference=cfg.reference,
-                          space=space.identity, n=n_per_class, seed=seed, k=cfg.pr_k, dc_k=cfg.dc_k,
+                          space=space.identity, numerics=space.numerics, n=n_per_class, seed=seed, k=cfg.pr_k, dc_k=cfg.dc_k,
                           kid=[cfg.kid_subsets, cfg.kid_subset_size], boot=cfg.bootstrap, backend=cfg.fid_backend,
                           diversity=cfg.diversity, stats=STATS_VERSION),
                      sort_keys=True)

@@ -2,10 +2,11 @@
 
 A feature space turns uint8 images [N, C, H, W] into float64 features [N, D] (plus class
 probabilities for the domain classifier, or Inception's unbiased logits for IS).  Its
-``identity`` names the network, the weights and the resize, and enters every cache key and
-every results row.  Pretrained weights are never downloaded silently and never replaced by
-another network: when they are missing the error names the file, where to put it, and the
-options that point to it.
+``identity`` names the network, a digest of the weights and the resize, and enters every cache
+key and every results row; cached features are keyed by it, the images' content and the numeric
+settings extraction runs under (``numerics``, pinned by :func:`extract_cached`).  Pretrained
+weights are never downloaded silently and never replaced by another network: when they are
+missing the error names the file, where to put it, and the options that point to it.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from tqdm import tqdm
 
 from benchmark.core.config import EvalConfig, choices
+from benchmark.core.device import pinned_numerics
 from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
 from benchmark.core.registry import Registry
-from benchmark.eval.classifier import EVALUATOR_SEED, load_or_train_evaluator, predict
+from benchmark.eval.classifier import EVALUATOR_SEED, load_or_train_evaluator, predict, weights_digest
 
 FEATURE_SPACES: Registry = Registry("feature space")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -44,6 +46,16 @@ class FeatureSpace:
     name: str = ""
     identity: str = ""
     batch_size: int = 256  # images per forward; torchrun ranks split a set in whole batches
+    device: torch.device = torch.device("cpu")  # where extract runs
+
+    @property
+    def numerics(self) -> str:
+        """The numeric settings extraction runs under (:func:`benchmark.core.device.pinned_numerics`:
+        the same in every process on one device type).  Every cache of features, or of numbers
+        computed from them, is keyed by it beside ``identity``; results rows are not (the settings
+        are pinned, so they do not split the tables)."""
+        with pinned_numerics(self.device) as key:
+            return key
 
     def extract(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -261,7 +273,9 @@ class ClassifierSpace(FeatureSpace):
                                                       patience=cfg.classifier_patience)
         self.device, self.batch_size = device, cfg.batch_size
         self.resolution, self.channels = dataset.source.resolution, dataset.source.channels
-        self.identity = f"classifier:{self.info['fingerprint']}"
+        # the recipe names how it was trained; the digest is of the weights actually loaded or trained, so a
+        # retrained evaluator or a replaced weights file is a new space (new caches, a new results table)
+        self.identity = f"classifier:{self.info['fingerprint']}:w{weights_digest(self.net)}"
 
     def extract(self, images: torch.Tensor, *, progress: bool = False) -> dict[str, np.ndarray]:
         if tuple(images.shape[1:]) != (self.channels, self.resolution, self.resolution):
@@ -292,9 +306,17 @@ def content_hash(images: torch.Tensor, labels: torch.Tensor | None = None) -> st
     return h.hexdigest()
 
 
+def feature_cache_path(space: FeatureSpace, key: str, cache_dir: Path) -> Path:
+    """The npz of the images with content hash (or caller's key) ``key`` in ``space``: named by the
+    key, the space's identity (network and weights) and its extraction numerics."""
+    name = hashlib.sha256(f"{key}|{space.identity}|{space.numerics}".encode()).hexdigest()[:24]
+    return Path(cache_dir) / "features" / f"{name}.npz"
+
+
 def extract_cached(space: FeatureSpace, images: torch.Tensor, *, key: str | None = None, cache_dir: Path,
                    progress: bool = False, together: bool = False) -> dict[str, np.ndarray] | None:
-    """Features of ``images`` in ``space``, stored as npz keyed by (content or key, space identity).
+    """Features of ``images`` in ``space``, stored as npz keyed by (content or key, space identity,
+    extraction numerics); extraction runs under the pinned numerics, whatever the caller has set.
 
     ``together=True`` is a collective call of every torchrun rank: rank 0's cache decides, the
     ranks extract contiguous runs of whole batches (so every image sees the batch it would see in
@@ -302,9 +324,7 @@ def extract_cached(space: FeatureSpace, images: torch.Tensor, *, key: str | None
     CPU, on GPUs up to cuDNN's choice of algorithm), rank 0 gathers,
     stores and returns them; the other ranks return None.
     """
-    key = key or content_hash(images)
-    name = hashlib.sha256(f"{key}|{space.identity}".encode()).hexdigest()[:24]
-    path = Path(cache_dir) / "features" / f"{name}.npz"
+    path = feature_cache_path(space, key or content_hash(images), cache_dir)
     d = current() if together else None
     shared = d is not None and d.world > 1
     if (broadcast(path.exists()) if shared else path.exists()):
@@ -312,16 +332,17 @@ def extract_cached(space: FeatureSpace, images: torch.Tensor, *, key: str | None
             return None
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    if shared:
-        lo, hi = shard_bounds(len(images), space.batch_size, d.rank, d.world)
-        part = space.extract(images[lo:hi], progress=progress and d.main) if hi > lo else None
-        parts = gather_to_main(part)
-        if not d.main:
-            return None
-        parts = [q for q in parts if q is not None]
-        out = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]} if parts else space.extract(images[:0])
-    else:
-        out = space.extract(images, progress=progress)
+    with pinned_numerics(space.device):
+        if shared:
+            lo, hi = shard_bounds(len(images), space.batch_size, d.rank, d.world)
+            part = space.extract(images[lo:hi], progress=progress and d.main) if hi > lo else None
+            parts = gather_to_main(part)
+            if not d.main:
+                return None
+            parts = [q for q in parts if q is not None]
+            out = {k: np.concatenate([q[k] for q in parts]) for k in parts[0]} if parts else space.extract(images[:0])
+        else:
+            out = space.extract(images, progress=progress)
     save_npz_atomic(path, **out)  # readers never see a half-written file
     return out
 

@@ -97,3 +97,12 @@ def test_put_cell_replaces_the_same_feature_space_and_keeps_others_beside(tmp_pa
     assert table[table.method == "cbdm"].value.tolist() == [6.0, 6.0, 6.0, 0.6]  # other cells untouched
     assert drop_cell(path, row_key(Cell("digits", "exp", 0.1, "ddpm", 0))) == 7
     assert set(read_results(path).method) == {"cbdm"}
+
+
+def test_put_cell_replaces_an_older_tables_classifier_rows_named_without_the_weights_digest(tmp_path):
+    path = tmp_path / "results.csv"
+    put_cell(path, _rows("ddpm", "classifier:abc", 5.0))  # an older table: the recipe fingerprint alone
+    put_cell(path, _rows("ddpm", "classifier:abd", 7.0))  # another recipe: not the same space
+    assert put_cell(path, _rows("ddpm", "classifier:abc:w0123456789ab", 4.0)) == 4
+    table = read_results(path)
+    assert sorted(set(table.feature_space)) == ["classifier:abc:w0123456789ab", "classifier:abd", "none"]

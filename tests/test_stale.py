@@ -14,7 +14,7 @@ def _row(method="ddpm", metric="fid", group="all", cls=np.nan, value=1.0, note="
          sampler="ddim"):
     return dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
                 train_steps=10, protocol="p", sampler=sampler, sampler_steps=10, guidance=1.0,
-                train_precision="fp32", sample_precision="fp32", reference="test", feature_space="classifier:x",
+                train_precision="fp32", sample_precision="fp32", reference="test", feature_space="classifier:x:w0123456789ab",
                 metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref, value=value, note=note)
 
 
@@ -84,3 +84,11 @@ def test_report_writes_the_stale_file_and_says_why(tmp_path):
     frame(current_rows() + current_rows("real")).to_csv(tmp_path / "results.csv", index=False)
     make_report(tmp_path, plots=False, say=said.append)
     assert not (tmp_path / STALE_FILE).exists()  # recomputed: the list goes
+
+
+def test_classifier_rows_without_the_weights_digest_are_stale():
+    rows = [dict(r, feature_space="classifier:abc") for r in current_rows() + current_rows("real")]
+    stale = stale_rows(frame(rows))
+    assert set(stale.rule) == {"classifier-unweighed"} and len(stale) == len(rows)
+    fresh = [dict(r, feature_space="classifier:abc:w0123456789ab") for r in current_rows() + current_rows("real")]
+    assert stale_rows(frame(fresh)).empty

@@ -116,13 +116,20 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
     return True
 
 
+def _renamed_space(old: str, spaces: set[str]) -> bool:
+    """A classifier space named by its recipe alone (``classifier:<fingerprint>``, tables from before
+    the weights digest) is the space the new rows name ``classifier:<fingerprint>:w<digest>``."""
+    return old.startswith("classifier:") and ":w" not in old and any(s.startswith(old + ":w") for s in spaces)
+
+
 def put_cell(path: Path, rows: pd.DataFrame) -> int:
     """Write the rows of a cell that just ran (anew, or again after a changed setting).
 
     They replace every row the same cell folder wrote before in the same feature spaces, and every
     row without a feature space (the downstream accuracies); blocks of other feature spaces (an
     earlier evaluation of the same samples, e.g. with the classifier before Inception) stay beside
-    them, so the table holds one block per cell and feature space.  Returns the rows replaced.
+    them, so the table holds one block per cell and feature space; a classifier space of an older
+    table, named without its weights digest, counts as the same space.  Returns the rows replaced.
     """
     if rows.empty:
         raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
@@ -135,7 +142,8 @@ def put_cell(path: Path, rows: pd.DataFrame) -> int:
             write_csv_atomic(path, rows)
             return 0
         table = read_results(path)
-        stale = _same_cell(table, key, FOLDER_KEY) & table["feature_space"].astype(str).isin(spaces)
+        stale = _same_cell(table, key, FOLDER_KEY) & table["feature_space"].astype(str).map(
+            lambda old: old in spaces or _renamed_space(old, spaces))
         if stale.any():
             write_csv_atomic(path, pd.concat([table[~stale], rows], ignore_index=True))
         else:

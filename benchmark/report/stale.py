@@ -14,7 +14,12 @@ samples made outside the harness: ``evaluate --force``).  Each rule names the ch
 - ``is-small-n``: an Inception Score of fewer than 10 images, which is exactly 1 by construction;
 - ``kid-degenerate``: a KID whose subsets were each the whole of both sets, reported with a std;
 - ``no-floor-n``: a method scored before the rows at the real floor's sample size
-  (``<metric>_at_floor_n``) existed, in a table that has a floor: its "@floor n" columns are empty.
+  (``<metric>_at_floor_n``) existed, in a table that has a floor: its "@floor n" columns are empty;
+- ``classifier-unweighed``: rows of a classifier feature space named by its recipe alone
+  (``classifier:<fingerprint>``), from before the identity carried a digest of the evaluator's
+  weights (``classifier:<fingerprint>:w<digest>``): a retrained evaluator could have met features
+  of the old one.  Rescored, they come back under the new name, beside the old rows, which
+  the rescore then drops.
 """
 
 from __future__ import annotations
@@ -97,6 +102,11 @@ def _no_floor_n(table: pd.DataFrame) -> pd.Series:
     return out
 
 
+def _classifier_unweighed(table: pd.DataFrame) -> pd.Series:
+    space = table["feature_space"].astype(str)
+    return space.str.startswith("classifier:") & ~space.str.contains(":w", regex=False)
+
+
 RULES = (
     Rule("interval-bootstrap", "FID/KID intervals from resampling the generated set with replacement (they could "
          "exclude their own estimate; now half-sampling of both sets)", _bootstrap),
@@ -107,6 +117,8 @@ RULES = (
          "one (now computed once, noted 'degenerate subsets')", _kid_degenerate),
     Rule("no-floor-n", "methods scored before the rows at the real floor's sample size (fid/kid_at_floor_n) "
          "existed: their '@floor n' leaderboard columns are empty", _no_floor_n),
+    Rule("classifier-unweighed", "classifier feature space named by its recipe alone, from before the identity "
+         "carried a digest of the evaluator's weights", _classifier_unweighed),
 )
 
 

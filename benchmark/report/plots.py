@@ -56,7 +56,7 @@ def _slug(key: dict) -> str:
 
 
 YLABEL = {
-    FID: "per-class FID (lower is better)",
+    FID: "per-class FID (lower is better; the floor at its held-out n)",
     RECALL: "per-class recall (fooled by noisy samples)",
     COVERAGE: "per-class coverage (Naeem et al.)",
     LABEL_ACC: "label accuracy of generated images",

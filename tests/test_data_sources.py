@@ -91,7 +91,8 @@ def test_mnist_reads_idx_files_from_data_root(offline):
 @pytest.mark.parametrize(
     "spec,hint",
     [
-        ("mnist", "put train-images-idx3-ubyte"),
+        ("mnist", "offline. Run once on a machine with internet (torchvision fetches it into DATA_ROOT/MNIST/raw) and copy "
+                  "that folder, or put train-images-idx3-ubyte"),
         ("cifar10", "cifar-10-python.tar.gz, extract it so that DIR/cifar-10-batches-py/ exists"),
         ("cifar100", "cifar-100-python.tar.gz, extract it so that DIR/cifar-100-python/ exists"),
     ],

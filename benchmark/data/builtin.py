@@ -147,7 +147,11 @@ def load_fashion_mnist(*, arg, data_root, reference_folder, resolution, resize) 
 def load_mnist(*, arg, data_root, reference_folder, resolution, resize) -> RawSource:
     """MNIST, 10 classes, 28x28 grayscale; 60k train / 10k test; no flips (digits)."""
     _no_extras("mnist", arg, reference_folder)
-    return _mnist_like("mnist", torchvision.datasets.MNIST, ["MNIST", "mnist"], [], False, "", data_root)
+    return _mnist_like(
+        "mnist", torchvision.datasets.MNIST, ["MNIST", "mnist"], [], False,
+        "Run once on a machine with internet (torchvision fetches it into DATA_ROOT/MNIST/raw) and copy that folder, ",
+        data_root,
+    )  # fmt: skip
 
 
 def _cifar(name: str, tv_name: str, folder: str, url: str, group_rule: str, data_root: Path | None) -> RawSource:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.core.names import (
     ALL,
     AUG_ACC,
@@ -461,13 +462,13 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
             frame.insert(0, k, v)
         flat.append(frame)
     paths = [out / "leaderboard.md", out / "leaderboard.tex", out / "leaderboard.csv"]
-    paths[0].write_text("\n".join(md))
-    paths[1].write_text("\n".join(tex))
-    (pd.concat(flat, ignore_index=True) if flat else pd.DataFrame()).to_csv(paths[2], index=False)
+    write_text_atomic(paths[0], "\n".join(md))  # atomic: a killed report never leaves half a table
+    write_text_atomic(paths[1], "\n".join(tex))
+    write_csv_atomic(paths[2], pd.concat(flat, ignore_index=True) if flat else pd.DataFrame())
     paths.append(out / "leaderboard_per_class.csv")
-    per_class_table(table).to_csv(paths[-1], index=False)
+    write_csv_atomic(paths[-1], per_class_table(table))
     paths.append(out / "leaderboard_paired.csv")
-    paired_table(boards).to_csv(paths[-1], index=False)
+    write_csv_atomic(paths[-1], paired_table(boards))
     return paths
 
 

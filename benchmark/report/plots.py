@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmark.core.files import write_atomic  # noqa: E402
 from benchmark.core.names import (  # noqa: E402
     ALL,
     CAS_ACC,
@@ -44,7 +45,9 @@ def _save(fig, path_stem: Path) -> list[Path]:
     out = []
     for ext in ("png", "pdf"):
         path = path_stem.parent / f"{path_stem.name}.{ext}"  # names hold dots (0.01)
-        fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
+        meta = {"CreationDate": None} if ext == "pdf" else None
+        write_atomic(path, lambda tmp, ext=ext, meta=meta: fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight",
+                                                                       metadata=meta))  # a killed report leaves no half file
         out.append(path)
     plt.close(fig)
     return out

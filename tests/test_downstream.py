@@ -68,3 +68,19 @@ def test_balanced_pool_cuts_to_smallest_class():
     idx = balanced_pool(labels, seed=0)
     assert np.bincount(labels[idx]).tolist() == [3, 3, 3]
     assert len(balanced_pool(np.repeat(np.arange(3), 4), seed=0)) == 12
+
+
+def test_a_failing_downstream_classifier_is_a_nan_row_and_the_others_are_kept(tmp_path, monkeypatch):
+    ds = fake_dataset(num_classes=3)
+    images, labels = generated(ds)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while training")
+
+    monkeypatch.setattr(downstream, "aug_rows", broken)
+    frame = downstream.downstream_rows(images, labels, dataset=ds, epochs=1, seed=0, device=CPU, cache_dir=tmp_path)
+    aug = frame[frame.metric == "aug_acc"]
+    assert set(aug.group) == {"all", "many", "medium", "few", "class"} and aug.value.isna().all()
+    assert (aug.note == "skipped: failed with RuntimeError: out of memory while training").all()
+    assert frame[frame.metric == "cas_acc"].value.between(0, 1).all()  # the other accuracies are kept
+    assert frame[frame.metric == "real_acc"].value.notna().all()

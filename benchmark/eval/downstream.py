@@ -114,9 +114,24 @@ def downstream_rows(gen_images, gen_labels, *, dataset, epochs: int, seed: int, 
                     progress: bool = False, include_real: bool = True) -> pd.DataFrame:
     """CAS and augmentation rows (and, with ``include_real``, the real-LT baseline; the grid keeps that
     baseline in its own ``real`` cell so a method's rows hold only what its samples produced)."""
-    rows = cas_rows(gen_images, gen_labels, dataset=dataset, epochs=epochs, seed=seed, device=device, progress=progress)
-    rows += aug_rows(gen_images, gen_labels, dataset=dataset, epochs=epochs, seed=seed, device=device, progress=progress)
+    rows = _guarded(CAS_ACC, dataset, lambda: cas_rows(gen_images, gen_labels, dataset=dataset, epochs=epochs,
+                                                       seed=seed, device=device, progress=progress))
+    rows += _guarded(AUG_ACC, dataset, lambda: aug_rows(gen_images, gen_labels, dataset=dataset, epochs=epochs,
+                                                        seed=seed, device=device, progress=progress))
     if include_real:
-        rows += real_rows(dataset=dataset, epochs=epochs, seed=seed, device=device, cache_dir=cache_dir,
-                          progress=progress)
+        rows += _guarded(REAL_ACC, dataset, lambda: real_rows(dataset=dataset, epochs=epochs, seed=seed, device=device,
+                                                              cache_dir=cache_dir, progress=progress))
     return pd.DataFrame(rows)
+
+
+def _guarded(metric: str, dataset, compute) -> list[dict]:
+    """The rows of one downstream accuracy; when it fails, for whatever reason, its rows are NaN with
+    the reason in ``note`` (never 0) and the evaluation's other rows are kept."""
+    try:
+        return compute()
+    except Exception as err:  # noqa: BLE001 - one failing classifier must not lose the cell's other rows
+        reason = f"skipped: failed with {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        test = dataset.source.test.labels.numpy()
+        rows = accuracy_rows(metric, np.zeros(len(test), bool), test, groups=list(dataset.groups),
+                             n_gen_per_class=np.zeros(dataset.num_classes, np.int64), note=reason)
+        return [dict(r, value=float("nan"), note=reason) for r in rows]

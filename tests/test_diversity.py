@@ -141,3 +141,23 @@ def test_memorization_short_classes_and_pixel_space():
     assert math.isnan(_rate(rows, "class", 0)) and "fewer than 2" in rows[-2]["note"]
     assert _rate(rows) == 1.0 and "excluded classes" in rows[0]["note"]
     assert rows[0]["n_ref"] == 4
+
+
+def test_a_library_failure_in_one_slice_is_a_nan_row_and_the_others_are_kept(monkeypatch):
+    from benchmark.eval import diversity
+
+    rng = np.random.default_rng(4)
+    gen, gen_y = rng.normal(size=(40, 8)), np.repeat([0, 1], 20)
+    ref, ref_y = rng.normal(size=(40, 8)), np.repeat([0, 1], 20)
+    real = diversity.vendi_score
+
+    def fails_on_class_1(x):
+        if len(x) == 20 and np.allclose(x, gen[20:]):
+            raise np.linalg.LinAlgError("Eigenvalues did not converge")
+        return real(x)
+
+    monkeypatch.setattr(diversity, "vendi_score", fails_on_class_1)
+    rows = {(r["metric"], r["group"], r["class"]): r for r in vendi_rows(gen, gen_y, ref, ref_y, groups=["many", "few"])}
+    bad = rows[("vendi", "class", 1)]
+    assert math.isnan(bad["value"]) and bad["note"].startswith("skipped: failed with LinAlgError: Eigenvalues")
+    assert np.isfinite(rows[("vendi", "class", 0)]["value"]) and np.isfinite(rows[("vendi", "all", None)]["value"])

@@ -24,3 +24,12 @@ class MetricError(BenchmarkError):
 
 class TrainingError(BenchmarkError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+def failure_note(err: BaseException) -> str:
+    """The ``note`` of a number that could not be computed: a MetricError says why; anything else
+    (a library failing on odd input) is named with its type, so the row is NaN and never 0."""
+    if isinstance(err, MetricError):
+        return f"skipped: {err}"
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"skipped: failed with {type(err).__name__}: {text}"

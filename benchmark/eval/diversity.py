@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.core.errors import MetricError
+from benchmark.core.errors import MetricError, failure_note
 from benchmark.core.names import ALL, CLASS, GROUPS, VENDI, VENDI_RATIO, VENDI_REAL
 
 KERNEL = "cosine"
@@ -92,8 +92,8 @@ def vendi_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[str
             gen_v = vendi_score(gen_feats[np.concatenate([gen_pick[c] for c in classes])])
             real_v = float(np.mean([vendi_score(ref_feats[np.concatenate([p[c] for c in classes])]) for p in ref_pick]))
             values, why = (gen_v, real_v, gen_v / real_v), ""
-        except MetricError as err:
-            values, why = (float("nan"),) * 3, f"skipped: {err}"
+        except Exception as err:  # noqa: BLE001 - a slice that fails is a NaN row; the other rows are kept
+            values, why = (float("nan"),) * 3, failure_note(err)
         for metric, value, n_gen, n_ref, extra in (
             (VENDI, values[0], n, 0, ""),
             (VENDI_REAL, values[1], 0, n, f"real_draws={draws}"),

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.core.errors import failure_note
 from benchmark.core.files import write_text_atomic
 from benchmark.core.names import ALL, AUG_ACC, CAS_ACC, CLASS, GROUPS, REAL_ACC
 from benchmark.eval.classifier import RECIPE, arch_for, predict, train_classifier
@@ -130,7 +131,7 @@ def _guarded(metric: str, dataset, compute) -> list[dict]:
     try:
         return compute()
     except Exception as err:  # noqa: BLE001 - one failing classifier must not lose the cell's other rows
-        reason = f"skipped: failed with {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        reason = failure_note(err)
         test = dataset.source.test.labels.numpy()
         rows = accuracy_rows(metric, np.zeros(len(test), bool), test, groups=list(dataset.groups),
                              n_gen_per_class=np.zeros(dataset.num_classes, np.int64), note=reason)

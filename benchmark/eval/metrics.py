@@ -75,11 +75,15 @@ from benchmark.eval.fidkid import (
     fid_gaussians,
     fid_low_rank,
     mmd2_subsets,
+    one_blas_thread,
     slice_statistics,
     subset_draws,
 )
 from benchmark.eval.intervals import half_sample_interval
 from benchmark.eval.knn import knn_metrics, knn_slices
+
+# multiply-adds of a slice's generated x reference product below which its numpy work runs on one BLAS thread
+SMALL_SLICE_MACS = 1 << 27
 
 # ---------------------------------------------------------------- single-slice metrics
 
@@ -206,9 +210,13 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     rows = []
     for i, ((group, cls, _), (gm, rm)) in enumerate(zip(slices, masks)):
         probs = None if gen_probs is None else _take(np.asarray(gen_probs), gm)
-        part = slice_rows(_take(gen_feats, gm), _take(gen_labels, gm), _take(ref_feats, rm), group=group, cls=cls,
-                          probs=probs, logits=None, knn=knns[i], inception=scores[i] if scores else None,
-                          fid_stats=stats.get(i), **opts)
+        gen, ref = _take(gen_feats, gm), _take(ref_feats, rm)
+        # a small slice's products are too small to share between threads; on a busy machine every
+        # multi-threaded call waits for a time slice for its second thread (measured 100x slower)
+        small = len(gen) * len(ref) * gen.shape[1] < SMALL_SLICE_MACS
+        with one_blas_thread() if small else contextlib.nullcontext():
+            part = slice_rows(gen, _take(gen_labels, gm), ref, group=group, cls=cls, probs=probs, logits=None,
+                              knn=knns[i], inception=scores[i] if scores else None, fid_stats=stats.get(i), **opts)
         if group in GROUPS:
             for row in part:
                 row["note"] = _join(row["note"], "pooled")

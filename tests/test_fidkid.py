@@ -168,3 +168,42 @@ def test_slices_at_or_below_the_dimension_form_no_covariance(monkeypatch):
                           groups=["many"], kid_subsets=3, kid_subset_size=20)
     fids = [x for x in rows if x["metric"] == "fid"]
     assert len(fids) == 3 and all(np.isfinite(x["value"]) and "small-n" in x["note"] for x in fids)
+
+
+@pytest.mark.parametrize("subset_size", [30, 1000], ids=["mixed routes", "every slice whole-set"])
+def test_kid_of_every_slice_in_shuffled_rows_is_torch_fidelitys_on_the_slice_alone(subset_size):
+    rng = np.random.default_rng(15)
+    gl, rl = rng.permutation(np.repeat(np.arange(5), [50, 45, 40, 35, 60])), rng.permutation(np.repeat(np.arange(5), 48))
+    g, r = rng.normal(size=(len(gl), 12)) + gl[:, None] * 0.2, rng.normal(size=(len(rl), 12)) + rl[:, None] * 0.2
+    groups = ["many", "many", "medium", "few", "few"]
+    rows = M.compute_rows(g, gl, r, rl, groups=groups, kid_subsets=10, kid_subset_size=subset_size, seed=4)
+    got = {(x["group"], x["class"]): x["value"] for x in rows if x["metric"] == "kid"}
+    named = {("all", None): range(5), ("many", None): [0, 1], ("medium", None): [2], ("few", None): [3, 4],
+             **{("class", c): [c] for c in range(5)}}
+    for key, classes in named.items():
+        a, b = g[np.isin(gl, list(classes))], r[np.isin(rl, list(classes))]
+        m, subsets = F.kid_plan(len(a), len(b), 10, subset_size)
+        want = kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=subsets, kid_subset_size=m,
+                                      rng_seed=4, verbose=False)["kernel_inception_distance_mean"]
+        assert got[key] == pytest.approx(want, rel=1e-10), key
+
+
+@pytest.mark.parametrize("block", [1 << 22, 300], ids=["one block", "blocks of 2-3 rows"])
+def test_nested_slices_share_one_kernel_pass_and_keep_their_own_sums(block, monkeypatch):
+    monkeypatch.setattr(F, "KERNEL_BLOCK", block)
+    a, b = cloud(120, 8, seed=16), cloud(100, 8, 0.2, seed=17)
+    slices = [((0, 120), (0, 100)), ((0, 70), (0, 40)), ((70, 120), (40, 100)), ((10, 30), (5, 25))]
+    draws = [[(lo + np.asarray(i), lo2 + np.asarray(j)) for i, j in F.subset_draws(gb - lo, rb - lo2, m, 4, s)]
+             for s, (((lo, gb), (lo2, rb)), m) in enumerate(zip(slices, (60, 30, 35, 12)))]
+    calls = []
+    real = F.poly_kernel
+    monkeypatch.setattr(F, "poly_kernel", lambda x, y: calls.append(len(x) * len(y)) or real(x, y))
+    shared = F.mmd2_slices(a, b, slices, draws)
+    entries = sum(calls)
+    calls.clear()
+    F.mmd2_slices(a, b, slices[:1], draws[:1])
+    assert entries == sum(calls)  # the slices inside add no kernel entries
+    assert entries == 120**2 + 100**2 + 120 * 100 or block < 1 << 22
+    for ((ga, gb), (ra, rb)), d, got in zip(slices, draws, shared):
+        alone = F.mmd2_slices(a[ga:gb], b[ra:rb], [((0, gb - ga), (0, rb - ra))], [[(i - ga, j - ra) for i, j in d]])[0]
+        assert np.allclose(got, alone, rtol=1e-12, atol=0)

@@ -19,7 +19,9 @@ from ``np.linalg.eigvals`` of the non-symmetric product S1 S2, a general D x D e
 The factorizations (Cholesky, eigh, eigvalsh) run on one BLAS thread (``one_blas_thread``): the
 tridiagonal reduction is memory-bound and made 10-20% faster by a second thread on an idle 2-core
 machine, while with another process on one core each of its n synchronisations waits for a time
-slice (n = 1,000: 10 s on two threads against 0.14 s on one).  GEMMs keep every thread.
+slice (n = 1,000: 10 s on two threads against 0.14 s on one).  So do products too small to share
+(under ``SMALL_BLAS_MACS`` multiply-adds: a class slice's KID took 220 ms on two threads, 1 ms on
+one); larger GEMMs keep every thread.
 
 Statistics pool exactly (``Gaussian.pooled``: means weighted by counts, scatter matrices summed
 with the between-part term), so a group's or the overall covariance is built from its parts'
@@ -29,13 +31,16 @@ KID (torch-fidelity's unbiased cubic-kernel MMD^2 over random subsets, ``mmd2``)
 subset draws as ``kid_features_to_metric``.  When the kernel matrices over the whole sets have
 fewer entries than the subsets together, every subset's three sums come from those matrices,
 built block by block and never held whole: sum_{i,j in I} K_ij = 1_I^T K 1_I for the subsets'
-indicator vectors (one GEMM per block for all subsets).  Otherwise each subset's kernels are
-formed as torch-fidelity forms them, the cube taken by two multiplications (``** 3`` is numpy's
-general power, 100x slower).  Both orders of summation agree with torch-fidelity to about 1e-13.
+indicator vectors (one GEMM per block for all subsets).  Nested slices (overall, groups, classes)
+that all take this route share the kernel blocks of the outermost one (``mmd2_slices``).
+Otherwise each subset's kernels are formed as torch-fidelity forms them, the cube taken by two
+multiplications (``** 3`` is numpy's general power, 100x slower).  Both orders of summation agree
+with torch-fidelity to about 1e-13.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections import OrderedDict
@@ -46,6 +51,7 @@ from threadpoolctl import ThreadpoolController
 from torch_fidelity.metric_kid import mmd2
 
 KERNEL_BLOCK = 1 << 22  # kernel entries per block of the whole-set path (32 MiB of float64)
+SMALL_BLAS_MACS = 1 << 27  # multiply-adds below which a product runs on one BLAS thread (see above)
 REFERENCE_SLOTS = 1  # reference statistics kept per process: one cell's full-rank slices (2 D x D each)
 _BLAS = ThreadpoolController()
 
@@ -241,6 +247,13 @@ def whole_set_is_cheaper(n1: int, n2: int, m: int, subsets: int) -> bool:
     return n1 * n1 / 2 + n2 * n2 / 2 + n1 * n2 <= 2 * subsets * m * m
 
 
+def kid_plan(n1: int, n2: int, subsets: int, subset_size: int) -> tuple[int, int]:
+    """(subset size, number of subsets) KID uses: the size shrinks to the smaller set, and when both sets
+    are that size every subset is the whole of both, so one is computed."""
+    m = min(subset_size, n1, n2)
+    return m, 1 if m == n1 == n2 else subsets
+
+
 def mmd2_subsets(gen: np.ndarray, ref: np.ndarray, draws) -> np.ndarray:
     """torch-fidelity's unbiased MMD^2 of every subset draw, by whichever route costs less."""
     m = len(draws[0][0])
@@ -253,6 +266,52 @@ def mmd2_subsets(gen: np.ndarray, ref: np.ndarray, draws) -> np.ndarray:
     return out
 
 
+def _mmd2_from_sums(gen: np.ndarray, ref: np.ndarray, draws, m: int) -> np.ndarray:
+    return mmd2_slices(gen, ref, [((0, len(gen)), (0, len(ref)))], [draws])[0]
+
+
+Range = tuple[int, int]
+
+
+def mmd2_slices(gen: np.ndarray, ref: np.ndarray, slices: list[tuple[Range, Range]], draws: list, *,
+                gen_order: np.ndarray | None = None, ref_order: np.ndarray | None = None) -> list[np.ndarray]:
+    """``mmd2`` (unbiased) of every subset of every slice from the whole-set kernel sums: the same formula,
+    (sum K_XX - diag + sum K_YY - diag) / (m (m - 1)) - 2 sum K_XY / m^2, with each sum 1_I^T K 1_J.
+
+    A slice is (generated rows, reference rows) as ranges of the rows in ``gen_order`` / ``ref_order``
+    (default: as given), nested or disjoint (overall, groups, classes), and ``draws[i]`` its subsets as
+    (generated, reference) row positions in that order.  The kernels are formed once per outermost
+    slice, in row blocks of its upper triangle; every slice inside it sums its own sub-blocks, so the
+    groups and classes of an overall slice cost their indicator products, not more kernels."""
+    gen_order = np.arange(len(gen)) if gen_order is None else gen_order
+    ref_order = np.arange(len(ref)) if ref_order is None else ref_order
+    by_size = sorted(range(len(slices)), key=lambda i: -(slices[i][0][1] - slices[i][0][0]))
+    outer: dict[int, list[int]] = {}
+    for i in by_size:
+        home = next((o for o in outer if _inside(slices[i], slices[o])), None)
+        outer.setdefault(i if home is None else home, []).append(i)
+    out: list = [None] * len(slices)
+    for o, members in outer.items():
+        (ga, gb), (ra, rb) = slices[o]
+        x, y = gen[gen_order[ga:gb]], ref[ref_order[ra:rb]]
+        parts = []
+        for i in members:
+            (a, b), (c, e) = slices[i]
+            parts.append(((a - ga, b - ga), (c - ra, e - ra), _indicators(b - a, [g - a for g, _ in draws[i]]),
+                          _indicators(e - c, [r - c for _, r in draws[i]])))
+        xx = _self_sums(x, [(gr, ig) for gr, _, ig, _ in parts])
+        yy = _self_sums(y, [(rr, ir) for _, rr, _, ir in parts])
+        xy = _cross_sums(x, y, parts)
+        for i, (sx, dx), (sy, dy), sxy in zip(members, xx, yy, xy):
+            m = len(draws[i][0][0])
+            out[i] = (sx - dx + sy - dy) / (m * (m - 1)) - 2 * sxy / (m * m)
+    return out
+
+
+def _inside(inner: tuple[Range, Range], outer: tuple[Range, Range]) -> bool:
+    return all(o[0] <= i[0] and i[1] <= o[1] for i, o in zip(inner, outer))
+
+
 def _indicators(n: int, draws) -> np.ndarray:
     ind = np.zeros((len(draws), n))
     for s, i in enumerate(draws):
@@ -260,36 +319,44 @@ def _indicators(n: int, draws) -> np.ndarray:
     return ind
 
 
-def _self_sums(x: np.ndarray, ind: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per subset: the sum of K over I x I and over its diagonal, K = poly_kernel(x, x), in row blocks
-    of the upper triangle (each off-diagonal block counted twice)."""
+def _threads(macs: int):
+    return one_blas_thread() if macs < SMALL_BLAS_MACS else contextlib.nullcontext()
+
+
+def _self_sums(x: np.ndarray, parts: list[tuple[Range, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per part (its rows of x, its subsets' indicators): per subset the sum of K = poly_kernel(x, x) over
+    I x I and over its diagonal, in row blocks of the upper triangle (off-diagonal blocks counted twice)."""
     n = len(x)
-    total, diag = np.zeros(len(ind)), np.zeros(len(ind))
-    rows = max(1, KERNEL_BLOCK // n)
+    out = [(np.zeros(len(ind)), np.zeros(len(ind))) for _, ind in parts]
+    rows = max(1, KERNEL_BLOCK // max(n, 1))
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        k = poly_kernel(x[r0:r1], x[r0:])
-        p = ind[:, r0:r1] @ k
-        total += (p[:, : r1 - r0] * ind[:, r0:r1]).sum(1) + 2 * (p[:, r1 - r0 :] * ind[:, r1:]).sum(1)
-        diag += ind[:, r0:r1] @ np.diagonal(k[:, : r1 - r0])
-    return total, diag
+        with _threads((r1 - r0) * (n - r0) * x.shape[1]):
+            k = poly_kernel(x[r0:r1], x[r0:])
+        for ((a, b), ind), (total, diag) in zip(parts, out):
+            lo, hi = max(a, r0), min(b, r1)
+            if lo >= hi:
+                continue
+            with _threads(len(ind) * (hi - lo) * (b - lo)):
+                block, own = k[lo - r0 : hi - r0, lo - r0 : b - r0], ind[:, lo - a : hi - a]
+                p = own @ block
+                total += (p[:, : hi - lo] * own).sum(1) + 2 * (p[:, hi - lo :] * ind[:, hi - a :]).sum(1)
+                diag += own @ np.diagonal(block[:, : hi - lo])
+    return out
 
 
-def _cross_sums(x: np.ndarray, y: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
-    """Per subset: the sum of poly_kernel(x, y) over I x J, in row blocks."""
-    total = np.zeros(len(ix))
-    rows = max(1, KERNEL_BLOCK // len(y))
+def _cross_sums(x: np.ndarray, y: np.ndarray, parts) -> list[np.ndarray]:
+    """Per part: per subset the sum of poly_kernel(x, y) over I x J, in row blocks of x."""
+    out = [np.zeros(len(ig)) for _, _, ig, _ in parts]
+    rows = max(1, KERNEL_BLOCK // max(len(y), 1))
     for r0 in range(0, len(x), rows):
-        p = ix[:, r0 : r0 + rows] @ poly_kernel(x[r0 : r0 + rows], y)
-        total += (p * iy).sum(1)
-    return total
-
-
-def _mmd2_from_sums(gen: np.ndarray, ref: np.ndarray, draws, m: int) -> np.ndarray:
-    """``mmd2`` (unbiased) of every subset from the whole-set kernel sums: the same formula,
-    (sum K_XX - diag + sum K_YY - diag) / (m (m - 1)) - 2 sum K_XY / m^2."""
-    ig, ir = _indicators(len(gen), [i for i, _ in draws]), _indicators(len(ref), [j for _, j in draws])
-    xx, dx = _self_sums(gen, ig)
-    yy, dy = _self_sums(ref, ir)
-    xy = _cross_sums(gen, ref, ig, ir)
-    return (xx - dx + yy - dy) / (m * (m - 1)) - 2 * xy / (m * m)
+        r1 = min(len(x), r0 + rows)
+        with _threads((r1 - r0) * len(y) * x.shape[1]):
+            k = poly_kernel(x[r0:r1], y)
+        for ((a, b), (c, e), ig, ir), total in zip(parts, out):
+            lo, hi = max(a, r0), min(b, r1)
+            if lo >= hi:
+                continue
+            with _threads(len(ig) * (hi - lo) * (e - c)):
+                total += ((ig[:, lo - a : hi - a] @ k[lo - r0 : hi - r0, c:e]) * ir).sum(1)
+    return out

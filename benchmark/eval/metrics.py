@@ -70,20 +70,21 @@ from benchmark.core.names import (
     is_interval,
 )
 from benchmark.eval.fidkid import (
+    SMALL_BLAS_MACS,
     Gaussian,
     content_key,
     fid_gaussians,
     fid_low_rank,
+    kid_plan,
+    mmd2_slices,
     mmd2_subsets,
     one_blas_thread,
     slice_statistics,
     subset_draws,
+    whole_set_is_cheaper,
 )
 from benchmark.eval.intervals import half_sample_interval
 from benchmark.eval.knn import knn_metrics, knn_slices
-
-# multiply-adds of a slice's generated x reference product below which its numpy work runs on one BLAS thread
-SMALL_SLICE_MACS = 1 << 27
 
 # ---------------------------------------------------------------- single-slice metrics
 
@@ -113,15 +114,14 @@ def fid(gen: np.ndarray, ref: np.ndarray, *, backend: str = "torch-fidelity",
 
 
 def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, seed: int,
-        backend: str = "torch-fidelity") -> tuple[float, float, int]:
+        backend: str = "torch-fidelity", mmds: np.ndarray | None = None) -> tuple[float, float, int]:
     """Unbiased cubic-kernel MMD^2 over random subsets -> (mean, std, subset size actually used).
 
     When both sets are no larger than the subset size every subset is both whole sets: the
-    MMD^2 is computed once and the std is NaN (there is no spread to report)."""
-    m = min(subset_size, len(gen), len(ref))
+    MMD^2 is computed once and the std is NaN (there is no spread to report).  ``mmds``: the
+    subsets' MMD^2 when the caller computed them already (``compute_rows``, same draws)."""
+    m, subsets = kid_plan(len(gen), len(ref), subsets, subset_size)
     _need(m, 2, "KID", "generated and reference")
-    if m == len(gen) == len(ref):  # every subset is the whole of both sets: one U-statistic, no spread
-        subsets = 1
     if backend == "clean-fid":
         state = np.random.get_state()  # clean-fid draws from numpy's global RNG; leave it as we found it
         np.random.seed(seed)
@@ -129,7 +129,8 @@ def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, see
             return float(kernel_distance(gen, ref, num_subsets=subsets, max_subset_size=m)), float("nan"), m
         finally:
             np.random.set_state(state)
-    mmds = mmd2_subsets(gen, ref, subset_draws(len(gen), len(ref), m, subsets, seed))
+    if mmds is None:
+        mmds = mmd2_subsets(gen, ref, subset_draws(len(gen), len(ref), m, subsets, seed))
     return float(mmds.mean()), float(mmds.std()) if subsets > 1 else float("nan"), m
 
 
@@ -207,16 +208,20 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
             ref_stats = slice_statistics(ref_feats, [(c, rm) for c, _, rm in parts],
                                          cache_key=content_key(ref_feats, ref_labels, [c for c, _, _ in parts]))
             stats = dict(zip(full, zip(gen_stats, ref_stats)))
+    kid_mmds = {} if backend != "torch-fidelity" else _shared_kid(
+        gen_feats, ref_feats, masks, gen_order, ref_order, list(zip(gen_ranges, ref_ranges)),
+        subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     rows = []
     for i, ((group, cls, _), (gm, rm)) in enumerate(zip(slices, masks)):
         probs = None if gen_probs is None else _take(np.asarray(gen_probs), gm)
         gen, ref = _take(gen_feats, gm), _take(ref_feats, rm)
         # a small slice's products are too small to share between threads; on a busy machine every
         # multi-threaded call waits for a time slice for its second thread (measured 100x slower)
-        small = len(gen) * len(ref) * gen.shape[1] < SMALL_SLICE_MACS
+        small = len(gen) * len(ref) * gen.shape[1] < SMALL_BLAS_MACS
         with one_blas_thread() if small else contextlib.nullcontext():
             part = slice_rows(gen, _take(gen_labels, gm), ref, group=group, cls=cls, probs=probs, logits=None,
-                              knn=knns[i], inception=scores[i] if scores else None, fid_stats=stats.get(i), **opts)
+                              knn=knns[i], inception=scores[i] if scores else None, fid_stats=stats.get(i),
+                              kid_mmds=kid_mmds.get(i), **opts)
         if group in GROUPS:
             for row in part:
                 row["note"] = _join(row["note"], "pooled")
@@ -224,6 +229,31 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     if per_class:
         rows += class_mean_rows(rows, groups)
     return rows
+
+
+def _shared_kid(gen_feats, ref_feats, masks, gen_order, ref_order, ranges, *, subsets, subset_size, seed) -> dict:
+    """slice index -> callable giving its subsets' MMD^2, for every slice that takes KID's whole-set
+    route, all from one kernel pass per outermost such slice (``mmd2_slices``), with the draws
+    ``kid`` would make on the slice alone, moved to the group-class row order."""
+    plans = {}
+    for i, (gm, rm) in enumerate(masks):
+        n_gen, n_ref = _count(gm, len(gen_feats)), _count(rm, len(ref_feats))
+        m, count = kid_plan(n_gen, n_ref, subsets, subset_size)
+        if m >= 2 and whole_set_is_cheaper(n_gen, n_ref, m, count):
+            plans[i] = (m, count)
+    if not plans:
+        return {}
+    gen_at, ref_at = np.argsort(gen_order), np.argsort(ref_order)  # row -> its position in the order
+    draws = []
+    for i, (m, count) in plans.items():
+        gm, rm = masks[i]
+        gen_rows = np.arange(len(gen_feats)) if gm is None else np.flatnonzero(gm)
+        ref_rows = np.arange(len(ref_feats)) if rm is None else np.flatnonzero(rm)
+        draws.append([(gen_at[gen_rows[g]], ref_at[ref_rows[r]])
+                      for g, r in subset_draws(len(gen_rows), len(ref_rows), m, count, seed)])
+    shared = _attempt(mmd2_slices, gen_feats, ref_feats, [ranges[i] for i in plans], draws, gen_order=gen_order,
+                      ref_order=ref_order)
+    return {i: (lambda j=j: shared()[j]) for j, i in enumerate(plans)}
 
 
 def _mask(labels: np.ndarray, classes: frozenset | None) -> np.ndarray | None:
@@ -314,11 +344,13 @@ def _classes(classes: list[int], show: int = 8) -> str:
 
 
 def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_subsets, kid_subset_size,
-               bootstrap, seed, backend, device=None, knn=None, inception=None, fid_stats=None) -> list[dict]:
+               bootstrap, seed, backend, device=None, knn=None, inception=None, fid_stats=None,
+               kid_mmds=None) -> list[dict]:
     """Rows for one slice; a metric that cannot be computed is NaN with the reason in ``note``.
 
     ``knn`` and ``inception`` are the slice's k-NN and IS outcomes when the caller ran them already
-    (``_attempt`` callables), ``fid_stats`` its (generated, reference) statistics for ``fid``."""
+    (``_attempt`` callables), ``fid_stats`` its (generated, reference) statistics for ``fid``,
+    ``kid_mmds`` a callable giving its subsets' MMD^2 for ``kid``."""
     n_gen, n_ref, dim = len(gen), len(ref), gen.shape[1]
     rows: list[dict] = []
 
@@ -335,7 +367,8 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
     kid_out = {}
 
     def kid_value():
-        mean, std, m = kid(gen, ref, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed, backend=backend)
+        mean, std, m = kid(gen, ref, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed, backend=backend,
+                           mmds=kid_mmds() if kid_mmds is not None else None)
         kid_out["m"] = m
         if m == n_gen == n_ref:
             return mean, f"kid_subset={m};kid_subsets=1 (degenerate subsets: each is the whole set, no std);backend={backend}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch_fidelity.metric_prc import calculate_precision_recall_full, calculate_precision_recall_part
 
 from benchmark.core.errors import MetricError
-from benchmark.eval.knn import KnnMetrics, knn_flops, knn_metrics
+from benchmark.eval.knn import KnnMetrics, knn_flops, knn_metrics, knn_slices
 
 
 def cloud(n, d, shift=0.0, seed=0):
@@ -88,3 +89,31 @@ def test_cuda_pass_equals_cpu_pass():
     assert torch.backends.cuda.matmul.allow_tf32
     for name in ("precision", "recall", "density", "coverage"):
         assert getattr(gpu, name) == pytest.approx(getattr(cpu, name), abs=3 / 600)
+
+
+def _same(a: KnnMetrics, b: KnnMetrics) -> bool:
+    return all(x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y))
+               for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b)))
+
+
+def test_many_slices_from_one_pass_equal_each_slice_alone():
+    """Nested slices (overall, groups, classes; one too small, one empty on a side) from the shared
+    passes give each slice's own knn_metrics, for one block and for blocks of a few rows."""
+    gl, rl = np.repeat(np.arange(5), [40, 30, 3, 25, 0]), np.repeat(np.arange(5), [35, 45, 20, 5, 10])
+    gen = cloud(len(gl), 16, seed=20) + gl[:, None].astype(np.float32) * 0.4
+    ref = cloud(len(rl), 16, seed=21) + rl[:, None].astype(np.float32) * 0.4
+    parts = [list(range(5)), [0, 1], [2, 3, 4], *([c] for c in range(5))]
+
+    def span(labels, classes):
+        at = np.flatnonzero(np.isin(labels, classes))
+        return (int(at[0]), int(at[-1]) + 1) if len(at) else (0, 0)
+
+    slices = [(span(gl, c), span(rl, c)) for c in parts]
+    for block in (1 << 25, 301):
+        shared = knn_slices(gen, ref, slices, k=3, dc_k=5, block_elems=block)
+        for classes, got in zip(parts, shared):
+            alone = knn_metrics(gen[np.isin(gl, classes)], ref[np.isin(rl, classes)], k=3, dc_k=5)
+            assert _same(got, alone), classes
+    assert shared[3 + 2].pr_skip and not shared[3 + 2].dc_skip  # class 2: 3 generated images
+    assert "got 0" in shared[3 + 4].pr_skip  # class 4: no generated images
+    assert 0 < shared[0].precision < 1 and 0 < shared[1].coverage <= 1

@@ -15,6 +15,7 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import calculate_precision_recall_full
 
 from benchmark.core.errors import MetricError
+from benchmark.eval import fidkid
 from benchmark.eval import metrics as M
 
 
@@ -31,7 +32,7 @@ def tf_fid(a, b):
 @pytest.mark.parametrize("n1,n2,d", [(30, 40, 64), (200, 300, 16)])
 def test_fid_matches_torch_fidelity_and_clean_fid(n1, n2, d):
     a, b = cloud(n1, d, seed=1), cloud(n2, d, 0.3, seed=2)
-    ours = M.fid(a, b)  # (30, 40, 64) goes through the low-rank path, (200, 300, 16) through torch-fidelity's
+    ours = M.fid(a, b)  # (30, 40, 64) goes through the low-rank path, (200, 300, 16) through the Cholesky one
     assert ours == pytest.approx(tf_fid(a, b), rel=1e-6)
     assert M.fid(a, b, backend="clean-fid") == pytest.approx(ours, rel=1e-5)
 
@@ -47,9 +48,10 @@ def test_kid_matches_torch_fidelity_same_draws_and_clean_fid_at_full_subsets():
     ref = kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=15, kid_subset_size=40,
                                  rng_seed=7, verbose=False)
     assert m == 40
-    with pytest.MonkeyPatch.context() as mp:  # the plain torch-fidelity path (used for big sets) agrees too
-        mp.setattr(M, "_KERNEL_CACHE_LIMIT", 0)
-        assert M.kid(a, b, subsets=15, subset_size=40, seed=7)[0] == pytest.approx(mean, rel=1e-10)
+    for whole in (False, True):  # both routes (per-subset kernels for big sets, whole-set sums) agree
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fidkid, "whole_set_is_cheaper", lambda *args, whole=whole: whole)
+            assert M.kid(a, b, subsets=15, subset_size=40, seed=7)[0] == pytest.approx(mean, rel=1e-10)
     assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-10)
     assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-10)
     # with subset size == n every subset is the whole set, so both backends give the same unbiased MMD

@@ -12,7 +12,8 @@ One run prints, for one backbone size, resolution, batch and device:
 * sample: images/s of DDPM-1000 ancestral and DDIM-50, both with guidance (cond + uncond);
 * eval: seconds of the fused k-NN pass and of one overall pass against the k-NN lower bound
   (3 distance passes, FLOP at the fp32 GEMM rate measured in the same run), and of every
-  per-class + group metric row against one overall pass, on synthetic features.
+  per-class + group metric row against one overall pass, on synthetic features (rounds in alternating
+  order, the ratio the median of per-round ratios, as for training).
 
 The training arms (``benchmark.devtools.perf_loops``) run in rounds, in alternating order, each after its
 own untimed warm-up steps; a figure is the median over rounds and a ratio the median of per-round
@@ -54,6 +55,7 @@ from benchmark.devtools.perf_loops import (
 from benchmark.engine.backbone import build_unet, count_parameters
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import balanced_labels, sample_images, sample_seeds
+from benchmark.eval.fidkid import clear_reference_cache
 from benchmark.eval.knn import knn_flops, knn_metrics
 from benchmark.eval.metrics import compute_rows
 
@@ -107,9 +109,14 @@ def sample_rate(model, diffusion, *, sampler: str, steps: int, n: int, guidance:
     return n / total
 
 
-def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int, device: torch.device) -> dict:
+def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int, device: torch.device,
+                 rounds: int = 1) -> dict:
     """Seconds of the k-NN pass alone, of one overall pass and of overall + groups + every class, on
-    synthetic class-clustered features (float64 like the cached features the harness scores)."""
+    synthetic class-clustered features (float64 like the cached features the harness scores), per round.
+
+    The two passes alternate in order from round to round (drift on a shared machine hits both alike)
+    and both start cold: the reference statistics kept between calls (``benchmark.eval.fidkid``) are
+    cleared before each, so the full pass pays for its own reference covariances."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(num_classes), per_class)
     centres = rng.normal(size=(num_classes, dim))
@@ -118,19 +125,25 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
         gen[c * per_class : (c + 1) * per_class] += centres[c]
         ref[c * per_class : (c + 1) * per_class] += centres[c]
     groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
+    passes = {"overall": dict(groups=[ALL] * num_classes, per_class=False), "full": dict(groups=groups)}
+    out: dict = {"knn": [], "overall": [], "full": []}
     base = peak_start(device)
-    sync(device)
-    t0 = time.perf_counter()
-    knn_metrics(gen, ref, k=3, dc_k=5, device=device)
-    sync(device)
-    t1 = time.perf_counter()
-    compute_rows(gen, labels, ref, labels, groups=[ALL] * num_classes, per_class=False, kid_subsets=kid_subsets,
-                 device=device)
-    t2 = time.perf_counter()
-    rows = compute_rows(gen, labels, ref, labels, groups=groups, kid_subsets=kid_subsets, device=device)
-    t3 = time.perf_counter()
-    return dict(knn=t1 - t0, overall=t2 - t1, full=t3 - t2, rows=len(rows), n=len(labels),
-                peak_mib=peak_mib(device, base))
+    for r in range(rounds):
+        sync(device)
+        t0 = time.perf_counter()
+        knn_metrics(gen, ref, k=3, dc_k=5, device=device)
+        sync(device)
+        out["knn"].append(time.perf_counter() - t0)
+        for name in (("overall", "full") if r % 2 == 0 else ("full", "overall")):
+            clear_reference_cache()
+            t0 = time.perf_counter()
+            rows = compute_rows(gen, labels, ref, labels, kid_subsets=kid_subsets, device=device, **passes[name])
+            out[name].append(time.perf_counter() - t0)
+            if name == "full":
+                out["rows"] = len(rows)
+    clear_reference_cache()
+    out["ratio"] = [f / o for f, o in zip(out["full"], out["overall"])]
+    return dict(out, n=len(labels), peak_mib=peak_mib(device, base))
 
 
 # ---------------------------------------------------------------- the report
@@ -149,7 +162,8 @@ def _environment(device: torch.device) -> str:
         rev = "?"
     return (f"torch {torch.__version__} (cuda {torch.version.cuda}), python {platform.python_version()}, "
             f"device {device} ({name}), {os.cpu_count()} cpus, torch threads {torch.get_num_threads()} "
-            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), git {rev}")
+            f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, OPENBLAS_NUM_THREADS="
+            f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}), git {rev}")
 
 
 def _spread(xs: list[float]) -> str:
@@ -166,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--methods", default="ddpm,cbdm", help=f"comma list from {', '.join(METHODS)}")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of (harness, reference, bare), alternating order")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of (harness, reference, bare) and of the two eval passes, alternating order")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per arm and round")
     p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per arm and round (divides --steps)")
     p.add_argument("--label-drop", type=float, default=0.0, help="unconditional-batch probability (0: all conditional)")
@@ -292,20 +307,24 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
 
     if "eval" not in skip:
         e = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class, dim=args.eval_dim,
-                         kid_subsets=args.eval_kid_subsets, device=device)
+                         kid_subsets=args.eval_kid_subsets, device=device, rounds=args.rounds)
         flops = knn_flops(e["n"], e["n"], args.eval_dim)
         rate = gemm_tflops(device)
         bound = flops / (rate * 1e12)
+        knn, overall, full = (statistics.median(e[k]) for k in ("knn", "overall", "full"))
         print(f"\neval: {args.eval_classes} classes x {args.eval_per_class} images per class ({e['n']} generated vs "
               f"{e['n']} reference), features dim {args.eval_dim}, {args.eval_kid_subsets} KID subsets (synthetic "
-              f"features; metrics on {device})")
+              f"features; metrics on {device}); median [min-max] of {args.rounds} rounds, the overall and the "
+              f"full pass alternating in order, both cold")
         print(f"  k-NN lower bound: 3 distance passes = {flops:.3g} FLOP = {bound:.2f} s at the fp32 GEMM rate "
               f"measured now ({rate:.3f} TFLOP/s)")
-        print(f"  k-NN pass alone (precision, recall, density, coverage) {e['knn']:8.2f} s = "
-              f"{e['knn'] / bound:.2f}x the bound")
-        print(f"  one overall pass (+ FID, KID) {e['overall']:8.2f} s = {e['overall'] / bound:.2f}x the bound; "
-              f"overall + 3 groups + {args.eval_classes} classes ({e['rows']} rows) {e['full']:8.2f} s = "
-              f"{e['full'] / e['overall']:.2f}x the overall pass")
+        print(f"  k-NN pass alone (precision, recall, density, coverage) {knn:8.2f} s = "
+              f"{knn / bound:.2f}x the bound")
+        print(f"  one overall pass (+ FID, KID) {overall:8.2f} s = {overall / bound:.2f}x the bound "
+              f"[{min(e['overall']):.2f}-{max(e['overall']):.2f} s]; overall + 3 groups + {args.eval_classes} classes "
+              f"({e['rows']} rows) {full:8.2f} s [{min(e['full']):.2f}-{max(e['full']):.2f} s] = "
+              f"{statistics.median(e['ratio']):.2f}x the overall pass (median of the rounds' ratios "
+              f"{', '.join(f'{x:.2f}' for x in e['ratio'])})")
         print(f"  peak memory {e['peak_mib']:.0f} MiB ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'})")
 
 

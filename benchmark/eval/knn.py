@@ -19,6 +19,10 @@ the arithmetic ``torch.cdist`` uses at these sizes, with TF32 off on CUDA.  A bl
 most ``block_elems`` distances (rows x all columns), so memory is bounded and no n x n matrix
 exists.  Cost: 2 d (n_ref^2 + n_gen^2 + n_gen n_ref) multiply-adds counted as FLOP
 (``knn_flops``), the lower bound of any exact method that looks at every pair.
+
+``knn_slices`` serves many slices (overall, groups, classes) from the same three passes: with the
+rows ordered so that each slice is contiguous, a slice's distances are a sub-block of every block,
+so a slice adds its top-k and comparisons, never a GEMM (``knn_metrics`` is its one-slice case).
 """
 
 from __future__ import annotations
@@ -87,14 +91,28 @@ def _blocks(x: torch.Tensor, y: torch.Tensor, block_elems: int):
         yield s, d
 
 
-def _radii(x: torch.Tensor, ks: tuple[int, ...], block_elems: int) -> dict[int, torch.Tensor]:
-    """k -> the (k+1)-th smallest distance of each row of x to x (itself included), one top-k."""
-    top = max(ks) + 1
-    out = {k: torch.empty(len(x), dtype=x.dtype, device=x.device) for k in ks}
+Range = tuple[int, int]  # rows [start, stop) of one slice, in the order of the feature array
+
+
+def _rows_in(block: Range, rows: Range) -> Range | None:
+    lo, hi = max(block[0], rows[0]), min(block[1], rows[1])
+    return (lo, hi) if lo < hi else None
+
+
+def _radii(x: torch.Tensor, slices: list[tuple[Range, tuple[int, ...]]], block_elems: int) -> list[dict]:
+    """Per slice (its rows of x, its ks): k -> the (k+1)-th smallest distance of each of its rows to its
+    own rows (itself included), one top-k per slice and block on the sub-block of the distances."""
+    out = [{k: torch.empty(b - a, dtype=x.dtype, device=x.device) for k in ks} for (a, b), ks in slices]
+    if not any(ks for _, ks in slices):
+        return out  # no slice needs a radius on this side: no pass
     for s, d in _blocks(x, x, block_elems):
-        vals = d.topk(top, dim=1, largest=False, sorted=True).values
-        for k in ks:
-            out[k][s : s + len(d)] = vals[:, k]
+        for ((a, b), ks), radii in zip(slices, out):
+            rows = _rows_in((s, s + len(d)), (a, b)) if ks else None
+            if rows is None:
+                continue
+            vals = d[rows[0] - s : rows[1] - s, a:b].topk(max(ks) + 1, dim=1, largest=False, sorted=True).values
+            for k in ks:
+                radii[k][rows[0] - a : rows[1] - a] = vals[:, k]
     return out
 
 
@@ -107,37 +125,67 @@ def knn_metrics(gen, ref, *, k: int, dc_k: int, device: torch.device | str | Non
     than k samples on both sides, density / coverage more than dc_k reference samples and one
     generated sample; a pair that cannot be computed carries its reason instead.
     """
-    n_gen, n_ref = len(gen), len(ref)
-    pr_skip = (_need(n_gen, k + 1, f"precision/recall (k={k})", "generated")
-               or _need(n_ref, k + 1, f"precision/recall (k={k})", "reference"))
-    dc_skip = (_need(n_ref, dc_k + 1, f"density/coverage (k={dc_k})", "reference")
-               or _need(n_gen, 1, "density/coverage", "generated"))
-    if pr_skip and dc_skip:
-        return KnnMetrics(pr_skip=pr_skip, dc_skip=dc_skip)
+    return knn_slices(gen, ref, [((0, len(gen)), (0, len(ref)))], k=k, dc_k=dc_k, device=device,
+                      block_elems=block_elems)[0]
+
+
+def knn_slices(gen, ref, slices: list[tuple[Range, Range]], *, k: int, dc_k: int,
+               device: torch.device | str | None = None, block_elems: int = BLOCK_ELEMS) -> list[KnnMetrics]:
+    """``knn_metrics`` of many slices from one set of three passes.
+
+    A slice is (its generated rows, its reference rows) as ranges [start, stop), so the rows must be
+    ordered with every slice contiguous (overall, then groups, then classes nest when sorted by group
+    and class).  A slice's distances are the sub-block of the distance block rows x all columns that
+    the pass forms anyway, so every slice costs a top-k and the comparisons on its sub-block, not
+    another GEMM: overall + 3 groups + C classes cost about one overall pass.  The values are those of
+    ``knn_metrics`` on the slice alone (same distances, same comparisons), except that a distance
+    within fp32 rounding of a radius may fall the other way where the GEMM rounds a dot product
+    differently for a differently shaped operand.
+    """
     dev = torch.device(device) if device is not None else (gen.device if torch.is_tensor(gen) else torch.device("cpu"))
+    plans = []
+    for (ga, gb), (ra, rb) in slices:
+        n_gen, n_ref = gb - ga, rb - ra
+        pr_skip = (_need(n_gen, k + 1, f"precision/recall (k={k})", "generated")
+                   or _need(n_ref, k + 1, f"precision/recall (k={k})", "reference"))
+        dc_skip = (_need(n_ref, dc_k + 1, f"density/coverage (k={dc_k})", "reference")
+                   or _need(n_gen, 1, "density/coverage", "generated"))
+        plans.append((pr_skip, dc_skip))
+    if all(pr and dc for pr, dc in plans):
+        return [KnnMetrics(pr_skip=pr, dc_skip=dc) for pr, dc in plans]
     g, r = (_as_fp32(a, dev) for a in (gen, ref))
     with _exact_fp32(dev), torch.no_grad():
-        ks = tuple(kk for kk, skip in ((k, pr_skip), (dc_k, dc_skip)) if not skip)
-        ref_radii = _radii(r, ks, block_elems)
-        gen_radius = None if pr_skip else _radii(g, (k,), block_elems)[k]
-        in_ref_ball = torch.zeros((), dtype=torch.int64, device=dev)  # generated rows inside a ref ball (k)
-        covered = torch.zeros(n_ref, dtype=torch.bool, device=dev)  # recall: ref inside a gen ball
-        inside = torch.zeros((), dtype=torch.int64, device=dev)  # density: (gen, ref ball) pairs, dc_k
-        near = torch.zeros(n_ref, dtype=torch.bool, device=dev)  # coverage: a gen sample inside the ref ball
+        ref_ks = [tuple(kk for kk, skip in ((k, pr), (dc_k, dc)) if not skip) for pr, dc in plans]
+        ref_radii = _radii(r, [(rr, ks) for (_, rr), ks in zip(slices, ref_ks)], block_elems)
+        gen_radius = _radii(g, [(gr, () if pr else (k,)) for (gr, _), (pr, _) in zip(slices, plans)], block_elems)
+        zero = torch.zeros((), dtype=torch.int64, device=dev)
+        in_ref_ball = [zero.clone() for _ in slices]  # generated rows inside a ref ball (k)
+        inside = [zero.clone() for _ in slices]  # density: (gen, ref ball) pairs, dc_k
+        covered = [torch.zeros(rb - ra, dtype=torch.bool, device=dev) for _, (ra, rb) in slices]  # recall
+        near = [torch.zeros(rb - ra, dtype=torch.bool, device=dev) for _, (ra, rb) in slices]  # coverage
         for s, d in _blocks(g, r, block_elems):
-            if not pr_skip:
-                in_ref_ball += (d <= ref_radii[k]).any(1).sum()
-                covered |= (d <= gen_radius[s : s + len(d)].unsqueeze(1)).any(0)
-            if not dc_skip:
-                ball = d < ref_radii[dc_k]
-                inside += ball.sum()
-                near |= ball.any(0)
-        out = {}
-        if not pr_skip:
-            out.update(precision=in_ref_ball.item() / n_gen, recall=covered.sum().item() / n_ref)
-        if not dc_skip:
-            out.update(density=inside.item() / (dc_k * n_gen), coverage=near.sum().item() / n_ref)
-    return KnnMetrics(**out, pr_skip=pr_skip, dc_skip=dc_skip)
+            for i, (((ga, gb), (ra, rb)), (pr, dc)) in enumerate(zip(slices, plans)):
+                rows = _rows_in((s, s + len(d)), (ga, gb)) if not (pr and dc) else None
+                if rows is None:
+                    continue
+                sub = d[rows[0] - s : rows[1] - s, ra:rb]
+                if not pr:
+                    in_ref_ball[i] += (sub <= ref_radii[i][k]).any(1).sum()
+                    covered[i] |= (sub <= gen_radius[i][k][rows[0] - ga : rows[1] - ga].unsqueeze(1)).any(0)
+                if not dc:
+                    ball = sub < ref_radii[i][dc_k]
+                    inside[i] += ball.sum()
+                    near[i] |= ball.any(0)
+        out = []
+        for i, (((ga, gb), (ra, rb)), (pr, dc)) in enumerate(zip(slices, plans)):
+            n_gen, n_ref = gb - ga, rb - ra
+            values = {}
+            if not pr:
+                values.update(precision=in_ref_ball[i].item() / n_gen, recall=covered[i].sum().item() / n_ref)
+            if not dc:
+                values.update(density=inside[i].item() / (dc_k * n_gen), coverage=near[i].sum().item() / n_ref)
+            out.append(KnnMetrics(**values, pr_skip=pr, dc_skip=dc))
+    return out
 
 
 def _as_fp32(a, device: torch.device) -> torch.Tensor:

@@ -1,19 +1,26 @@
 """Generation metrics as pure functions of feature arrays, sliced overall / per group / per class.
 
 Every number comes from the features of the generated set and of the reference set, so one
-feature pass serves all slices.  The feature-level functions of torch-fidelity are used where
-they exist (FID statistics, KID's unbiased MMD, Inception Score).  Improved precision/recall
-and density/coverage (Naeem et al. 2020) come together from one chunked set of k-NN passes
-(``benchmark.eval.knn``), equal to torch-fidelity's precision/recall (tested against it).
+feature pass serves all slices.  The estimators are torch-fidelity's (FID from Gaussian
+statistics, KID's unbiased MMD ``mmd2`` with the same subset draws as ``kid_features_to_metric``,
+so the same seed gives the same number; Inception Score); FID and KID are computed by the exact
+routes of ``benchmark.eval.fidkid`` (tested against torch-fidelity and clean-fid).  Improved
+precision/recall and density/coverage (Naeem et al. 2020) come together from one chunked set of
+k-NN passes (``benchmark.eval.knn``), equal to torch-fidelity's precision/recall (tested against it).
 
-Two speed-ups keep 100 per-class slices close to the cost of one overall pass, both exact:
-- FID for a slice with fewer samples than feature dimensions uses tr sqrt(S1 S2) =
-  ||A B^T||_* / sqrt((n1-1)(n2-1)) (A, B the centred feature matrices): the nonzero
-  eigenvalues of S1 S2 are the squared singular values of A B^T / sqrt(...), so an n x n SVD
-  replaces a D x D eigendecomposition.  Tested against torch-fidelity's function.
-- KID for a small slice computes the three polynomial-kernel matrices once and evaluates
-  torch-fidelity's ``mmd2`` on sub-blocks, with the same subset draws as
-  ``kid_features_to_metric`` (same seed gives the same number).
+Why all the rows of a cell (overall, 3 groups, every class) cost little more than the overall
+row, all exact up to float rounding:
+- one set of k-NN passes serves every slice (``knn_slices``: with rows ordered by group and class,
+  a slice's distances are a sub-block of the overall pass's blocks);
+- FID takes tr sqrt(S1 S2) from a symmetric eigenproblem: D x D against the Cholesky factor of the
+  reference covariance when n > D, n x n from the two centred feature matrices when n <= D;
+- the statistics of full-rank slices pool exactly from their parts (overall from groups), and the
+  reference's are kept between calls with the same reference features, labels and slices;
+- KID sums each subset's kernel blocks from the whole-set kernels when those have fewer entries
+  than the subsets together, and otherwise forms each subset's kernels as torch-fidelity does;
+- the torch work of all slices (k-NN, IS) runs before the numpy work, because handing the cores
+  back and forth between torch's OpenMP threads and OpenBLAS's, slice by slice, cost more than
+  the arithmetic of a small slice.
 
 Rules for small and odd slices: every row carries n_gen and n_ref; a metric that cannot be
 computed, for whatever reason (too few samples, or a numeric failure inside a library), gives
@@ -36,19 +43,13 @@ not the bootstrap), centred on the estimate.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import math
 
 import numpy as np
 import torch
 from cleanfid.fid import frechet_distance, kernel_distance
-from torch_fidelity.metric_fid import (
-    fid_features_to_statistics,
-    fid_statistics_to_metric,
-)
 from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import kid_features_to_metric, mmd2
 
 from benchmark.core.errors import MetricError
 from benchmark.core.names import (
@@ -68,14 +69,26 @@ from benchmark.core.names import (
     class_mean,
     is_interval,
 )
+from benchmark.eval.fidkid import (
+    SMALL_BLAS_MACS,
+    Gaussian,
+    content_key,
+    fid_gaussians,
+    fid_low_rank,
+    kid_plan,
+    mmd2_slices,
+    mmd2_subsets,
+    one_blas_thread,
+    slice_statistics,
+    subset_draws,
+    whole_set_is_cheaper,
+)
 from benchmark.eval.intervals import half_sample_interval
-from benchmark.eval.knn import knn_metrics
+from benchmark.eval.knn import knn_metrics, knn_slices
 
 # the version of the statistics' definitions: bumped whenever a row would come out differently from the same
 # features (it enters the real-floor cache key, so a cached floor of an older version is recomputed)
 STATS_VERSION = 3
-_KERNEL_CACHE_LIMIT = 30_000_000  # kernel entries we are willing to hold to reuse across KID subsets
-
 
 # ---------------------------------------------------------------- single-slice metrics
 
@@ -85,8 +98,12 @@ def _need(n: int, least: int, what: str, side: str) -> None:
         raise MetricError(f"{what} needs at least {least} {side} samples, got {n}")
 
 
-def fid(gen: np.ndarray, ref: np.ndarray, *, backend: str = "torch-fidelity") -> float:
-    """Frechet distance between Gaussian fits of two feature sets (needs n >= 2 on each side)."""
+def fid(gen: np.ndarray, ref: np.ndarray, *, backend: str = "torch-fidelity",
+        stats: tuple[Gaussian, Gaussian] | None = None) -> float:
+    """Frechet distance between Gaussian fits of two feature sets (needs n >= 2 on each side).
+
+    ``stats`` are the two sets' statistics when the caller already has them (pooled from parts,
+    or the cached reference); they are used only where the covariances are full rank (n > D)."""
     _need(len(gen), 2, "FID", "generated")
     _need(len(ref), 2, "FID", "reference")
     if backend == "clean-fid":
@@ -95,33 +112,20 @@ def fid(gen: np.ndarray, ref: np.ndarray, *, backend: str = "torch-fidelity") ->
     if backend != "torch-fidelity":
         raise MetricError(f"unknown FID backend {backend!r}; use torch-fidelity or clean-fid")
     if min(len(gen), len(ref)) <= gen.shape[1]:
-        return _fid_low_rank(gen, ref)
-    s1 = fid_features_to_statistics(torch.from_numpy(np.ascontiguousarray(gen, dtype=np.float64)))
-    s2 = fid_features_to_statistics(torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float64)))
-    return float(fid_statistics_to_metric(s1, s2, verbose=False)["frechet_inception_distance"])
-
-
-def _fid_low_rank(gen: np.ndarray, ref: np.ndarray) -> float:
-    a = gen - gen.mean(0)
-    b = ref - ref.mean(0)
-    n1, n2 = len(gen), len(ref)
-    diff = gen.mean(0) - ref.mean(0)
-    tr1 = np.einsum("ij,ij->", a, a) / (n1 - 1)
-    tr2 = np.einsum("ij,ij->", b, b) / (n2 - 1)
-    nuclear = np.linalg.svd(a @ b.T, compute_uv=False).sum()
-    return float(diff @ diff + tr1 + tr2 - 2 * nuclear / math.sqrt((n1 - 1) * (n2 - 1)))
+        return fid_low_rank(gen, ref)
+    g, r = stats if stats is not None else (Gaussian.of(gen), Gaussian.of(ref))
+    return fid_gaussians(g, r)
 
 
 def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, seed: int,
-        backend: str = "torch-fidelity") -> tuple[float, float, int]:
+        backend: str = "torch-fidelity", mmds: np.ndarray | None = None) -> tuple[float, float, int]:
     """Unbiased cubic-kernel MMD^2 over random subsets -> (mean, std, subset size actually used).
 
     When both sets are no larger than the subset size every subset is both whole sets: the
-    MMD^2 is computed once and the std is NaN (there is no spread to report)."""
-    m = min(subset_size, len(gen), len(ref))
+    MMD^2 is computed once and the std is NaN (there is no spread to report).  ``mmds``: the
+    subsets' MMD^2 when the caller computed them already (``compute_rows``, same draws)."""
+    m, subsets = kid_plan(len(gen), len(ref), subsets, subset_size)
     _need(m, 2, "KID", "generated and reference")
-    if m == len(gen) == len(ref):  # every subset is the whole of both sets: one U-statistic, no spread
-        subsets = 1
     if backend == "clean-fid":
         state = np.random.get_state()  # clean-fid draws from numpy's global RNG; leave it as we found it
         np.random.seed(seed)
@@ -129,23 +133,9 @@ def kid(gen: np.ndarray, ref: np.ndarray, *, subsets: int, subset_size: int, see
             return float(kernel_distance(gen, ref, num_subsets=subsets, max_subset_size=m)), float("nan"), m
         finally:
             np.random.set_state(state)
-    n1, n2 = len(gen), len(ref)
-    if n1 * n1 + n2 * n2 + n1 * n2 <= min(_KERNEL_CACHE_LIMIT, 3 * subsets * m * m):
-        d = gen.shape[1]
-        k11 = (gen @ gen.T / d + 1) ** 3
-        k22 = (ref @ ref.T / d + 1) ** 3
-        k12 = (gen @ ref.T / d + 1) ** 3
-        rng = np.random.RandomState(seed)  # the same draws kid_features_to_metric makes
-        mmds = np.empty(subsets)
-        for s in range(subsets):
-            i = rng.choice(n1, m, replace=False)
-            j = rng.choice(n2, m, replace=False)
-            mmds[s] = mmd2(k11[np.ix_(i, i)], k12[np.ix_(i, j)], k22[np.ix_(j, j)])
-        return float(mmds.mean()), float(mmds.std()) if subsets > 1 else float("nan"), m
-    out = kid_features_to_metric(torch.from_numpy(gen), torch.from_numpy(ref), kid_subsets=subsets,
-                                 kid_subset_size=m, rng_seed=seed, verbose=False)
-    std = out["kernel_inception_distance_std"] if subsets > 1 else float("nan")
-    return out["kernel_inception_distance_mean"], std, m
+    if mmds is None:
+        mmds = mmd2_subsets(gen, ref, subset_draws(len(gen), len(ref), m, subsets, seed))
+    return float(mmds.mean()), float(mmds.std()) if subsets > 1 else float("nan"), m
 
 
 def precision_recall(gen: np.ndarray, ref: np.ndarray, *, k: int, device=None) -> tuple[float, float]:
@@ -195,20 +185,51 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
         raise MetricError(f"feature dims differ: generated {gen_feats.shape[1]}, reference {ref_feats.shape[1]}")
     opts = dict(k=k, dc_k=dc_k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                 bootstrap=bootstrap, seed=seed, backend=backend, device=device, only=only)
-    slices = [(ALL, None, np.ones(len(gen_labels), bool), np.ones(len(ref_labels), bool))]
+    slices = [(ALL, None, None)]  # (group, class, the slice's classes; None: every row)
     for g in GROUPS:
-        classes = [c for c, name in enumerate(groups) if name == g]
+        classes = frozenset(c for c, name in enumerate(groups) if name == g)
         if classes:
-            slices.append((g, None, np.isin(gen_labels, classes), np.isin(ref_labels, classes)))
+            slices.append((g, None, classes))
     if per_class:
-        for c in range(len(groups)):
-            slices.append((CLASS, c, gen_labels == c, ref_labels == c))
+        slices += [(CLASS, c, frozenset((c,))) for c in range(len(groups))]
+    masks = [(_mask(gen_labels, classes), _mask(ref_labels, classes)) for _, _, classes in slices]
+    # The torch work of every slice (one set of k-NN passes for all of them, IS) first, then the numpy
+    # work: interleaved slice by slice, torch's OpenMP workers and OpenBLAS's threads spun against each
+    # other at each hand-over, which cost more than the arithmetic of a small slice (0.1-0.7 s each on 2 cores).
+    gen_order, gen_ranges = _contiguous(gen_labels, groups, [c for _, _, c in slices])
+    ref_order, ref_ranges = _contiguous(ref_labels, groups, [c for _, _, c in slices])
+    knns = [None] * len(slices)
+    if _wanted(only, PRECISION, RECALL, DENSITY, COVERAGE):
+        every_knn = _attempt(knn_slices, _ordered_fp32(gen_feats, gen_order), _ordered_fp32(ref_feats, ref_order),
+                             list(zip(gen_ranges, ref_ranges)), k=k, dc_k=dc_k, device=device)
+        knns = [lambda i=i: every_knn()[i] for i in range(len(slices))]
+    scores = [] if gen_logits is None or not _wanted(only, IS) else [
+        _attempt(inception_score, _take(np.asarray(gen_logits), gm)) for gm, _ in masks]
+    stats = {}
+    # full-rank slices: statistics pooled from their parts, the reference's cached
+    if backend == "torch-fidelity" and _wanted(only, FID):
+        full = [i for i, (gm, rm) in enumerate(masks)
+                if min(_count(gm, len(gen_feats)), _count(rm, len(ref_feats))) > gen_feats.shape[1]]
+        parts = [(slices[i][2], *masks[i]) for i in full]
+        if parts:
+            gen_stats = slice_statistics(gen_feats, [(c, gm) for c, gm, _ in parts])
+            ref_stats = slice_statistics(ref_feats, [(c, rm) for c, _, rm in parts],
+                                         cache_key=content_key(ref_feats, ref_labels, [c for c, _, _ in parts]))
+            stats = dict(zip(full, zip(gen_stats, ref_stats)))
+    kid_mmds = {} if backend != "torch-fidelity" or not _wanted(only, KID) else _shared_kid(
+        gen_feats, ref_feats, masks, gen_order, ref_order, list(zip(gen_ranges, ref_ranges)),
+        subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
     rows = []
-    for group, cls, gm, rm in slices:
-        probs = None if gen_probs is None else np.asarray(gen_probs)[gm]
-        logits = None if gen_logits is None else np.asarray(gen_logits)[gm]
-        part = slice_rows(gen_feats[gm], gen_labels[gm], ref_feats[rm], group=group, cls=cls,
-                          probs=probs, logits=logits, **opts)
+    for i, ((group, cls, _), (gm, rm)) in enumerate(zip(slices, masks)):
+        probs = None if gen_probs is None else _take(np.asarray(gen_probs), gm)
+        gen, ref = _take(gen_feats, gm), _take(ref_feats, rm)
+        # a small slice's products are too small to share between threads; on a busy machine every
+        # multi-threaded call waits for a time slice for its second thread (measured 100x slower)
+        small = len(gen) * len(ref) * gen.shape[1] < SMALL_BLAS_MACS
+        with one_blas_thread() if small else contextlib.nullcontext():
+            part = slice_rows(gen, _take(gen_labels, gm), ref, group=group, cls=cls, probs=probs, logits=None,
+                              knn=knns[i], inception=scores[i] if scores else None, fid_stats=stats.get(i),
+                              kid_mmds=kid_mmds.get(i), **opts)
         if group in GROUPS:
             for row in part:
                 row["note"] = _join(row["note"], "pooled")
@@ -216,6 +237,89 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     if per_class:
         rows += class_mean_rows(rows, groups)
     return rows
+
+
+def _shared_kid(gen_feats, ref_feats, masks, gen_order, ref_order, ranges, *, subsets, subset_size, seed) -> dict:
+    """slice index -> callable giving its subsets' MMD^2, for every slice that takes KID's whole-set
+    route, all from one kernel pass per outermost such slice (``mmd2_slices``), with the draws
+    ``kid`` would make on the slice alone, moved to the group-class row order."""
+    plans = {}
+    for i, (gm, rm) in enumerate(masks):
+        n_gen, n_ref = _count(gm, len(gen_feats)), _count(rm, len(ref_feats))
+        m, count = kid_plan(n_gen, n_ref, subsets, subset_size)
+        if m >= 2 and whole_set_is_cheaper(n_gen, n_ref, m, count):
+            plans[i] = (m, count)
+    if not plans:
+        return {}
+    gen_at, ref_at = np.argsort(gen_order), np.argsort(ref_order)  # row -> its position in the order
+    draws = []
+    for i, (m, count) in plans.items():
+        gm, rm = masks[i]
+        gen_rows = np.arange(len(gen_feats)) if gm is None else np.flatnonzero(gm)
+        ref_rows = np.arange(len(ref_feats)) if rm is None else np.flatnonzero(rm)
+        draws.append([(gen_at[gen_rows[g]], ref_at[ref_rows[r]])
+                      for g, r in subset_draws(len(gen_rows), len(ref_rows), m, count, seed)])
+    shared = _attempt(mmd2_slices, gen_feats, ref_feats, [ranges[i] for i in plans], draws, gen_order=gen_order,
+                      ref_order=ref_order)
+    return {i: (lambda j=j: shared()[j]) for j, i in enumerate(plans)}
+
+
+def _mask(labels: np.ndarray, classes: frozenset | None) -> np.ndarray | None:
+    """Rows of a slice (None: every row, so the overall slice needs no copy)."""
+    return None if classes is None else np.isin(labels, sorted(classes))
+
+
+def _contiguous(labels: np.ndarray, groups: list[str], slices: list[frozenset | None]):
+    """A row order (by group, then class) in which every slice is one range, and those ranges."""
+    table = np.array([GROUPS.index(g) if g in GROUPS else len(GROUPS) for g in groups] + [len(GROUPS)])
+    known = (labels >= 0) & (labels < len(groups))
+    order = np.lexsort((labels, table[np.where(known, labels, len(groups))]))
+    ordered = labels[order]
+    ranges = []
+    for classes in slices:
+        if classes is None:
+            ranges.append((0, len(labels)))
+            continue
+        at = np.flatnonzero(np.isin(ordered, sorted(classes)))
+        if len(at) and at[-1] + 1 - at[0] != len(at):
+            raise RuntimeError(f"slice {sorted(classes)} is not contiguous in the group-class order")
+        ranges.append((int(at[0]), int(at[-1]) + 1) if len(at) else (0, 0))
+    return order, ranges
+
+
+def _ordered_fp32(x: np.ndarray, order: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """x[order] in float32, filled in chunks (no float64 copy of the whole array)."""
+    out = np.empty(x.shape, dtype=np.float32)
+    for s in range(0, len(order), chunk):
+        out[s : s + chunk] = x[order[s : s + chunk]]
+    return out
+
+
+def _take(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    return x if mask is None else x[mask]
+
+
+def _count(mask: np.ndarray | None, n: int) -> int:
+    return n if mask is None else int(mask.sum())
+
+
+def _wanted(only, *metrics: str) -> bool:
+    """Whether any of ``metrics`` is asked for (``only`` None: every metric)."""
+    return only is None or any(m in only for m in metrics)
+
+
+def _attempt(fn, *args, **kwargs):
+    """Run ``fn`` now; the returned callable gives its result or raises its error where the row is made."""
+    try:
+        value = fn(*args, **kwargs)
+    except Exception as err:  # noqa: BLE001 - raised again inside the row, which becomes NaN with the reason
+        failure = err
+
+        def fail():
+            raise failure
+
+        return fail
+    return lambda: value
 
 
 def class_mean_rows(rows: list[dict], groups: list[str]) -> list[dict]:
@@ -253,13 +357,18 @@ def _classes(classes: list[int], show: int = 8) -> str:
 
 
 def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_subsets, kid_subset_size,
-               bootstrap, seed, backend, device=None, only=None) -> list[dict]:
-    """Rows for one slice; a metric that cannot be computed is NaN with the reason in ``note``."""
+               bootstrap, seed, backend, device=None, knn=None, inception=None, fid_stats=None,
+               kid_mmds=None, only=None) -> list[dict]:
+    """Rows for one slice; a metric that cannot be computed is NaN with the reason in ``note``.
+
+    ``knn`` and ``inception`` are the slice's k-NN and IS outcomes when the caller ran them already
+    (``_attempt`` callables), ``fid_stats`` its (generated, reference) statistics for ``fid``,
+    ``kid_mmds`` a callable giving its subsets' MMD^2 for ``kid``; ``only``: just these metrics."""
     n_gen, n_ref, dim = len(gen), len(ref), gen.shape[1]
     rows: list[dict] = []
 
     def add(metric, fn):
-        if only is not None and metric not in only:
+        if not _wanted(only, metric):
             return
         try:
             value, note = fn()
@@ -269,11 +378,12 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
                          value=float(value), note=note))
 
     small = "small-n" if min(n_gen, n_ref) <= dim else ""  # n <= D: a sample covariance of rank < D
-    add(FID, lambda: (fid(gen, ref, backend=backend), _join(small, f"backend={backend}")))
+    add(FID, lambda: (fid(gen, ref, backend=backend, stats=fid_stats), _join(small, f"backend={backend}")))
     kid_out = {}
 
     def kid_value():
-        mean, std, m = kid(gen, ref, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed, backend=backend)
+        mean, std, m = kid(gen, ref, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed, backend=backend,
+                           mmds=kid_mmds() if kid_mmds is not None else None)
         kid_out["m"] = m
         if m == n_gen == n_ref:
             return mean, f"kid_subset={m};kid_subsets=1 (degenerate subsets: each is the whole set, no std);backend={backend}"
@@ -281,11 +391,14 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
 
     add(KID, kid_value)
     # all four k-NN metrics come from one set of passes (benchmark.eval.knn), made once per slice
-    knn = functools.lru_cache(maxsize=1)(lambda: knn_metrics(gen, ref, k=k, dc_k=dc_k, device=device))
+    if knn is None and _wanted(only, PRECISION, RECALL, DENSITY, COVERAGE):
+        knn = _attempt(knn_metrics, gen, ref, k=k, dc_k=dc_k, device=device)
     for metric, kk in ((PRECISION, k), (RECALL, k), (DENSITY, dc_k), (COVERAGE, dc_k)):
         add(metric, lambda metric=metric, kk=kk: (knn().get(metric), f"k={kk}"))
-    if logits is not None:
-        add(IS, lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception_score(logits)))
+    if inception is None and logits is not None:
+        inception = _attempt(inception_score, logits)
+    if inception is not None:
+        add(IS, lambda: (lambda v: (v[0], f"is_splits={v[1]}"))(inception()))
     if probs is not None:
         add(LABEL_ACC, lambda: _label_acc(probs, gen_labels))
     if bootstrap > 0 and only is None:

@@ -17,10 +17,12 @@ row, all exact up to float rounding:
 - the statistics of full-rank slices pool exactly from their parts (overall from groups), and the
   reference's are kept between calls with the same reference features, labels and slices;
 - KID sums each subset's kernel blocks from the whole-set kernels when those have fewer entries
-  than the subsets together, and otherwise forms each subset's kernels as torch-fidelity does;
+  than the subsets together (groups and classes inside such a slice share its kernel blocks), and
+  otherwise forms each subset's kernels as torch-fidelity does;
 - the torch work of all slices (k-NN, IS) runs before the numpy work, because handing the cores
   back and forth between torch's OpenMP threads and OpenBLAS's, slice by slice, cost more than
-  the arithmetic of a small slice.
+  the arithmetic of a small slice; LAPACK's factorizations and the products of small slices run
+  on one BLAS thread (``fidkid.one_blas_thread`` says why).
 
 Rules for small and odd slices: every row carries n_gen and n_ref; a metric that cannot be
 computed, for whatever reason (too few samples, or a numeric failure inside a library), gives

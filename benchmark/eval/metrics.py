@@ -53,7 +53,7 @@ import torch
 from cleanfid.fid import frechet_distance, kernel_distance
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from benchmark.core.errors import MetricError
+from benchmark.core.errors import MetricError, failure_note
 from benchmark.core.names import (
     ALL,
     CLASS,
@@ -375,7 +375,7 @@ def slice_rows(gen, gen_labels, ref, *, group, cls, probs, logits, k, dc_k, kid_
         try:
             value, note = fn()
         except Exception as err:  # noqa: BLE001 - one failing metric is a NaN row; the other rows are kept
-            value, note = float("nan"), _failure(err)
+            value, note = float("nan"), failure_note(err)
         rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref,
                          value=float(value), note=note))
 
@@ -433,18 +433,11 @@ def _interval_rows(gen, ref, *, estimates, group, cls, replicates, seed, backend
                                       least=least)
             bounds, note = (iv.low, iv.high), iv.note()
         except Exception as err:  # noqa: BLE001 - any failure of an interval is a NaN row, never an abort
-            bounds, note = (float("nan"), float("nan")), _failure(err)
+            bounds, note = (float("nan"), float("nan")), failure_note(err)
         for metric, v in zip((ci_low(name), ci_high(name)), bounds):
             rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=len(gen), n_ref=len(ref),
                              value=float(v), note=note))
     return rows
-
-
-def _failure(err: BaseException) -> str:
-    """The note of a metric that could not be computed: MetricError says why; anything else is named."""
-    if isinstance(err, MetricError):
-        return f"skipped: {err}"
-    return f"skipped: failed with {type(err).__name__}: {err}"
 
 
 def _join(*parts: str) -> str:

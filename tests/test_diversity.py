@@ -10,7 +10,7 @@ import torch
 from vendi_score import vendi
 
 from benchmark.core.errors import MetricError
-from benchmark.eval.diversity import vendi_rows, vendi_score
+from benchmark.eval.diversity import vendi_inlier_rows, vendi_rows, vendi_score
 from benchmark.eval.memorization import class_ratios, memorization_rows, nearest, pixels
 
 
@@ -161,3 +161,97 @@ def test_a_library_failure_in_one_slice_is_a_nan_row_and_the_others_are_kept(mon
     bad = rows[("vendi", "class", 1)]
     assert math.isnan(bad["value"]) and bad["note"].startswith("skipped: failed with LinAlgError: Eigenvalues")
     assert np.isfinite(rows[("vendi", "class", 0)]["value"]) and np.isfinite(rows[("vendi", "all", None)]["value"])
+
+
+# ---------------------------------------------------------------- in-manifold Vendi (noise is not diversity)
+
+GROUPS3 = ["many", "medium", "few"]
+
+
+def _inlier(rows, metric="vendi_inlier_ratio"):
+    return {(r["group"], r["class"]): r for r in rows if r["metric"] == metric}
+
+
+def _world(rng, d=32, classes=3, n_ref=300):
+    ref = np.concatenate([_class_features(rng, n_ref, d, c) for c in range(classes)])
+    return ref, np.repeat(np.arange(classes), n_ref)
+
+
+def test_inlier_gate_is_precisions_per_sample_test():
+    from benchmark.eval.knn import inside_balls, knn_metrics
+
+    rng = np.random.default_rng(5)
+    gen, ref = rng.normal(size=(250, 12)), 0.7 * rng.normal(size=(180, 12))
+    for k in (1, 3, 5):
+        inside = inside_balls(gen, ref, k=k, block_elems=999)  # several blocks
+        assert inside.dtype == bool and inside.shape == (250,)
+        assert inside.mean() == knn_metrics(gen, ref, k=k, dc_k=5).precision
+    assert inside_balls(ref[:7], ref, k=3).all()  # a reference point lies in its own ball
+    with pytest.raises(MetricError, match="at least 4 reference"):
+        inside_balls(gen, ref[:3], k=3)
+
+
+def test_a_generator_of_real_images_scores_one_on_average():
+    """Ground truth: generated images drawn from the real distribution have ratio 1 (mean over draws)."""
+    ratios = []
+    for rep in range(20):
+        rng = np.random.default_rng([6, rep])
+        ref, ref_y = _world(rng)
+        gen = np.concatenate([_class_features(rng, 80, 32, c) for c in range(3)])
+        rows = vendi_inlier_rows(gen, np.repeat(np.arange(3), 80), ref, ref_y, groups=GROUPS3, seed=rep)
+        ratios.append([_inlier(rows)[key]["value"] for key in (("all", None), ("class", 0), ("class", 2))])
+    ratios = np.asarray(ratios)
+    mean, se = ratios.mean(0), ratios.std(0, ddof=1) / np.sqrt(len(ratios))
+    assert np.all(np.abs(mean - 1.0) < np.maximum(3 * se, 0.02)), (mean, se)
+
+
+def test_noisy_samples_raise_plain_vendi_but_lower_the_inlier_ratio():
+    """The failure the plain ratio has (noise looks diverse) and the fix: the inlier ratio falls as the
+    fraction of off-manifold samples grows, roughly in proportion, and never rises."""
+    rng = np.random.default_rng(7)
+    ref, ref_y = _world(rng)
+    clean = np.concatenate([_class_features(rng, 100, 32, c) for c in range(3)])
+    gen_y = np.repeat(np.arange(3), 100)
+    noise = 5.0 * rng.normal(size=clean.shape)  # isotropic, far from every class
+    plain, inlier = [], []
+    for fraction in (0.0, 0.25, 0.5, 0.75):
+        gen = clean.copy()
+        swap = rng.random(len(gen)) < fraction
+        gen[swap] = noise[swap]
+        plain.append(_inlier(vendi_rows(gen, gen_y, ref, ref_y, groups=GROUPS3), "vendi_ratio")[("class", 2)]["value"])
+        inlier.append(_inlier(vendi_inlier_rows(gen, gen_y, ref, ref_y, groups=GROUPS3))[("class", 2)]["value"])
+    assert plain[-1] > 1.5 * plain[0]  # plain Vendi calls noise diversity
+    assert all(b < a for a, b in zip(inlier, inlier[1:]))
+    assert inlier[-1] < 0.35 and inlier[0] == pytest.approx(1.0, abs=0.15)
+
+
+def test_collapse_and_wrong_class_score_far_below_real():
+    rng = np.random.default_rng(8)
+    ref, ref_y = _world(rng)
+    n = 90
+    gen_y = np.repeat(np.arange(3), n)
+    collapsed = np.concatenate([np.repeat(_class_features(rng, 3, 32, c), n // 3, axis=0)
+                                + 0.01 * rng.normal(size=(n, 32)) for c in range(3)])
+    wrong = np.concatenate([_class_features(rng, n, 32, (c + 1) % 3) for c in range(3)])  # real images, wrong label
+    for gen, ceiling in ((collapsed, 0.45), (wrong, 0.05)):
+        rows = _inlier(vendi_inlier_rows(gen, gen_y, ref, ref_y, groups=GROUPS3))
+        assert all(rows[("class", c)]["value"] < ceiling for c in range(3))
+
+
+def test_inlier_rows_sizes_skips_and_zero():
+    rng = np.random.default_rng(9)
+    ref = np.concatenate([_class_features(rng, m, 16, c) for c, m in enumerate((40, 40, 6))])
+    ref_y = np.repeat(np.arange(3), (40, 40, 6))
+    gen = np.concatenate([_class_features(rng, 30, 16, c) for c in range(3)])
+    gen[:30] = 50.0 * rng.normal(size=(30, 16))  # class 0: nothing inside the manifold
+    rows = vendi_inlier_rows(gen, np.repeat(np.arange(3), 30), ref, ref_y, groups=GROUPS3)
+    ratio, gen_rows = _inlier(rows), _inlier(rows, "vendi_inlier")
+    assert ratio[("class", 1)]["n_gen"] == ratio[("class", 1)]["n_ref"] == 20  # half of 40 held out
+    assert gen_rows[("class", 0)]["value"] == 0.0 and ratio[("class", 0)]["value"] == 0.0  # computed, not NaN
+    assert "inliers=0.000" in ratio[("class", 0)]["note"]
+    tiny = ratio[("class", 2)]  # 6 images: 3 held out leave 3 < k + 1 = 4
+    assert math.isnan(tiny["value"]) and tiny["note"].startswith("skipped:") and "k + 1 = 4" in tiny["note"]
+    assert "left_out_classes=2" in ratio[("few", None)]["note"] and math.isnan(ratio[("few", None)]["value"])
+    assert "left_out_classes=2" in ratio[("all", None)]["note"] and ratio[("all", None)]["n_gen"] == 40
+    again = vendi_inlier_rows(gen, np.repeat(np.arange(3), 30), ref, ref_y, groups=GROUPS3)
+    assert [r["value"] for r in again] == pytest.approx([r["value"] for r in rows], nan_ok=True)  # seeded

@@ -48,7 +48,8 @@ def test_evaluate_set_rows(ds, cache):
     assert list(frame.columns) == EVAL_COLUMNS
     metrics = {"fid", "kid", "precision", "recall", "density", "coverage", "label_acc", "evaluator_acc",
                "evaluator_balanced_acc"}
-    diversity = {"vendi", "vendi_real", "vendi_ratio", "memorization", "memorization_pixel"}
+    diversity = {"vendi", "vendi_real", "vendi_ratio", "vendi_inlier", "vendi_inlier_real", "vendi_inlier_ratio",
+                 "memorization", "memorization_pixel"}
     classmean = {m + "_classmean" for m in metrics - {"evaluator_acc", "evaluator_balanced_acc"}}
     assert set(frame.metric) == metrics | classmean | diversity
     gate = frame[frame.metric == "evaluator_balanced_acc"].iloc[0]
@@ -65,13 +66,16 @@ def test_evaluate_set_rows(ds, cache):
                          progress=False)
     assert again.equals(frame)  # features and evaluator come from the cache
     assert len(list((cache / "features").glob("*.npz"))) == 3  # generated, reference, training images
-    for metric in ("vendi_ratio", "memorization", "memorization_pixel"):
+    for metric in ("vendi_ratio", "vendi_inlier_ratio", "memorization", "memorization_pixel"):
         assert set(frame[frame.metric == metric].group) == {"all", "many", "medium", "few", "class"}
     assert (frame[frame.metric == "memorization_pixel"].feature_space == "pixel").all()
     mem = frame[(frame.metric == "memorization") & (frame.group == "class")]
     assert mem.n_ref.tolist() == ds.counts.tolist()  # n_ref: the class's training images
     ratio = frame[(frame.metric == "vendi_ratio") & (frame.group == "class")]
     assert (ratio.n_gen == 15).all() and (ratio.n_ref == 15).all()
+    inlier = frame[(frame.metric == "vendi_inlier_ratio") & (frame.group == "class")]
+    assert (inlier.n_gen == inlier.n_ref).all() and (inlier.n_gen == 15).all()  # min(15 generated, half of 30)
+    assert inlier.value.notna().all() and inlier.note.str.contains("k=3").all()
 
 
 def test_planted_copies_show_in_memorization_and_neighbour_sheet(ds, cache, tmp_path):

@@ -167,7 +167,7 @@ def test_group_bars_draw_spread_only_over_several_seeds(tmp_path, monkeypatch):
 
 
 def diversity_rows(method, seed, *, ratio, mem, counts=(100, 30, 10), names=("T-shirt/top", "Trouser", "Bag")):
-    """A cell's per-class Vendi ratio, coverage, memorisation rows and named train counts."""
+    """A cell's per-class in-manifold Vendi ratio, coverage, memorisation rows and named train counts."""
     base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
                 train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, reference="test",
                 train_precision="none" if method == "real" else "bf16",
@@ -178,11 +178,11 @@ def diversity_rows(method, seed, *, ratio, mem, counts=(100, 30, 10), names=("T-
         group = ("many", "medium", "few")[k]
         rows.append({**base, "metric": "train_count", "group": "class", "class": k, "value": float(n),
                      "note": f"group={group};name={name}"})
-        for metric, value, space in (("vendi_ratio", ratio[k], "classifier"), ("coverage", 0.5, "classifier"),
+        for metric, value, space in (("vendi_inlier_ratio", ratio[k], "classifier"), ("coverage", 0.5, "classifier"),
                                      ("memorization", mem[k], "classifier"), ("memorization_pixel", mem[k], "pixel")):
             rows.append({**base, "feature_space": space, "metric": metric, "group": "class", "class": k,
                          "value": value + 0.01 * seed, "note": ""})
-        for metric, value in (("vendi_ratio", ratio[k]), ("coverage", 0.5), ("memorization", mem[k])):
+        for metric, value in (("vendi_inlier_ratio", ratio[k]), ("coverage", 0.5), ("memorization", mem[k])):
             if group == "few":
                 rows.append({**base, "metric": metric, "group": "few", "class": np.nan, "value": value, "note": ""})
     return pd.DataFrame(rows)[RESULT_COLUMNS]
@@ -195,10 +195,10 @@ def test_diversity_plot_per_class_csv_and_leaderboard_columns(tmp_path, monkeypa
                       + [diversity_rows("cbdm", 0, ratio=(0.95, 0.9, 0.8), mem=(0.0, 0.0, 0.1)),
                          diversity_rows("real", 0, ratio=(1.0, 1.0, 1.0), mem=(0.0, 0.0, 0.02))])
     [(_, display, marks)] = leaderboards(table)
-    assert display.loc["cbdm", "Vendi/real few"] == "0.800"
+    assert display.loc["cbdm", "Vendi-in/real few"] == "0.800"
     # cbdm has the best mean (0.8 is closer to 1 than ddpm's 1.4) but shares only seed 0 with ddpm: not separable
-    assert marks.loc["cbdm", "Vendi/real few"] == "tie"
-    [vendi] = display.attrs["paired"]["Vendi/real few"]
+    assert marks.loc["cbdm", "Vendi-in/real few"] == "tie"
+    [vendi] = display.attrs["paired"]["Vendi-in/real few"]
     assert (vendi.best, vendi.other, vendi.test.n_seeds) == ("cbdm", "ddpm", 1) and np.isnan(vendi.test.p)
     assert vendi.test.mean_diff == pytest.approx(0.2) and "2 seeds not shared" in vendi.test.note
     assert marks.loc["cbdm", "Mem few"] == "tie" and display.loc["real data (floor)", "Mem few"] == "0.020"
@@ -208,7 +208,7 @@ def test_diversity_plot_per_class_csv_and_leaderboard_columns(tmp_path, monkeypa
     names = dict(figs)
     [stem] = [n for n in names if n.startswith("diversity_")]
     axes = names[stem].axes
-    assert [a.get_ylabel() for a in axes] == [plots.YLABEL[m] for m in ("vendi_ratio", "coverage", "memorization")]
+    assert [a.get_ylabel() for a in axes] == [plots.YLABEL[m] for m in ("vendi_inlier_ratio", "coverage", "memorization")]
     lines = {ln.get_label(): ln for ln in axes[0].lines}
     assert set(lines) >= {"ddpm", "cbdm", "real data (floor)"}
     np.testing.assert_allclose(lines["ddpm"].get_ydata(), [1.41, 0.61, 0.91])  # tail first: sorted by class size
@@ -222,7 +222,7 @@ def test_diversity_plot_per_class_csv_and_leaderboard_columns(tmp_path, monkeypa
     per_class = pd.read_csv(csv)
     ddpm = per_class[per_class.method == "ddpm"].set_index("class")
     assert ddpm.loc[2, "class_name"] == "Bag" and ddpm.loc[2, "train_count"] == 10 and ddpm.loc[2, "seeds"] == 3
-    assert ddpm.loc[2, "memorization_pixel"] == pytest.approx(0.51) and ddpm.loc[2, "vendi_ratio_std"] > 0
+    assert ddpm.loc[2, "memorization_pixel"] == pytest.approx(0.51) and ddpm.loc[2, "vendi_inlier_ratio_std"] > 0
     assert len(per_class) == 9 and set(per_class.method) == {"ddpm", "cbdm", "real data (floor)"}
 
 

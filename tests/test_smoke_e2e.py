@@ -48,13 +48,15 @@ def test_results_table_has_every_method_group_and_metric(smoke):
                 "train_count"} <= set(rows.metric)  # fmt: skip
         assert (fid.value > 0).all() and np.isfinite(fid.value).all()
         assert (rows.n_gen[rows.metric == "fid"] > 0).all() and (rows.n_ref[rows.metric == "fid"] > 0).all()
-        for metric in ("vendi", "vendi_real", "vendi_ratio", "memorization", "memorization_pixel"):
+        for metric in ("vendi", "vendi_real", "vendi_ratio", "vendi_inlier", "vendi_inlier_real", "vendi_inlier_ratio",
+                       "memorization", "memorization_pixel"):
             sel = rows[rows.metric == metric]
             assert set(sel.group) == {"all", "many", "medium", "few", "class"}, metric
             assert sorted(sel[sel.group == "class"]["class"].astype(int)) == list(range(10))
             assert sel.value.notna().all() and ((sel.n_gen > 0) | (sel.n_ref > 0)).all(), metric
     real = table[table.method == "real"]
-    assert {"fid", "recall", "real_acc", "vendi_ratio", "memorization", "memorization_pixel"} <= set(real.metric)
+    assert {"fid", "recall", "real_acc", "vendi_ratio", "vendi_inlier_ratio", "memorization",
+            "memorization_pixel"} <= set(real.metric)
     names = table[table.metric == "train_count"].note
     assert names.str.contains("name=").all()  # digits: the names are "0".."9"
     # one split for all: every row carries the same fingerprint

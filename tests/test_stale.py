@@ -32,6 +32,8 @@ def current_rows(method="ddpm", seed=0, sampler="ddim"):
              note="kid_subset=8;kid_subsets=1 (degenerate subsets: each is the whole set, no std)"),
         _row(method, "kid", seed=seed, sampler=sampler, note="kid_subset=10;kid_subsets=100;std=0.01"),
         _row(method, "fid_at_floor_n", seed=seed, sampler=sampler, note="at the real floor n_per_class=10"),
+        _row(method, "vendi", seed=seed, sampler=sampler, note="kernel=cosine"),
+        _row(method, "vendi_inlier", seed=seed, sampler=sampler, note="kernel=cosine;gate=k-NN manifold"),
     ]
 
 
@@ -92,3 +94,12 @@ def test_classifier_rows_without_the_weights_digest_are_stale():
     assert set(stale.rule) == {"classifier-unweighed"} and len(stale) == len(rows)
     fresh = [dict(r, feature_space="classifier:abc:w0123456789ab") for r in current_rows() + current_rows("real")]
     assert stale_rows(frame(fresh)).empty
+
+
+def test_vendi_without_the_inlier_rows_is_stale_per_cell():
+    rows = current_rows() + current_rows("real")
+    old = [r for r in current_rows("cbdm") if r["metric"] != "vendi_inlier"]  # scored before vendi_inlier
+    stale = stale_rows(frame(rows + old))
+    assert list(stale.rule) == ["no-vendi-inlier"] and list(stale.method) == ["cbdm"] and list(stale.metric) == ["vendi"]
+    other_space = [dict(r, feature_space="inception") for r in old]  # rows of another space do not vouch for it
+    assert "no-vendi-inlier" in set(stale_rows(frame(rows + current_rows("cbdm") + other_space)).rule)

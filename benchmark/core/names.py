@@ -29,7 +29,10 @@ REAL_ACC = "real_acc"  # classifier trained on the real long-tailed set alone (d
 TRAIN_COUNT = "train_count"  # training images per class (a per-class row of every cell)
 VENDI = "vendi"  # Vendi score of the generated images (cosine kernel)
 VENDI_REAL = "vendi_real"  # Vendi score of real reference images at the same n per class
-VENDI_RATIO = "vendi_ratio"  # vendi / vendi_real: 1 = as diverse as real data
+VENDI_RATIO = "vendi_ratio"  # vendi / vendi_real: 1 = as diverse as real data (rewards noisy samples)
+VENDI_INLIER = "vendi_inlier"  # Vendi of the generated images inside their class's real manifold x their fraction
+VENDI_INLIER_REAL = "vendi_inlier_real"  # the same of held-out real images of the class
+VENDI_INLIER_RATIO = "vendi_inlier_ratio"  # vendi_inlier / vendi_inlier_real: 1 = as diverse as real, noise lowers it
 MEMORIZATION = "memorization"  # fraction of generated images with d1/d2 < 1/3 to their class's training images
 MEMORIZATION_PIXEL = "memorization_pixel"  # the same test on raw pixels (feature_space PIXEL)
 

@@ -21,6 +21,28 @@ row, so they include the diversity between classes.  A feature vector of norm ze
 cosine: such a slice is NaN with the reason.  ``vendi-score``'s ``score_dual`` computes the
 same number (cross-checked in the tests); it is not called here because it gives zero vectors
 a silent zero row.
+
+**Vendi rewards noise.**  Without a reference, a set of noisy, off-manifold samples is "diverse":
+in the demo, DDPM's blob-like tail classes score the highest Vendi ratios of all classes.  The
+``vendi_inlier`` rows fix that with the real data of the class as the judge of what counts:
+
+    vendi_inlier = Vendi(generated images inside the class's real manifold) x (their fraction)
+
+(0 when no image is inside).  The manifold is improved precision's: the union of the k-NN balls
+(k = ``eval.pr_k``) of the class's reference images, each image tested against the manifold of
+its *own* class, so an image that looks like another class does not count either.  The real
+counterpart ``vendi_inlier_real`` is the same statistic of real images that did not build the
+manifold: per class and draw, the reference is split at random into n held-out images
+(n = min(n_gen, half the class)) and the manifold (the rest); the generated side is n of the
+class's generated images tested against that same manifold.  ``vendi_inlier_ratio`` (generated /
+real, both averaged over ``draws`` splits) is 1 for a generator that draws from the real
+distribution, falls when samples leave the manifold (fewer inliers, each counted once) and when
+the inliers collapse onto a few modes (lower Vendi).  Group and overall rows pool the slices'
+inliers; a class whose reference is too small for a manifold after the hold-out (fewer than
+k + 1 images) is NaN with the reason and left out of its group (named in the group rows' note).
+This is the quality-weighted Vendi score of Nguyen and Dieng (2024, qVS = mean quality x Vendi)
+with the 0/1 in-manifold test as the quality, except that the Vendi factor is taken over the
+inliers only, so off-manifold samples raise neither factor.
 """
 
 from __future__ import annotations
@@ -28,7 +50,18 @@ from __future__ import annotations
 import numpy as np
 
 from benchmark.core.errors import MetricError, failure_note
-from benchmark.core.names import ALL, CLASS, GROUPS, VENDI, VENDI_RATIO, VENDI_REAL
+from benchmark.core.names import (
+    ALL,
+    CLASS,
+    GROUPS,
+    VENDI,
+    VENDI_INLIER,
+    VENDI_INLIER_RATIO,
+    VENDI_INLIER_REAL,
+    VENDI_RATIO,
+    VENDI_REAL,
+)
+from benchmark.eval.knn import inside_balls
 
 KERNEL = "cosine"
 
@@ -101,4 +134,86 @@ def vendi_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[str
         ):
             rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref, value=value,
                              note=";".join(p for p in (why, note, extra) if p)))
+    return rows
+
+
+def inlier_vendi(features: np.ndarray, inside: np.ndarray) -> float:
+    """Vendi score of the rows flagged ``inside`` times their fraction of all rows (0 when none is)."""
+    inside = np.asarray(inside, dtype=bool)
+    if len(inside) == 0:
+        raise MetricError("no samples to score")
+    kept = np.asarray(features)[inside]
+    return 0.0 if len(kept) == 0 else vendi_score(kept) * len(kept) / len(inside)
+
+
+def vendi_inlier_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[str], k: int = 3, seed: int = 0,
+                      draws: int = 5, device=None) -> list[dict]:
+    """``vendi_inlier``, ``vendi_inlier_real`` and ``vendi_inlier_ratio`` rows overall, per group and per
+    class (module docstring): generated and held-out real images inside their class's k-NN manifold."""
+    gen_feats = np.asarray(gen_feats, dtype=np.float64)
+    ref_feats = np.asarray(ref_feats, dtype=np.float64)
+    gen_labels, ref_labels = np.asarray(gen_labels), np.asarray(ref_labels)
+    classes_all = range(len(groups))
+    gen_idx = {c: np.flatnonzero(gen_labels == c) for c in classes_all}
+    ref_idx = {c: np.flatnonzero(ref_labels == c) for c in classes_all}
+    held = {c: min(len(gen_idx[c]), len(ref_idx[c]) // 2) for c in classes_all}
+    why = {}
+    for c in classes_all:
+        if not len(gen_idx[c]):
+            why[c] = "skipped: the class has no generated images"
+        elif len(ref_idx[c]) - held[c] < k + 1:
+            why[c] = (f"skipped: the class has {len(ref_idx[c])} reference images; holding out {held[c]} leaves "
+                      f"fewer than the k + 1 = {k + 1} its k-NN manifold needs")
+    usable = [c for c in classes_all if c not in why]
+    # per draw and class: (generated rows, inside?) and (held-out real rows, inside?), one split per draw
+    picks: list[dict] = []
+    for r in range(draws):
+        per_class = {}
+        for c in usable:
+            rng = np.random.default_rng([seed, 101 + r, c])
+            order = rng.permutation(ref_idx[c])
+            real, manifold = order[: held[c]], order[held[c] :]
+            gen = _draw(gen_idx[c], held[c], rng)
+            base = ref_feats[manifold]
+            per_class[c] = ((gen, inside_balls(gen_feats[gen], base, k=k, device=device)),
+                            (real, inside_balls(ref_feats[real], base, k=k, device=device)))
+        picks.append(per_class)
+    rows = []
+    for group, cls, classes in slices(groups):
+        use = [c for c in classes if c in usable]
+        left_out = [c for c in classes if c not in usable and len(gen_idx[c])]
+        n = sum(held[c] for c in use)
+        note = [f"kernel={KERNEL};gate=k-NN manifold of the class's reference (k={k});"
+                f"value=vendi(inliers)*inliers/n;n_per_class=min(n_gen,half the class);draws={draws}"]
+        if cls is None:
+            note.append("pooled")
+        if left_out and cls is None:
+            note.append("left_out_classes=" + "/".join(map(str, left_out)))
+        try:
+            if not use:
+                raise MetricError(why[cls][len("skipped: "):] if cls is not None and cls in why else
+                                  "no class of this slice has generated images and a reference manifold")
+            gen_v, real_v, gen_in, real_in = [], [], [], []
+            for per_class in picks:
+                for side, values, fractions in ((0, gen_v, gen_in), (1, real_v, real_in)):
+                    feats = gen_feats if side == 0 else ref_feats
+                    rows_ = np.concatenate([per_class[c][side][0] for c in use])
+                    inside = np.concatenate([per_class[c][side][1] for c in use])
+                    values.append(inlier_vendi(feats[rows_], inside))
+                    fractions.append(inside.mean())
+            gen_mean, real_mean = float(np.mean(gen_v)), float(np.mean(real_v))
+            if real_mean == 0:
+                raise MetricError("no held-out real image lies inside the manifold, so there is no real level")
+            values, fractions, reason = (gen_mean, real_mean, gen_mean / real_mean), (np.mean(gen_in), np.mean(real_in)), ""
+        except Exception as err:  # noqa: BLE001 - a slice that fails is a NaN row; the other rows are kept
+            values, fractions, reason = (float("nan"),) * 3, (float("nan"),) * 2, failure_note(err)
+        common = ";".join(note)
+        inl = f"inliers={fractions[0]:.3f}", f"real_inliers={fractions[1]:.3f}"
+        for metric, value, n_gen, n_ref, extra in (
+            (VENDI_INLIER, values[0], n, 0, inl[0]),
+            (VENDI_INLIER_REAL, values[1], 0, n, inl[1]),
+            (VENDI_INLIER_RATIO, values[2], n, n, ";".join(inl)),
+        ):
+            rows.append(dict(metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref, value=value,
+                             note=";".join(p for p in (reason, common, extra if not reason else "") if p)))
     return rows

@@ -51,7 +51,7 @@ from benchmark.core.names import (
 )
 from benchmark.data.imagefolder import IMAGE_EXTENSIONS, image_files, read_image, set_channels
 from benchmark.data.reference import FALLBACK_NOTE
-from benchmark.eval.diversity import vendi_rows
+from benchmark.eval.diversity import vendi_inlier_rows, vendi_rows
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
 from benchmark.eval.memorization import class_ratios, memorization_rows, neighbour_sheet, pixels, sheet_classes
@@ -150,11 +150,15 @@ def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset
 
 
 def _diversity_rows(gen: dict, gen_labels, gen_pixels, ref: dict, ref_labels, train: dict, train_labels, train_pixels,
-                    *, dataset, seed: int, space_id: str, extra_note: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Vendi and memorisation rows; also the pixel-space d1/d2 ratios and nearest training indices."""
+                    *, dataset, k: int, seed: int, space_id: str, extra_note: str,
+                    device: torch.device | None = None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Vendi (plain and of the in-manifold images) and memorisation rows; also the pixel-space d1/d2
+    ratios and nearest training indices."""
     groups = list(dataset.groups)
     counts = np.bincount(np.asarray(train_labels), minlength=dataset.num_classes)
-    vendi = pd.DataFrame(vendi_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=groups, seed=seed))
+    vendi = pd.DataFrame(vendi_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=groups, seed=seed)
+                         + vendi_inlier_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=groups,
+                                             k=k, seed=seed, device=device))
     vendi.insert(0, "feature_space", space_id)
     parts = [vendi]
     pixel = (None, None)
@@ -293,8 +297,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
         train_labels = dataset.train_labels.numpy()
         div, ratios, near = _diversity_rows(
             gen, labels.numpy(), pixels(images), ref, ref_labels.numpy(), train, train_labels,
-            pixels(dataset.train_images), dataset=dataset, seed=seed, space_id=space.identity,
-            extra_note=f"reference={cfg.reference}",
+            pixels(dataset.train_images), dataset=dataset, k=cfg.pr_k, seed=seed, space_id=space.identity,
+            extra_note=f"reference={cfg.reference}", device=device,
         )  # fmt: skip
         parts.append(div)
         if neighbours_path is not None:
@@ -408,7 +412,7 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
             train_labels, train_images = dataset.train_labels.numpy(), dataset.train_images
         div, _, _ = _diversity_rows(gen, labels[held], pixels(ref_images[torch.from_numpy(held)]), rest_ref,
                                     labels[rest], train, train_labels, pixels(train_images), dataset=dataset,
-                                    seed=seed, space_id=space.identity, extra_note=note)
+                                    k=cfg.pr_k, seed=seed, space_id=space.identity, extra_note=note, device=device)
         frame = pd.concat([frame, div], ignore_index=True)
     frame = flag_untrusted(frame[EVAL_COLUMNS], space)
     frame["class"] = frame["class"].astype("Int64")

@@ -192,3 +192,22 @@ def _as_fp32(a, device: torch.device) -> torch.Tensor:
     if torch.is_tensor(a):
         return a.to(device=device, dtype=torch.float32)
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)
+
+
+def inside_balls(x, ref, *, k: int, device: torch.device | str | None = None,
+                 block_elems: int = BLOCK_ELEMS) -> np.ndarray:
+    """Per row of ``x``: does it lie inside the k-NN ball of at least one row of ``ref``?
+
+    Improved precision's per-sample test (distance ``<=`` the (k+1)-th smallest distance of a reference
+    row to the reference, itself included), by the same passes as ``knn_slices``: its mean is that
+    function's precision.  ``ref`` needs more than k rows."""
+    if len(ref) < k + 1:
+        raise MetricError(f"the k-NN manifold (k={k}) needs at least {k + 1} reference samples, got {len(ref)}")
+    dev = torch.device(device) if device is not None else (x.device if torch.is_tensor(x) else torch.device("cpu"))
+    g, r = (_as_fp32(a, dev) for a in (x, ref))
+    with _exact_fp32(dev), torch.no_grad():
+        radius = _radii(r, [((0, len(r)), (k,))], block_elems)[0][k]
+        hit = torch.zeros(len(g), dtype=torch.bool, device=dev)
+        for s, d in _blocks(g, r, block_elems):
+            hit[s : s + len(d)] = (d <= radius).any(1)
+    return hit.cpu().numpy()

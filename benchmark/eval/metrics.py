@@ -90,7 +90,7 @@ from benchmark.eval.knn import knn_metrics, knn_slices
 
 # the version of the statistics' definitions: bumped whenever a row would come out differently from the same
 # features (it enters the real-floor cache key, so a cached floor of an older version is recomputed)
-STATS_VERSION = 3
+STATS_VERSION = 4  # 4: the vendi_inlier rows
 
 # ---------------------------------------------------------------- single-slice metrics
 

@@ -47,6 +47,9 @@ from benchmark.core.names import (
     REAL_ACC,
     RECALL,
     VENDI,
+    VENDI_INLIER,
+    VENDI_INLIER_RATIO,
+    VENDI_INLIER_REAL,
     VENDI_RATIO,
     VENDI_REAL,
     at_floor_n,
@@ -81,7 +84,7 @@ LEADERBOARD_COLUMNS = [  # what each leaderboard shows, in order
     Column("Rec", RECALL, ALL, False, 3),
     Column("Rec few", RECALL, FEW, False, 3),
     Column("Cov few", COVERAGE, FEW, False, 3),
-    Column("Vendi/real few", VENDI_RATIO, FEW, False, 3, target=1.0),
+    Column("Vendi-in/real few", VENDI_INLIER_RATIO, FEW, False, 3, target=1.0),
     Column("Mem few", MEMORIZATION, FEW, True, 3),
     Column("Mem px few", MEMORIZATION_PIXEL, FEW, True, 3),
     Column("LabelAcc", LABEL_ACC, ALL, False, 3),
@@ -370,8 +373,8 @@ LEGEND = (
 )
 
 
-PER_CLASS_METRICS = [FID, KID, PRECISION, RECALL, DENSITY, COVERAGE, VENDI, VENDI_REAL, VENDI_RATIO, MEMORIZATION,
-                     MEMORIZATION_PIXEL, LABEL_ACC, CAS_ACC, AUG_ACC]
+PER_CLASS_METRICS = [FID, KID, PRECISION, RECALL, DENSITY, COVERAGE, VENDI, VENDI_REAL, VENDI_RATIO, VENDI_INLIER,
+                     VENDI_INLIER_REAL, VENDI_INLIER_RATIO, MEMORIZATION, MEMORIZATION_PIXEL, LABEL_ACC, CAS_ACC, AUG_ACC]
 
 
 def per_class_table(table: pd.DataFrame) -> pd.DataFrame:

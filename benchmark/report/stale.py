@@ -19,7 +19,9 @@ samples made outside the harness: ``evaluate --force``).  Each rule names the ch
   (``classifier:<fingerprint>``), from before the identity carried a digest of the evaluator's
   weights (``classifier:<fingerprint>:w<digest>``): a retrained evaluator could have met features
   of the old one.  Rescored, they come back under the new name, beside the old rows, which
-  the rescore then drops.
+  the rescore then drops;
+- ``no-vendi-inlier``: Vendi rows of a cell scored before the in-manifold Vendi (``vendi_inlier``,
+  which noisy samples cannot raise) existed: the diversity curve and its leaderboard column are empty.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from benchmark.core.names import (
     PRECISION,
     REAL,
     RECALL,
+    VENDI,
+    VENDI_INLIER,
     at_floor_n,
     is_interval,
 )
@@ -107,6 +111,14 @@ def _classifier_unweighed(table: pd.DataFrame) -> pd.Series:
     return space.str.startswith("classifier:") & ~space.str.contains(":w", regex=False)
 
 
+def _no_vendi_inlier(table: pd.DataFrame) -> pd.Series:
+    """The ``vendi`` rows of cells (method or floor) that have no ``vendi_inlier`` row in that feature space."""
+    key = CELL + ["protocol", "feature_space", "reference"]
+    ident = table[key].astype(str).apply(tuple, axis=1)
+    scored = set(ident[table["metric"] == VENDI_INLIER])
+    return (table["metric"] == VENDI) & ~ident.isin(scored)
+
+
 RULES = (
     Rule("interval-bootstrap", "FID/KID intervals from resampling the generated set with replacement (they could "
          "exclude their own estimate; now half-sampling of both sets)", _bootstrap),
@@ -119,6 +131,8 @@ RULES = (
          "existed: their '@floor n' leaderboard columns are empty", _no_floor_n),
     Rule("classifier-unweighed", "classifier feature space named by its recipe alone, from before the identity "
          "carried a digest of the evaluator's weights", _classifier_unweighed),
+    Rule("no-vendi-inlier", "Vendi rows from before the in-manifold Vendi (vendi_inlier, which noisy samples cannot "
+         "raise): the diversity curve's headline and 'Vendi-in/real few' are empty", _no_vendi_inlier),
 )
 
 

@@ -78,7 +78,7 @@ def test_leaderboards_and_plots_exist(smoke):
         assert f"| {method} |" in board
     plots = {p.name.split("_")[0] for p in (out / "plots").glob("*.png") if p.stat().st_size > 1000}
     assert {"per", "groups", "samples", "diversity", "neighbours"} <= plots
-    assert "Vendi/real few" in board and (out / "leaderboard_per_class.csv").stat().st_size > 200
+    assert "Vendi-in/real few" in board and (out / "leaderboard_per_class.csv").stat().st_size > 200
 
 
 def test_rerun_skips_finished_cells_and_report_is_identical(smoke, capsys):

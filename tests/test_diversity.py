@@ -255,3 +255,51 @@ def test_inlier_rows_sizes_skips_and_zero():
     assert "left_out_classes=2" in ratio[("all", None)]["note"] and ratio[("all", None)]["n_gen"] == 40
     again = vendi_inlier_rows(gen, np.repeat(np.arange(3), 30), ref, ref_y, groups=GROUPS3)
     assert [r["value"] for r in again] == pytest.approx([r["value"] for r in rows], nan_ok=True)  # seeded
+
+
+def test_a_failing_manifold_test_is_a_nan_class_and_its_group_leaves_it_out(monkeypatch):
+    from benchmark.eval import diversity
+
+    rng = np.random.default_rng(10)
+    ref, ref_y = _world(rng, d=16, n_ref=40)
+    gen = np.concatenate([_class_features(rng, 20, 16, c) for c in range(3)])
+    real = diversity.inside_balls
+
+    def fails_on_class_1(x, base, **kw):
+        if np.allclose(base.mean(0)[1], 6.0, atol=1.5):  # class 1's manifold is centred on axis 1
+            raise RuntimeError("out of memory")
+        return real(x, base, **kw)
+
+    monkeypatch.setattr(diversity, "inside_balls", fails_on_class_1)
+    rows = _inlier(vendi_inlier_rows(gen, np.repeat(np.arange(3), 20), ref, ref_y, groups=GROUPS3))
+    bad = rows[("class", 1)]
+    assert math.isnan(bad["value"]) and bad["note"].startswith("skipped: failed with RuntimeError: out of memory")
+    assert np.isfinite(rows[("class", 0)]["value"]) and np.isfinite(rows[("all", None)]["value"])
+    assert "left_out_classes=1" in rows[("all", None)]["note"] and math.isnan(rows[("medium", None)]["value"])
+
+
+def test_a_failing_neighbour_search_is_nan_memorisation_rows(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmark.eval import evaluate
+
+    rng = np.random.default_rng(11)
+    gen, gen_y = rng.normal(size=(30, 8)), np.repeat(np.arange(3), 10)
+    ref, ref_y = rng.normal(size=(60, 8)), np.repeat(np.arange(3), 20)
+    train, train_y = rng.normal(size=(30, 8)), np.repeat(np.arange(3), 10)
+    pix = rng.integers(0, 255, size=(30, 12), dtype=np.uint8)
+    real = evaluate.class_ratios
+
+    def pixel_search_fails(query, *a, **kw):
+        if query.dtype == np.uint8:
+            raise MemoryError("cannot allocate")
+        return real(query, *a, **kw)
+
+    monkeypatch.setattr(evaluate, "class_ratios", pixel_search_fails)
+    ds = SimpleNamespace(groups=GROUPS3, num_classes=3)
+    frame, ratios, near = evaluate._diversity_rows({"features": gen}, gen_y, pix, {"features": ref}, ref_y,
+                                                   {"features": train}, train_y, pix, dataset=ds, k=3, seed=0,
+                                                   space_id="s", extra_note="")
+    px = frame[frame.metric == "memorization_pixel"]
+    assert len(px) == 7 and px.value.isna().all() and px.note.str.startswith("skipped: failed with MemoryError").all()
+    assert frame[frame.metric == "memorization"].value.notna().all() and ratios is None and near is None

@@ -164,20 +164,23 @@ def vendi_inlier_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: l
         elif len(ref_idx[c]) - held[c] < k + 1:
             why[c] = (f"skipped: the class has {len(ref_idx[c])} reference images; holding out {held[c]} leaves "
                       f"fewer than the k + 1 = {k + 1} its k-NN manifold needs")
-    usable = [c for c in classes_all if c not in why]
     # per draw and class: (generated rows, inside?) and (held-out real rows, inside?), one split per draw
-    picks: list[dict] = []
-    for r in range(draws):
-        per_class = {}
-        for c in usable:
-            rng = np.random.default_rng([seed, 101 + r, c])
-            order = rng.permutation(ref_idx[c])
-            real, manifold = order[: held[c]], order[held[c] :]
-            gen = _draw(gen_idx[c], held[c], rng)
-            base = ref_feats[manifold]
-            per_class[c] = ((gen, inside_balls(gen_feats[gen], base, k=k, device=device)),
-                            (real, inside_balls(ref_feats[real], base, k=k, device=device)))
-        picks.append(per_class)
+    picks: list[dict] = [{} for _ in range(draws)]
+    for c in [c for c in classes_all if c not in why]:
+        try:
+            for r in range(draws):
+                rng = np.random.default_rng([seed, 101 + r, c])
+                order = rng.permutation(ref_idx[c])
+                real, manifold = order[: held[c]], order[held[c] :]
+                gen = _draw(gen_idx[c], held[c], rng)
+                base = ref_feats[manifold]
+                picks[r][c] = ((gen, inside_balls(gen_feats[gen], base, k=k, device=device)),
+                               (real, inside_balls(ref_feats[real], base, k=k, device=device)))
+        except Exception as err:  # noqa: BLE001 - the class becomes a NaN row with the reason, the rest is kept
+            why[c] = failure_note(err)
+            for per_class in picks:
+                per_class.pop(c, None)
+    usable = [c for c in classes_all if c not in why]
     rows = []
     for group, cls, classes in slices(groups):
         use = [c for c in classes if c in usable]
@@ -191,7 +194,7 @@ def vendi_inlier_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: l
             note.append("left_out_classes=" + "/".join(map(str, left_out)))
         try:
             if not use:
-                raise MetricError(why[cls][len("skipped: "):] if cls is not None and cls in why else
+                raise MetricError(why[cls].removeprefix("skipped: ") if cls is not None and cls in why else
                                   "no class of this slice has generated images and a reference manifold")
             gen_v, real_v, gen_in, real_in = [], [], [], []
             for per_class in picks:

@@ -32,7 +32,7 @@ import torch
 
 from benchmark.core.config import EvalConfig, choices
 from benchmark.core.distributed import current, main_first
-from benchmark.core.errors import ConfigError, DataError
+from benchmark.core.errors import ConfigError, DataError, failure_note
 from benchmark.core.files import save_npz_atomic, write_csv_atomic
 from benchmark.core.names import (
     ALL,
@@ -54,7 +54,14 @@ from benchmark.data.reference import FALLBACK_NOTE
 from benchmark.eval.diversity import vendi_inlier_rows, vendi_rows
 from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
-from benchmark.eval.memorization import class_ratios, memorization_rows, neighbour_sheet, pixels, sheet_classes
+from benchmark.eval.memorization import (
+    class_ratios,
+    failed_rows,
+    memorization_rows,
+    neighbour_sheet,
+    pixels,
+    sheet_classes,
+)
 from benchmark.eval.metrics import STATS_VERSION, compute_rows
 from benchmark.eval.trust import UNTRUSTED_NOTE, TrustVerdict, fix_advice
 
@@ -163,11 +170,16 @@ def _diversity_rows(gen: dict, gen_labels, gen_pixels, ref: dict, ref_labels, tr
     parts = [vendi]
     pixel = (None, None)
     for space, query, base in ((space_id, gen["features"], train["features"]), (PIXEL, gen_pixels, train_pixels)):
-        ratios, near = class_ratios(query, gen_labels, base, train_labels, num_classes=dataset.num_classes,
-                                    k=NEIGHBOURS)
         metric = MEMORIZATION_PIXEL if space == PIXEL else MEMORIZATION
-        rows = pd.DataFrame(memorization_rows(ratios, gen_labels, counts, groups=groups, metric=metric,
-                                              space="pixel" if space == PIXEL else "features"))
+        kind = "pixel" if space == PIXEL else "features"
+        try:
+            ratios, near = class_ratios(query, gen_labels, base, train_labels, num_classes=dataset.num_classes,
+                                        k=NEIGHBOURS)
+            rows = pd.DataFrame(memorization_rows(ratios, gen_labels, counts, groups=groups, metric=metric, space=kind))
+        except Exception as err:  # noqa: BLE001 - a failed neighbour search is NaN rows with the reason
+            ratios = near = None  # no neighbour sheet from a search that failed
+            rows = pd.DataFrame(failed_rows(gen_labels, counts, groups=groups, metric=metric, space=kind,
+                                            reason=failure_note(err)))
         rows.insert(0, "feature_space", space)
         parts.append(rows)
         if space == PIXEL:
@@ -301,7 +313,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
             extra_note=f"reference={cfg.reference}", device=device,
         )  # fmt: skip
         parts.append(div)
-        if neighbours_path is not None:
+        if neighbours_path is not None and ratios is not None:
             write_neighbours(neighbours_path, images, labels.numpy(), ratios, near, dataset=dataset)
     if downstream and cfg.downstream:
         down = downstream_rows(images, labels, dataset=dataset, epochs=cfg.downstream_epochs, seed=seed,

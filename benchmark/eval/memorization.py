@@ -103,6 +103,16 @@ def memorization_rows(ratios: np.ndarray, labels: np.ndarray, train_counts, *, g
     return rows
 
 
+def failed_rows(labels: np.ndarray, train_counts, *, groups: list[str], metric: str, space: str,
+                reason: str) -> list[dict]:
+    """The rows of ``memorization_rows`` when the neighbour search itself failed: every slice NaN with
+    ``reason`` (a ``failure_note``), never a fraction of comparisons that were not made."""
+    labels, train_counts = np.asarray(labels), np.asarray(train_counts)
+    return [dict(metric=metric, group=group, **{"class": cls}, n_gen=int(np.isin(labels, classes).sum()),
+                 n_ref=int(train_counts[classes].sum()), value=float("nan"), note=f"{reason};space={space}")
+            for group, cls, classes in slices(groups)]
+
+
 def pixels(images: torch.Tensor) -> np.ndarray:
     """uint8 images [N, C, H, W] -> uint8 [N, C*H*W] (a view): the pixel space of the test.  The
     ratio d1 / d2 does not depend on the scale, so the 0..255 values are used as they are."""

@@ -265,3 +265,28 @@ def test_a_job_slurm_may_still_run_is_not_resubmitted(tmp_path, monkeypatch, sac
     monkeypatch.setenv("PATH", str(bin_dir))
     (tmp_path / "slurm.json").write_text('{"launcher": "slurm", "job_id": "7"}')
     assert _active_job(_FakeSubmitit(sacct), tmp_path) == expect
+
+
+def test_a_local_worker_limits_numpy_blas_threads_too(monkeypatch):
+    """numpy's BLAS is loaded before the worker initialiser sets OMP_NUM_THREADS: the limit must be applied
+    to the loaded library, or every --jobs worker runs one BLAS thread per core."""
+    import queue
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from benchmark.harness.launch import _init_worker
+
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    if not blas or blas[0]["num_threads"] < 2:
+        pytest.skip("numpy reports no BLAS library running on more than one thread to limit")
+    before_blas, before_torch = blas[0]["num_threads"], torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(before_torch))
+    slots = queue.Queue()
+    slots.put(None)
+    try:
+        _init_worker(slots, 1)
+        assert {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"} == {1}
+        assert torch.get_num_threads() == 1
+    finally:
+        threadpool_limits(limits=before_blas, user_api="blas")
+        torch.set_num_threads(before_torch)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from benchmark.core.config import Config
 from benchmark.core.device import resolve_device
@@ -99,8 +100,11 @@ def _init_worker(slots, threads: int) -> None:
     slot = slots.get()
     if slot is not None:  # before this process touches CUDA (torch initialises it lazily): its one GPU is cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = slot
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # for what the worker starts later
     torch.set_num_threads(threads)
+    # numpy's BLAS read OMP_NUM_THREADS when the worker imported it, before this ran: limit it now,
+    # or each of the --jobs workers runs as many BLAS threads as the machine has cores
+    threadpool_limits(limits=threads)
 
 
 def _worker_cell(cfg: Config, cell: Cell, out: Path, force: bool) -> CellOutcome:

@@ -108,3 +108,16 @@ def test_perf_rejects_methods_without_a_reference_loop(capsys):
 def test_harness_window_must_divide_the_timed_steps(tmp_path):
     with pytest.raises(ValueError, match="multiple of the warm-up steps"):
         harness_seconds(None, None, "ddpm", steps=3, warm=2, device=torch.device("cpu"), tmp=tmp_path, tag="x")
+
+
+def test_perf_preset_measures_the_presets_model_and_data_shape(capsys):
+    from benchmark.core.presets import get_preset
+
+    smoke = get_preset("smoke")
+    perf.main(["--device", "cpu", "--preset", "smoke", "--methods", "ddpm", "--rounds", "1", "--steps", "2",
+               "--warmup-steps", "1", "--skip", "sample,eval", "--precision", "fp32"])
+    out = capsys.readouterr().out
+    # digits: 1x8x8, 10 classes; the preset's batch and memory format, not --size small's defaults
+    assert re.search(rf"^# model of preset smoke: \d+\.\d+M params, 1x8x8, 10 classes, batch {smoke.train.batch_size}; "
+                     rf"harness and bare: channels_last={smoke.train.channels_last},", out, re.M), out
+    assert re.search(r"^ddpm\s+fp32\s+\d+\.\d+", out, re.M)

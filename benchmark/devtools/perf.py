@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,8 @@ import torch
 from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
 from benchmark.core.device import bf16_support, resolve_device, resolve_precision
 from benchmark.core.names import ALL, GROUPS
+from benchmark.core.presets import get_preset
+from benchmark.data import build_dataset
 from benchmark.devtools.machine import cpu_name
 from benchmark.devtools.perf_loops import (
     METHODS,
@@ -173,6 +174,10 @@ def _spread(xs: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", default="small", choices=sorted(MODEL_SIZES))
+    p.add_argument("--preset", default=None,
+                   help="take the model, batch, memory format, resolution, channels and classes of this preset "
+                        "(e.g. demo; its dataset must be readable) instead of --size/--resolution/--channels/"
+                        "--classes/--batch/--channels-last")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--classes", type=int, default=10)
@@ -229,10 +234,16 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
         precisions = ("fp32", auto) if auto != "fp32" else ("fp32",)
     else:
         precisions = (resolve_precision(args.precision, device),)
-    tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, compile=args.compile)
-    if args.channels_last != "default":
-        tc = replace(tc, channels_last=args.channels_last == "on")
-    cfg = Config(model=MODEL_SIZES[args.size], train=tc, method=MethodConfig())
+    model_cfg, channels_last = MODEL_SIZES[args.size], TrainConfig().channels_last
+    if args.preset:
+        preset = get_preset(args.preset)
+        real = build_dataset(preset.data)
+        model_cfg, channels_last = preset.model, preset.train.channels_last
+        args.size, args.batch, args.resolution = f"of preset {args.preset}", preset.train.batch_size, real.resolution
+        args.channels, args.classes = real.channels, real.num_classes
+    tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, compile=args.compile,
+                     channels_last=channels_last if args.channels_last == "default" else args.channels_last == "on")
+    cfg = Config(model=model_cfg, train=tc, method=MethodConfig())
     data = fake_dataset(channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     model = build_unet(cfg.model, channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     print("$ python -m benchmark.devtools.perf " + shlex.join(sys.argv[1:] if argv is None else argv))

@@ -121,3 +121,17 @@ def test_perf_preset_measures_the_presets_model_and_data_shape(capsys):
     assert re.search(rf"^# model of preset smoke: \d+\.\d+M params, 1x8x8, 10 classes, batch {smoke.train.batch_size}; "
                      rf"harness and bare: channels_last={smoke.train.channels_last},", out, re.M), out
     assert re.search(r"^ddpm\s+fp32\s+\d+\.\d+", out, re.M)
+    # an explicit memory format still wins over the preset's
+    perf.main(["--device", "cpu", "--preset", "smoke", "--methods", "ddpm", "--rounds", "1", "--steps", "2",
+               "--warmup-steps", "1", "--skip", "sample,eval", "--precision", "fp32", "--channels-last", "on"])
+    assert "harness and bare: channels_last=True," in capsys.readouterr().out
+
+
+def test_perf_preset_bad_name_or_unreadable_data_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        perf.main(["--device", "cpu", "--preset", "nope"])
+    assert "--preset nope: unknown preset 'nope'. Valid presets:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # listfile data that is not there: the dataset's own error, naming the fix
+        perf.main(["--device", "cpu", "--preset", "imagenetlt64", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "--preset imagenetlt64:" in err and "Traceback" not in err

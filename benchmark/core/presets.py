@@ -154,8 +154,9 @@ def _demo_config() -> Config:
         # 0.63M parameters; a high learning rate and a short EMA because the budget is 1000 steps
         model=ModelConfig(ch=24, ch_mult=(1, 2, 2), attn_resolutions=(8,), num_res_blocks=1, dropout=0.0),
         train=TrainConfig(
-            # contiguous: on a CPU with native bf16 channels_last made this model's training 1.2x slower in fp32
-            # and 1.7x slower in bf16 (perf --preset demo --channels-last on/off); a speed-only key
+            # contiguous: on an AMD EPYC with native bf16 (avx512_bf16), channels_last made this model's training
+            # 1.07-1.16x slower in fp32 and 1.7x slower in bf16 (perf --preset demo --channels-last on/off, README);
+            # a speed-only key
             steps=1000, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, ckpt_every=100, log_every=25,
             channels_last=False,
         ),

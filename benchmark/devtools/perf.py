@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ import torch
 
 from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
 from benchmark.core.device import bf16_support, resolve_device, resolve_precision
+from benchmark.core.errors import BenchmarkError
 from benchmark.core.names import ALL, GROUPS
 from benchmark.core.presets import get_preset
 from benchmark.data import build_dataset
@@ -178,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="take the model, batch, memory format, resolution, channels and classes of this preset "
                         "(e.g. demo; its dataset must be readable) instead of --size/--resolution/--channels/"
                         "--classes/--batch/--channels-last")
+    p.add_argument("--data-root", default=None, help="where the preset's dataset lies (its data.data_root)")
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--classes", type=int, default=10)
@@ -216,6 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := [m for m in methods if m not in METHODS]:
         p.error(f"no reference loop for {unknown}; choose from {', '.join(METHODS)}")
+    if args.preset:  # resolved here so that an unknown name or unreadable data is a usage error, not a traceback
+        try:
+            preset = get_preset(args.preset)
+            data_cfg = preset.data if args.data_root is None else replace(preset.data, data_root=args.data_root)
+            args.preset_shape = preset, build_dataset(data_cfg)
+        except BenchmarkError as e:
+            p.error(f"--preset {args.preset}: {e.args[0] if e.args else e} (perf reads the preset's dataset only "
+                    "for its shape: make it readable, or give --size/--resolution/--channels/--classes/--batch instead)")
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = args.mkldnn == "on"
     try:
@@ -236,8 +247,7 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
         precisions = (resolve_precision(args.precision, device),)
     model_cfg, channels_last = MODEL_SIZES[args.size], TrainConfig().channels_last
     if args.preset:
-        preset = get_preset(args.preset)
-        real = build_dataset(preset.data)
+        preset, real = args.preset_shape
         model_cfg, channels_last = preset.model, preset.train.channels_last
         args.size, args.batch, args.resolution = f"of preset {args.preset}", preset.train.batch_size, real.resolution
         args.channels, args.classes = real.channels, real.num_classes

@@ -381,11 +381,19 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv = ["run", *argv]
     args = parser.parse_args(argv)
+    from benchmark.core.distributed import shutdown
+
     try:
-        return COMMANDS[args.command](args)
+        rc = COMMANDS[args.command](args)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        from benchmark.harness.grid import RankFailure
+
+        if not isinstance(exc, RankFailure):  # a rank that failed inside a cell exits with the group up, so
+            shutdown()  # torchrun stops the others for its reason, not for a peer's closed connection
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
+    shutdown()  # under torchrun: leave the process group before exit, not at interpreter teardown
+    return rc

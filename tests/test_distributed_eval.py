@@ -102,6 +102,14 @@ def _run_rank(rank, world, port, out, bad=None):
 
         benchmark.harness.stages.train = boom  # the name the stages call
     rc = main(RUN + ["--out", str(out)])
+    import torch.distributed as dist
+
+    # a finished command leaves the group it joined (exiting with it alive can abort the process in gloo's
+    # teardown, SIGABRT after the work is done); a rank that failed inside a cell exits with it up
+    if rc == 0:
+        assert not dist.is_initialized()
+    elif rank == bad:
+        assert dist.is_initialized()
     if rc:
         sys.exit(rc)  # what run_benchmark.py does; torchrun (here spawn) then stops the other ranks
 

@@ -23,6 +23,8 @@ from torch.overrides import TorchFunctionMode
 
 from benchmark.core.errors import ConfigError, TrainingError
 
+_OWNED = False  # whether init_from_env created the process group (then shutdown() destroys it)
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -65,7 +67,22 @@ def init_from_env(device: str = "auto") -> Dist:
         torch.cuda.set_device(local)
     timeout = datetime.timedelta(minutes=float(os.environ.get("LTGEN_DIST_TIMEOUT_MIN", "360")))
     dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+    global _OWNED
+    _OWNED = True
     return current()
+
+
+def shutdown() -> None:
+    """Destroy the process group ``init_from_env`` created, if it did (no-op otherwise).
+
+    A process that exits with the group alive leaves the backend's threads running at interpreter
+    exit, where gloo may abort the process (SIGABRT, "terminate called without an active
+    exception") after its work finished: torchrun then reports a finished run as failed.
+    """
+    global _OWNED
+    if _OWNED and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED = False
 
 
 def barrier() -> None:

@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from benchmark.core.config import Config
 from benchmark.core.device import resolve_device
-from benchmark.core.distributed import init_from_env
+from benchmark.core.distributed import init_from_env, shutdown
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.registry import Registry
@@ -164,7 +164,10 @@ def _cell_job(cfg: Config, cell: Cell, out: Path, force: bool, threads: int | No
         init_from_env(cfg.device)
     if threads:
         torch.set_num_threads(threads)
-    return run_cell(cfg, cell, out, device=resolve_device(cfg.device), force=force, progress=False)
+    try:
+        return run_cell(cfg, cell, out, device=resolve_device(cfg.device), force=force, progress=False)
+    finally:
+        shutdown()
 
 
 def _executor(submitit, kind: str, folder: Path, opts: SlurmOptions, *, name: str, after: list[str]):

@@ -149,18 +149,56 @@ def test_a_library_failure_in_one_slice_is_a_nan_row_and_the_others_are_kept(mon
     rng = np.random.default_rng(4)
     gen, gen_y = rng.normal(size=(40, 8)), np.repeat([0, 1], 20)
     ref, ref_y = rng.normal(size=(40, 8)), np.repeat([0, 1], 20)
-    real = diversity.vendi_score
+    real = diversity._eigenvalues
+    unit = gen[20:] / np.linalg.norm(gen[20:], axis=1, keepdims=True)
+    class_1 = unit.T @ unit / 20  # what the eigensolver sees for generated class 1 (n 20 > d 8)
 
-    def fails_on_class_1(x):
-        if len(x) == 20 and np.allclose(x, gen[20:]):
+    def fails_on_class_1(matrix):
+        if matrix.shape == class_1.shape and np.allclose(matrix, class_1):
             raise np.linalg.LinAlgError("Eigenvalues did not converge")
-        return real(x)
+        return real(matrix)
 
-    monkeypatch.setattr(diversity, "vendi_score", fails_on_class_1)
+    monkeypatch.setattr(diversity, "_eigenvalues", fails_on_class_1)
     rows = {(r["metric"], r["group"], r["class"]): r for r in vendi_rows(gen, gen_y, ref, ref_y, groups=["many", "few"])}
     bad = rows[("vendi", "class", 1)]
     assert math.isnan(bad["value"]) and bad["note"].startswith("skipped: failed with LinAlgError: Eigenvalues")
     assert np.isfinite(rows[("vendi", "class", 0)]["value"]) and np.isfinite(rows[("vendi", "all", None)]["value"])
+
+
+@pytest.mark.parametrize("chunk", [3, 8192])
+def test_pooled_slices_equal_the_score_of_their_concatenated_rows(monkeypatch, chunk):
+    from benchmark.eval import diversity
+
+    monkeypatch.setattr(diversity, "_CHUNK_ROWS", chunk)  # chunk boundaries inside and across classes
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(120, 6)) + rng.normal(size=6)
+    rows = {0: np.arange(0, 50), 1: np.arange(50, 54), 2: np.arange(60, 120, 2), 3: np.array([], dtype=int)}
+    lists = [[0, 1, 2, 3], [0], [1], [2], [3], [1, 2], [0, 2], [1, 3]]  # n > d, n <= d, empty, unions
+    got = diversity.pooled_vendi(feats, rows, lists)
+    for classes, value in zip(lists, got):
+        idx = np.concatenate([rows[c] for c in classes])
+        if len(idx) == 0:
+            assert isinstance(value, MetricError)
+        else:
+            assert value == pytest.approx(vendi_score(feats[idx]), rel=1e-10)
+    # a slice met after its disjoint pieces (overall after [1, 2] and [0]) sums their matrices: same value
+    assert got[0] == pytest.approx(vendi.score_dual(feats[np.concatenate([rows[c] for c in (0, 1, 2)])]), rel=1e-6)
+    inside = rng.random(30) < 0.6
+    kept = diversity.pooled_vendi(feats, {2: rows[2][inside]}, [[2]])[0]
+    assert kept * inside.sum() / len(inside) == pytest.approx(diversity.inlier_vendi(feats[rows[2]], inside), rel=1e-10)
+
+
+def test_pooled_zero_vectors_fail_their_slices_only():
+    from benchmark.eval import diversity
+
+    rng = np.random.default_rng(8)
+    feats = rng.normal(size=(40, 4))
+    feats[[3, 5]] = 0.0
+    rows = {0: np.arange(0, 20), 1: np.arange(20, 40)}
+    whole, first, second = diversity.pooled_vendi(feats, rows, [[0, 1], [0], [1]])
+    for err in (whole, first):
+        assert isinstance(err, MetricError) and "2 of" in str(err) and "zero" in str(err)
+    assert second == pytest.approx(vendi_score(feats[20:]), rel=1e-10)
 
 
 # ---------------------------------------------------------------- in-manifold Vendi (noise is not diversity)

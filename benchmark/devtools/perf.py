@@ -13,7 +13,9 @@ One run prints, for one backbone size, resolution, batch and device:
 * eval: seconds of the fused k-NN pass and of one overall pass against the k-NN lower bound
   (3 distance passes, FLOP at the fp32 GEMM rate measured in the same run), and of every
   per-class + group metric row against one overall pass, on synthetic features (rounds in alternating
-  order, the ratio the median of per-round ratios, as for training).
+  order, the ratio the median of per-round ratios, as for training); then the diversity rows
+  (Vendi, in-manifold Vendi, memorisation in features and pixels) against a synthetic long-tailed
+  training set (IR 100), as a fraction of the metric rows' time.
 
 The training arms (``benchmark.devtools.perf_loops``) run in rounds, in alternating order, each after its
 own untimed warm-up steps; a figure is the median over rounds and a ratio the median of per-round
@@ -112,14 +114,43 @@ def sample_rate(model, diffusion, *, sampler: str, steps: int, n: int, guidance:
     return n / total
 
 
+def _long_tailed_train(centres: np.ndarray, per_class: int, rng: np.random.Generator, imbalance: float = 0.01):
+    """Synthetic training set for the memorisation rows: exponential profile from ``per_class`` down to
+    ``imbalance * per_class`` (at least 1), features around the class centres, uint8 3x32x32 pixels."""
+    c = len(centres)
+    counts = [max(1, round(per_class * imbalance ** (i / max(c - 1, 1)))) for i in range(c)]
+    labels = np.repeat(np.arange(c), counts)
+    feats = rng.normal(size=(len(labels), centres.shape[1]))
+    feats += centres[labels]
+    return feats, labels, rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8)
+
+
+def diversity_seconds(gen, gen_labels, ref, ref_labels, train, train_labels, gen_pixels, train_pixels, *,
+                      groups: list[str], device: torch.device) -> tuple[float, int]:
+    """Wall seconds and row count of what ``eval.diversity`` adds to a cell's evaluation."""
+    from types import SimpleNamespace
+
+    from benchmark.eval.evaluate import _diversity_rows
+
+    dataset = SimpleNamespace(groups=groups, num_classes=len(groups))
+    sync(device)
+    t0 = time.perf_counter()
+    frame, _, _ = _diversity_rows({"features": gen}, gen_labels, gen_pixels, {"features": ref}, ref_labels,
+                                  {"features": train}, train_labels, train_pixels, dataset=dataset, k=3, seed=0,
+                                  space_id="synthetic", extra_note="", device=device)  # fmt: skip
+    sync(device)
+    return time.perf_counter() - t0, len(frame)
+
+
 def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int, device: torch.device,
-                 rounds: int = 1) -> dict:
+                 rounds: int = 1, diversity: bool = True) -> dict:
     """Seconds of the k-NN pass alone, of one overall pass and of overall + groups + every class, on
     synthetic class-clustered features (float64 like the cached features the harness scores), per round.
 
     The two passes alternate in order from round to round (drift on a shared machine hits both alike)
     and both start cold: the reference statistics kept between calls (``benchmark.eval.fidkid``) are
-    cleared before each, so the full pass pays for its own reference covariances."""
+    cleared before each, so the full pass pays for its own reference covariances.  ``diversity``: each
+    round then times the diversity rows (``diversity_seconds``) on the same features."""
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(num_classes), per_class)
     centres = rng.normal(size=(num_classes, dim))
@@ -129,7 +160,11 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
         ref[c * per_class : (c + 1) * per_class] += centres[c]
     groups = [GROUPS[min(2, 3 * c // num_classes)] for c in range(num_classes)]
     passes = {"overall": dict(groups=[ALL] * num_classes, per_class=False), "full": dict(groups=groups)}
-    out: dict = {"knn": [], "overall": [], "full": []}
+    out: dict = {"knn": [], "overall": [], "full": [], "diversity": []}
+    if diversity:
+        train, train_labels, train_pixels = _long_tailed_train(centres, per_class, rng)
+        gen_pixels = rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8)
+        out["train_n"] = len(train_labels)
     base = peak_start(device)
     for r in range(rounds):
         sync(device)
@@ -144,6 +179,10 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
             out[name].append(time.perf_counter() - t0)
             if name == "full":
                 out["rows"] = len(rows)
+        if diversity:
+            seconds, out["diversity_rows"] = diversity_seconds(gen, labels, ref, labels, train, train_labels,
+                                                               gen_pixels, train_pixels, groups=groups, device=device)
+            out["diversity"].append(seconds)
     clear_reference_cache()
     out["ratio"] = [f / o for f, o in zip(out["full"], out["overall"])]
     return dict(out, n=len(labels), peak_mib=peak_mib(device, base))
@@ -210,6 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-per-class", type=int, default=20)
     p.add_argument("--eval-dim", type=int, default=2048)
     p.add_argument("--eval-kid-subsets", type=int, default=100)
+    p.add_argument("--eval-diversity", choices=("on", "off"), default="on",
+                   help="also time the diversity rows (Vendi, in-manifold Vendi, memorisation) on the same features")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train, sample, eval")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak TFLOP/s to report a fraction of "
                    "(default on CUDA: the GPU's bf16 peak from a table; on the CPU: a measured fp32 GEMM rate)")
@@ -328,7 +369,8 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
 
     if "eval" not in skip:
         e = eval_seconds(num_classes=args.eval_classes, per_class=args.eval_per_class, dim=args.eval_dim,
-                         kid_subsets=args.eval_kid_subsets, device=device, rounds=args.rounds)
+                         kid_subsets=args.eval_kid_subsets, device=device, rounds=args.rounds,
+                         diversity=args.eval_diversity == "on")
         flops = knn_flops(e["n"], e["n"], args.eval_dim)
         rate = gemm_tflops(device)
         bound = flops / (rate * 1e12)
@@ -346,6 +388,12 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
               f"({e['rows']} rows) {full:8.2f} s [{min(e['full']):.2f}-{max(e['full']):.2f} s] = "
               f"{statistics.median(e['ratio']):.2f}x the overall pass (median of the rounds' ratios "
               f"{', '.join(f'{x:.2f}' for x in e['ratio'])})")
+        if e["diversity"]:
+            div = statistics.median(e["diversity"])
+            print(f"  diversity rows (Vendi, in-manifold Vendi, memorisation in features and 3x32x32 pixels; "
+                  f"{e['diversity_rows']} rows; {e['train_n']} long-tailed training images, IR 100) {div:8.2f} s "
+                  f"[{min(e['diversity']):.2f}-{max(e['diversity']):.2f} s]: metric rows + diversity rows = "
+                  f"{(full + div) / full:.2f}x the metric rows alone")
         print(f"  peak memory {e['peak_mib']:.0f} MiB ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'})")
 
 

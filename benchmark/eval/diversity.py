@@ -66,6 +66,25 @@ from benchmark.eval.knn import inside_balls
 KERNEL = "cosine"
 
 
+_CHUNK_ROWS = 8192  # rows gathered at a time when a pooled slice's d x d matrix is accumulated
+
+
+def _eigenvalues(gram: np.ndarray) -> np.ndarray:
+    return np.linalg.eigvalsh(gram)
+
+
+def _entropy_exp(gram: np.ndarray, n: int) -> float:
+    """exp of the entropy of the eigenvalues of ``gram / n`` (trace n: the rows are unit vectors)."""
+    w = np.clip(_eigenvalues(gram / n), 0.0, None)
+    w = w / w.sum()  # the trace is exactly 1 (K_ii = 1); this removes the rounding
+    w = w[w > 0]
+    return float(np.exp(-(w * np.log(w)).sum()))
+
+
+def _zero_error(zero: int, n: int) -> MetricError:
+    return MetricError(f"{zero} of {n} feature vectors are zero; the cosine kernel is undefined for them")
+
+
 def vendi_score(features: np.ndarray) -> float:
     """Vendi score (order q = 1) of the rows of ``features`` under the cosine kernel."""
     x = np.asarray(features, dtype=np.float64)
@@ -74,14 +93,62 @@ def vendi_score(features: np.ndarray) -> float:
     norms = np.linalg.norm(x, axis=1)
     zero = int((norms == 0).sum())
     if zero:
-        raise MetricError(f"{zero} of {len(x)} feature vectors are zero; the cosine kernel is undefined for them")
+        raise _zero_error(zero, len(x))
     x = x / norms[:, None]
     n, d = x.shape
-    gram = x @ x.T if n <= d else x.T @ x  # same nonzero eigenvalues
-    w = np.clip(np.linalg.eigvalsh(gram / n), 0.0, None)
-    w = w / w.sum()  # the trace is exactly 1 (K_ii = 1); this removes the rounding
-    w = w[w > 0]
-    return float(np.exp(-(w * np.log(w)).sum()))
+    return _entropy_exp(x @ x.T if n <= d else x.T @ x, n)  # same nonzero eigenvalues
+
+
+def pooled_vendi(features: np.ndarray, rows: dict[int, np.ndarray], slices_: list[list[int]]) -> list:
+    """Vendi score of the pooled ``rows[c]`` of every class list in ``slices_`` (one value, or the
+    exception that slice raised, per list), equal to ``vendi_score(features[concatenated rows])``.
+
+    Scores the overall, group and class slices of one draw without copying a pooled slice: a slice of
+    more rows than dimensions accumulates its d x d matrix X^T X over chunks of unit rows, and a slice
+    that is the disjoint union of slices already accumulated (overall = the groups) sums their
+    matrices, so the overall's pass over the data is not repeated."""
+    feats = np.asarray(features)
+    d = feats.shape[1]
+    grams: dict[frozenset, np.ndarray] = {}
+
+    def unit_chunks(classes):
+        idx = np.concatenate([rows[c] for c in classes])
+        for lo in range(0, len(idx), _CHUNK_ROWS):
+            x = np.asarray(feats[idx[lo : lo + _CHUNK_ROWS]], dtype=np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # without norm()'s n x d temporary
+            x /= np.where(norms == 0, 1.0, norms)[:, None]
+            yield x, int((norms == 0).sum())
+
+    out: list = [None] * len(slices_)
+    for i in sorted(range(len(slices_)), key=lambda j: sum(len(rows[c]) for c in slices_[j])):  # small first
+        classes = [c for c in slices_[i] if len(rows[c])]
+        try:
+            n = sum(len(rows[c]) for c in classes)
+            if n == 0:
+                raise MetricError(f"Vendi needs at least 1 feature vector [n, d], got shape (0, {d})")
+            if n <= d:  # the n x n Gram matrix of the slice's unit rows
+                chunks = list(unit_chunks(classes))
+                if zero := sum(z for _, z in chunks):
+                    raise _zero_error(zero, n)
+                x = np.concatenate([x for x, _ in chunks])
+                out[i] = _entropy_exp(x @ x.T, n)
+                continue
+            left, g, zero = set(classes), np.zeros((d, d)), 0
+            for part in sorted(grams, key=len, reverse=True):  # the largest disjoint pieces already summed
+                if part <= left:
+                    g += grams[part]
+                    left -= part
+            if left:
+                for x, z in unit_chunks(sorted(left)):
+                    g += x.T @ x
+                    zero += z
+            if zero:  # pieces with zero rows were never stored, so the count is the slice's
+                raise _zero_error(zero, n)
+            grams[frozenset(classes)] = g
+            out[i] = _entropy_exp(g, n)
+        except Exception as err:  # noqa: BLE001 - the caller turns it into a NaN row with the reason
+            out[i] = err
+    return out
 
 
 def slices(groups: list[str]) -> list[tuple[str, int | None, list[int]]]:
@@ -116,14 +183,20 @@ def vendi_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[str
     ref_pick = [{c: _draw(ref_idx[c], m[c], np.random.default_rng([seed, 1 + r, c])) for c in ref_idx}
                 for r in range(draws)]
     rows = []
-    for group, cls, classes in slices(groups):
+    cuts = slices(groups)
+    lists = [classes for _, _, classes in cuts]
+    gen_vs = pooled_vendi(gen_feats, gen_pick, lists)
+    real_vs = [pooled_vendi(ref_feats, pick, lists) for pick in ref_pick]
+    for i, (group, cls, classes) in enumerate(cuts):
         n = sum(m[c] for c in classes)
         note = f"kernel={KERNEL};n_per_class=min(n_gen,n_ref)" + (";pooled" if cls is None else "")
         try:
             if n == 0:
                 raise MetricError("no class of this slice has both generated and reference images")
-            gen_v = vendi_score(gen_feats[np.concatenate([gen_pick[c] for c in classes])])
-            real_v = float(np.mean([vendi_score(ref_feats[np.concatenate([p[c] for c in classes])]) for p in ref_pick]))
+            for v in [gen_vs[i]] + [r[i] for r in real_vs]:
+                if isinstance(v, Exception):
+                    raise v
+            gen_v, real_v = gen_vs[i], float(np.mean([r[i] for r in real_vs]))
             values, why = (gen_v, real_v, gen_v / real_v), ""
         except Exception as err:  # noqa: BLE001 - a slice that fails is a NaN row; the other rows are kept
             values, why = (float("nan"),) * 3, failure_note(err)
@@ -181,8 +254,14 @@ def vendi_inlier_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: l
             for per_class in picks:
                 per_class.pop(c, None)
     usable = [c for c in classes_all if c not in why]
+    cuts = slices(groups)
+    lists = [[c for c in classes if c in usable] for _, _, classes in cuts]
+    # per draw and side: the inliers' Vendi of every slice, scored in one pooled pass per draw
+    scored = [[pooled_vendi(gen_feats if side == 0 else ref_feats,
+                            {c: per_class[c][side][0][per_class[c][side][1]] for c in usable}, lists)
+               for side in (0, 1)] for per_class in picks]  # fmt: skip
     rows = []
-    for group, cls, classes in slices(groups):
+    for i, (group, cls, classes) in enumerate(cuts):
         use = [c for c in classes if c in usable]
         left_out = [c for c in classes if c not in usable and len(gen_idx[c])]
         n = sum(held[c] for c in use)
@@ -197,12 +276,13 @@ def vendi_inlier_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: l
                 raise MetricError(why[cls].removeprefix("skipped: ") if cls is not None and cls in why else
                                   "no class of this slice has generated images and a reference manifold")
             gen_v, real_v, gen_in, real_in = [], [], [], []
-            for per_class in picks:
+            for per_class, by_side in zip(picks, scored):
                 for side, values, fractions in ((0, gen_v, gen_in), (1, real_v, real_in)):
-                    feats = gen_feats if side == 0 else ref_feats
-                    rows_ = np.concatenate([per_class[c][side][0] for c in use])
                     inside = np.concatenate([per_class[c][side][1] for c in use])
-                    values.append(inlier_vendi(feats[rows_], inside))
+                    kept = int(inside.sum())
+                    if kept and isinstance(by_side[side][i], Exception):
+                        raise by_side[side][i]
+                    values.append(by_side[side][i] * kept / len(inside) if kept else 0.0)  # inlier_vendi
                     fractions.append(inside.mean())
             gen_mean, real_mean = float(np.mean(gen_v)), float(np.mean(real_v))
             if real_mean == 0:

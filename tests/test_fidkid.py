@@ -94,6 +94,15 @@ def test_pooled_statistics_equal_the_statistics_of_the_pooled_features():
     assert np.abs(pooled.scatter - direct.scatter).max() <= 1e-12 * np.abs(direct.scatter).max()
 
 
+def test_scatter_in_chunks_equals_numpys_covariance(monkeypatch):
+    x = cloud(257, 12, shift=2.0, scale=3.0, seed=5)
+    whole = F.Gaussian.of(x)
+    monkeypatch.setattr(F, "_SCATTER_ROWS", 16)  # 17 chunks, the last one short
+    chunked = F.Gaussian.of(x)
+    assert np.abs(chunked.scatter - whole.scatter).max() <= 1e-12 * np.abs(whole.scatter).max()
+    np.testing.assert_allclose(chunked.cov, np.cov(x, rowvar=False), rtol=1e-12, atol=1e-12)
+
+
 def test_group_fid_from_class_statistics_equals_fid_on_the_pooled_features():
     d, per = 6, [40, 25, 30, 5, 50]  # groups above D, pooled from classes above D and the rows of class 3
     rng = np.random.default_rng(7)

@@ -166,12 +166,14 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
         gen_pixels = rng.integers(0, 256, size=(len(labels), 3 * 32 * 32), dtype=np.uint8)
         out["train_n"] = len(train_labels)
     base = peak_start(device)
+    out["inputs_mib"] = peak_mib(device, base)
     for r in range(rounds):
         sync(device)
         t0 = time.perf_counter()
         knn_metrics(gen, ref, k=3, dc_k=5, device=device)
         sync(device)
         out["knn"].append(time.perf_counter() - t0)
+        phases = {"inputs": out.pop("inputs_mib", None), "k-NN pass": peak_mib(device, base)} if r == 0 else None
         for name in (("overall", "full") if r % 2 == 0 else ("full", "overall")):
             clear_reference_cache()
             t0 = time.perf_counter()
@@ -179,10 +181,16 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
             out[name].append(time.perf_counter() - t0)
             if name == "full":
                 out["rows"] = len(rows)
+        if phases is not None:
+            phases["metric rows"] = peak_mib(device, base)
         if diversity:
             seconds, out["diversity_rows"] = diversity_seconds(gen, labels, ref, labels, train, train_labels,
                                                                gen_pixels, train_pixels, groups=groups, device=device)
             out["diversity"].append(seconds)
+            if phases is not None:
+                phases["diversity rows"] = peak_mib(device, base)
+        if phases is not None:
+            out["phases"] = phases
     clear_reference_cache()
     out["ratio"] = [f / o for f, o in zip(out["full"], out["overall"])]
     return dict(out, n=len(labels), peak_mib=peak_mib(device, base))
@@ -394,7 +402,9 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
                   f"{e['diversity_rows']} rows; {e['train_n']} long-tailed training images, IR 100) {div:8.2f} s "
                   f"[{min(e['diversity']):.2f}-{max(e['diversity']):.2f} s]: metric rows + diversity rows = "
                   f"{(full + div) / full:.2f}x the metric rows alone")
-        print(f"  peak memory {e['peak_mib']:.0f} MiB ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'})")
+        steps = ", ".join(f"{k} {v:.0f}" for k, v in e["phases"].items())
+        print(f"  peak memory {e['peak_mib']:.0f} MiB ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS'}"
+              f"; the peak so far after each phase of the first round, MiB: {steps})")
 
 
 if __name__ == "__main__":

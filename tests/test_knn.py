@@ -117,3 +117,31 @@ def test_many_slices_from_one_pass_equal_each_slice_alone():
     assert shared[3 + 2].pr_skip and not shared[3 + 2].dc_skip  # class 2: 3 generated images
     assert "got 0" in shared[3 + 4].pr_skip  # class 4: no generated images
     assert 0 < shared[0].precision < 1 and 0 < shared[1].coverage <= 1
+
+
+def test_rows_in_an_order_give_the_pass_of_the_ordered_array_bit_for_bit():
+    """``Rows`` (float64 features and an order, made fp32 a block at a time) gives exactly what the pass
+    gives on the ordered fp32 array, for one block and for blocks of a few rows, numpy and torch."""
+    from benchmark.eval.knn import Rows
+
+    rng = np.random.default_rng(30)
+    gl, rl = rng.permutation(np.repeat(np.arange(3), [50, 40, 30])), rng.permutation(np.repeat(np.arange(3), 40))
+    gen = rng.normal(size=(len(gl), 12)) + gl[:, None] * 0.5  # float64, shuffled labels
+    ref = rng.normal(size=(len(rl), 12)) + rl[:, None] * 0.5
+    go, ro = np.argsort(gl, kind="stable"), np.argsort(rl, kind="stable")
+    rows = Rows(gen, go, chunk=7)
+    whole = rows.whole(torch.device("cpu"))
+    assert whole.dtype == torch.float32 and torch.equal(whole, torch.from_numpy(gen[go].astype(np.float32)))
+    assert torch.equal(rows.block(5, 19, torch.device("cpu")), whole[5:19])
+    assert torch.equal(Rows(torch.from_numpy(gen), go).whole(torch.device("cpu")), whole)
+
+    def span(labels, c):
+        at = np.flatnonzero(np.sort(labels) == c)
+        return int(at[0]), int(at[-1]) + 1
+
+    slices = [((0, len(gl)), (0, len(rl)))] + [(span(gl, c), span(rl, c)) for c in range(3)]
+    for block in (1 << 25, 97):
+        want = knn_slices(gen[go].astype(np.float32), ref[ro].astype(np.float32), slices, k=3, dc_k=5,
+                          block_elems=block)
+        got = knn_slices(Rows(gen, go), Rows(ref, ro), slices, k=3, dc_k=5, block_elems=block)
+        assert got == want

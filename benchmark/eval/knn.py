@@ -80,13 +80,44 @@ def _exact_fp32(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = before
 
 
-def _blocks(x: torch.Tensor, y: torch.Tensor, block_elems: int):
-    """(start, distances of rows start.. of x to every row of y), in blocks of bounded size."""
+class Rows:
+    """The rows ``x[order]`` of a feature array (numpy or torch), made fp32 on a device when asked:
+    all of them, or a block at a time, so a pass that reads them in blocks never holds a whole fp32
+    copy (390 MiB at 50k x 2048).  A block equals the same rows of the whole copy, bit for bit."""
+
+    def __init__(self, x, order: np.ndarray | None = None, chunk: int = 4096) -> None:
+        self.x, self.order, self.chunk = x, order, chunk
+
+    def __len__(self) -> int:
+        return len(self.x) if self.order is None else len(self.order)
+
+    def block(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        if self.order is None:
+            return _as_fp32(self.x[start:stop], device)
+        idx = self.order[start:stop]
+        return _as_fp32(self.x[torch.from_numpy(idx)] if torch.is_tensor(self.x) else self.x[idx], device)
+
+    def whole(self, device: torch.device) -> torch.Tensor:
+        if self.order is None:
+            return _as_fp32(self.x, device)
+        out = torch.empty((len(self), *self.x.shape[1:]), dtype=torch.float32, device=device)
+        for s in range(0, len(self), self.chunk):  # filled in chunks: no float64 copy of the whole array
+            out[s : s + self.chunk] = self.block(s, s + self.chunk, device)
+        return out
+
+
+def _blocks(x, y: torch.Tensor, block_elems: int):
+    """(start, distances of rows start.. of x to every row of y), in blocks of bounded size; ``x`` is a
+    tensor, or ``Rows`` made fp32 one block at a time.
+
+    Every block is written into one buffer, so a block is valid until the next one is asked for (the
+    callers reduce it at once): one block's memory instead of two, and no fresh pages per block."""
     yn = y.pow(2).sum(1)
     rows = max(1, block_elems // max(1, len(y)))
+    buf = torch.empty((min(rows, len(x)), len(y)), dtype=y.dtype, device=y.device)
     for s in range(0, len(x), rows):
-        xb = x[s : s + rows]
-        d = torch.addmm(yn.unsqueeze(0), xb, y.T, alpha=-2)  # |y|^2 - 2 x.y, then + |x|^2
+        xb = x.block(s, s + rows, y.device) if isinstance(x, Rows) else x[s : s + rows]
+        d = torch.addmm(yn.unsqueeze(0), xb, y.T, alpha=-2, out=buf[: len(xb)])  # |y|^2 - 2 x.y, then + |x|^2
         d.add_(xb.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
         yield s, d
 
@@ -153,17 +184,22 @@ def knn_slices(gen, ref, slices: list[tuple[Range, Range]], *, k: int, dc_k: int
         plans.append((pr_skip, dc_skip))
     if all(pr and dc for pr, dc in plans):
         return [KnnMetrics(pr_skip=pr, dc_skip=dc) for pr, dc in plans]
-    g, r = (_as_fp32(a, dev) for a in (gen, ref))
+    gen, ref = (a if isinstance(a, Rows) else Rows(a) for a in (gen, ref))
     with _exact_fp32(dev), torch.no_grad():
+        # one fp32 copy at a time: the generated radii from the whole generated set, which then goes;
+        # the reference radii, and the cross pass over the generated rows a block at a time
+        gen_slices = [(gr, () if pr else (k,)) for (gr, _), (pr, _) in zip(slices, plans)]
+        gen_radius = _radii(gen.whole(dev), gen_slices, block_elems) if any(ks for _, ks in gen_slices) else \
+            [{} for _ in slices]  # fmt: skip
+        r = ref.whole(dev)
         ref_ks = [tuple(kk for kk, skip in ((k, pr), (dc_k, dc)) if not skip) for pr, dc in plans]
         ref_radii = _radii(r, [(rr, ks) for (_, rr), ks in zip(slices, ref_ks)], block_elems)
-        gen_radius = _radii(g, [(gr, () if pr else (k,)) for (gr, _), (pr, _) in zip(slices, plans)], block_elems)
         zero = torch.zeros((), dtype=torch.int64, device=dev)
         in_ref_ball = [zero.clone() for _ in slices]  # generated rows inside a ref ball (k)
         inside = [zero.clone() for _ in slices]  # density: (gen, ref ball) pairs, dc_k
         covered = [torch.zeros(rb - ra, dtype=torch.bool, device=dev) for _, (ra, rb) in slices]  # recall
         near = [torch.zeros(rb - ra, dtype=torch.bool, device=dev) for _, (ra, rb) in slices]  # coverage
-        for s, d in _blocks(g, r, block_elems):
+        for s, d in _blocks(gen, r, block_elems):
             for i, (((ga, gb), (ra, rb)), (pr, dc)) in enumerate(zip(slices, plans)):
                 rows = _rows_in((s, s + len(d)), (ga, gb)) if not (pr and dc) else None
                 if rows is None:

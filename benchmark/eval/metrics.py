@@ -86,7 +86,7 @@ from benchmark.eval.fidkid import (
     whole_set_is_cheaper,
 )
 from benchmark.eval.intervals import half_sample_interval
-from benchmark.eval.knn import knn_metrics, knn_slices
+from benchmark.eval.knn import Rows, knn_metrics, knn_slices
 
 # the version of the statistics' definitions: bumped whenever a row would come out differently from the same
 # features (it enters the real-floor cache key, so a cached floor of an older version is recomputed)
@@ -202,7 +202,7 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
     ref_order, ref_ranges = _contiguous(ref_labels, groups, [c for _, _, c in slices])
     knns = [None] * len(slices)
     if _wanted(only, PRECISION, RECALL, DENSITY, COVERAGE):
-        every_knn = _attempt(knn_slices, _ordered_fp32(gen_feats, gen_order), _ordered_fp32(ref_feats, ref_order),
+        every_knn = _attempt(knn_slices, Rows(gen_feats, gen_order), Rows(ref_feats, ref_order),
                              list(zip(gen_ranges, ref_ranges)), k=k, dc_k=dc_k, device=device)
         knns = [lambda i=i: every_knn()[i] for i in range(len(slices))]
     scores = [] if gen_logits is None or not _wanted(only, IS) else [
@@ -287,14 +287,6 @@ def _contiguous(labels: np.ndarray, groups: list[str], slices: list[frozenset | 
             raise RuntimeError(f"slice {sorted(classes)} is not contiguous in the group-class order")
         ranges.append((int(at[0]), int(at[-1]) + 1) if len(at) else (0, 0))
     return order, ranges
-
-
-def _ordered_fp32(x: np.ndarray, order: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """x[order] in float32, filled in chunks (no float64 copy of the whole array)."""
-    out = np.empty(x.shape, dtype=np.float32)
-    for s in range(0, len(order), chunk):
-        out[s : s + chunk] = x[order[s : s + chunk]]
-    return out
 
 
 def _take(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -216,3 +216,12 @@ def test_nested_slices_share_one_kernel_pass_and_keep_their_own_sums(block, monk
     for ((ga, gb), (ra, rb)), d, got in zip(slices, draws, shared):
         alone = F.mmd2_slices(a[ga:gb], b[ra:rb], [((0, gb - ga), (0, rb - ra))], [[(i - ga, j - ra) for i, j in d]])[0]
         assert np.allclose(got, alone, rtol=1e-12, atol=0)
+
+
+def test_rows_in_order_are_a_view_for_a_run_and_a_copy_otherwise():
+    x = np.arange(40.0).reshape(10, 4)
+    run = F._in_order(x, np.arange(3, 8))
+    assert np.shares_memory(run, x) and np.array_equal(run, x[3:8])
+    shuffled = np.array([3, 5, 4, 6])
+    assert not np.shares_memory(F._in_order(x, shuffled), x) and np.array_equal(F._in_order(x, shuffled), x[shuffled])
+    assert F._in_order(x, np.array([], dtype=int)).shape == (0, 4)

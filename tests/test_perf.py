@@ -138,3 +138,10 @@ def test_perf_preset_bad_name_or_unreadable_data_is_a_usage_error(capsys, tmp_pa
         perf.main(["--device", "cpu", "--preset", "imagenetlt64", "--data-root", str(tmp_path)])
     err = capsys.readouterr().err
     assert "--preset imagenetlt64:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--eval-per-class"])
+def test_a_count_below_one_is_a_usage_error_naming_the_flag(capsys, flag):
+    with pytest.raises(SystemExit) as info:
+        perf.main(["--skip", "train,sample", flag, "0"])
+    assert info.value.code == 2 and f"{flag} 0 must be at least 1" in capsys.readouterr().err

@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    for flag in ("rounds", "eval_classes", "eval_per_class", "eval_dim"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1 (a figure needs one "
+                    "measured round of at least one image)")
     methods = [m for m in args.methods.split(",") if m]
     if unknown := [m for m in methods if m not in METHODS]:
         p.error(f"no reference loop for {unknown}; choose from {', '.join(METHODS)}")

@@ -164,10 +164,9 @@ def _cell_job(cfg: Config, cell: Cell, out: Path, force: bool, threads: int | No
         init_from_env(cfg.device)
     if threads:
         torch.set_num_threads(threads)
-    try:
-        return run_cell(cfg, cell, out, device=resolve_device(cfg.device), force=force, progress=False)
-    finally:
-        shutdown()
+    outcome = run_cell(cfg, cell, out, device=resolve_device(cfg.device), force=force, progress=False)
+    shutdown()  # after a finished cell only: a rank that failed inside it exits with the group up (see cli.main)
+    return outcome
 
 
 def _executor(submitit, kind: str, folder: Path, opts: SlurmOptions, *, name: str, after: list[str]):

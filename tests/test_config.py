@@ -173,3 +173,14 @@ def test_grid_default_methods_are_the_cpu_presets_four():
 
     assert Config().grid.methods == PAPER_METHODS == get_preset("smoke").grid.methods == get_preset("demo").grid.methods
     assert GPU_METHODS[: len(PAPER_METHODS)] == PAPER_METHODS
+
+
+def test_a_bounded_option_out_of_its_range_is_refused_with_its_range_and_an_example():
+    import pytest
+
+    from benchmark.core.config import Config, ConfigError, apply_overrides, bounded_fields
+
+    assert "train.ema_decay" in bounded_fields(Config)
+    with pytest.raises(ConfigError, match=r"train.ema_decay=1.5 is out of range: must be in \[0, 1\)"):
+        apply_overrides(Config(), ["train.ema_decay=1.5"])
+    assert apply_overrides(Config(), ["train.ema_decay=0.5"]).train.ema_decay == 0.5

@@ -40,9 +40,41 @@ def named(default: Any, registry: str, *, also: Mapping[str, str] | None = None,
     return field(default=default, metadata={"registry": registry, "also": dict(also or {}), "item": item})
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric option: ``ge`` <= value (or ``gt`` <), value <= ``le`` (or < ``lt``)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and value != value:  # NaN is in no range
+            return False
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))  # fmt: skip
+
+    def describe(self) -> str:
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else "(-inf"
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else "inf)"
+        return f"{low}, {high}"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None) -> Any:  # fmt: skip
+    """A numeric field (or a tuple of numbers, each checked) with its range, checked whenever its section
+    is built; None passes where the field's type allows it (e.g. ``int | None``)."""
+    bounds = Bounds(ge=ge, gt=gt, le=le, lt=lt)
+    values = default if isinstance(default, tuple) else (default,)
+    if any(v is not None and not bounds.admits(v) for v in values):
+        raise ValueError(f"the default {default!r} is outside its own range {bounds.describe()}")
+    return field(default=default, metadata={"bounds": bounds})
+
+
 class _Checked:
-    """Checks every :func:`choice` field of a section whenever the section is built (presets,
-    ``--set``, ``replace``, :func:`from_dict`)."""
+    """Checks every :func:`choice` and :func:`bounded` field of a section whenever the section is
+    built (presets, ``--set``, ``replace``, :func:`from_dict`)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
@@ -50,6 +82,17 @@ class _Checked:
             value = getattr(self, f.name)
             if allowed is not None and value not in allowed:
                 raise ConfigError(not_a_choice(f"{_section_of(type(self))}{f.name}", value, allowed))
+            bounds = f.metadata.get("bounds")
+            if bounds is not None:
+                for item in value if isinstance(value, tuple) else (value,):
+                    if item is not None and not bounds.admits(item):
+                        raise ConfigError(out_of_range(f"{_section_of(type(self))}{f.name}", value, bounds, f.default))
+
+
+def out_of_range(key: str, value: Any, bounds: Bounds, default: Any) -> str:
+    example = f" E.g. --set {key}={default}" if default is not None and not isinstance(default, tuple) else ""
+    each = "each value " if isinstance(value, tuple) else ""
+    return f"{key}={value!r} is out of range: {each}must be in {bounds.describe()}.{example}"
 
 
 def not_a_choice(key: str, value: Any, allowed: Mapping[str, str]) -> str:
@@ -130,7 +173,7 @@ class TrainConfig(_Checked):
     lr: float = 2e-4
     warmup: int = 5000
     grad_clip: float = 1.0
-    ema_decay: float = 0.9999
+    ema_decay: float = bounded(0.9999, ge=0.0, lt=1.0)
     label_drop: float = 0.1  # probability of an unconditional (null-label) draw
     label_drop_mode: str = choice("batch", {
         "batch": "one coin per step drops the labels of the whole batch, as the official code does",
@@ -294,6 +337,18 @@ def choice_fields(cls: type = Config, prefix: str = "") -> dict[str, dict[str, s
             out.update(choice_fields(hints[f.name], f"{prefix}{f.name}."))
         elif "choices" in f.metadata:
             out[prefix + f.name] = dict(f.metadata["choices"])
+    return out
+
+
+def bounded_fields(cls: type = Config, prefix: str = "") -> dict[str, Bounds]:
+    """Every :func:`bounded` field below ``cls``: dotted key -> its range."""
+    out: dict[str, Bounds] = {}
+    hints = _resolved_types(cls)
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            out.update(bounded_fields(hints[f.name], f"{prefix}{f.name}."))
+        elif "bounds" in f.metadata:
+            out[prefix + f.name] = f.metadata["bounds"]
     return out
 
 

@@ -183,7 +183,9 @@ class TrainConfig(_Checked):
     ckpt_every: int = 5000
     log_every: int = 100
     precision: str = choice("auto", PRECISION_CHOICES)
-    tf32: bool = True
+    tf32: bool = True  # TF32 on CUDA: cuDNN convolutions, and matmuls unless tf32_matmul is false
+    # false: matmuls (linear layers, attention) stay full fp32, PyTorch's default and the official code's
+    tf32_matmul: bool = True
     compile: bool = False
     channels_last: bool = False
     init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
@@ -248,11 +250,19 @@ class MethodConfig(_Checked):
     cm_calibration: str = "none"  # none | t2h (T2H's targets inside CM's loss: the released recipe, cm+t2h)
 
 
+DDIM_LAST = {
+    "x0": "the last step lands on the x0 prediction (the DDIM paper's rule)",
+    "clamp": "OC's / CM's sampler: the next time is clamp(t - skip, 0), so the step at t = 0 is the identity and "
+             "the output keeps sqrt(1 - abar_0) eps of noise",
+}
+
+
 @dataclass(frozen=True)
 class SampleConfig(_Checked):
     sampler: str = named("ddim", "sampler")  # ddim | ddpm (ancestral, all T steps)
     steps: int = 50
     eta: float = 0.0
+    ddim_last: str = choice("x0", DDIM_LAST)  # DDIM's step from the smallest timestep (set by the protocols)
     guidance: float | None = 1.5  # omega; None = each method's official strength
     n_per_class: int = 5000
     # the evaluation set's size in all, split evenly over the classes (n_total // C each) when set;
@@ -260,6 +270,10 @@ class SampleConfig(_Checked):
     n_total: int | None = None
     batch_size: int = 256
     precision: str = choice("auto", PRECISION_CHOICES)
+    labels: str = choice("balanced", {  # the evaluation set's labels (set by the protocols)
+        "balanced": "exactly n per class (CM's rule)",
+        "uniform": "i.i.d. uniform over the classes, n x C in all (CBDM's, OC's and CORAL's samplers)",
+    })  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -241,10 +241,11 @@ class MethodConfig(_Checked):
     coral_temperature: float = 0.1  # supervised contrastive temperature
     coral_dim: int = 128  # width of the projection head on the UNet bottleneck
     coral_time_scale: float = 0.3
-    # CM: W = W_g + cm_scale * B A on these UNet blocks (down | mid | up), rank = cm_rank_ratio * min(c_in, c_out)
+    # CM: W = W_g + cm_scale * (B @ A).view(W.shape) on these UNet blocks' 3x3 convs (down | mid | up),
+    # rank = max(int(cm_rank_ratio * min(c_in, c_out)), 1)
     cm_parts: tuple[str, ...] = ("up",)
     cm_rank_ratio: float = 0.1
-    cm_scale: float = 0.5
+    cm_scale: float = 1.0  # the released forward adds B @ A unscaled (its config's lora_scaling 0.5 is never read)
     cm_con: float = 1.0  # weight of the consolidation part (a_con w_con[y]); the released config's w_con
     cm_div: float = 0.2  # weight of the diversity part (a_div w_div[y]); the released config's w_div
     cm_calibration: str = "none"  # none | t2h (T2H's targets inside CM's loss: the released recipe, cm+t2h)

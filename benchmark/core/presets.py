@@ -274,7 +274,8 @@ def _imagenetlt64() -> Config:
             reference_list="REPLACE/WITH/ImageNet_LT_test.txt", class_names="folders", resolution=64,
             resize="bilinear-antialias", profile="none",
         ),
-        # the CIFAR design at 64x64: attention at the second level (32x32), as the CM ImageNet-LT config
+        # the CIFAR design at 64x64: attention at the second level (32x32), as the ImageNet-LT CM config of a
+        # third-party port (its header: the CM repository has no author-provided ImageNet-LT config)
         model=replace(MODEL_SIZES["paper"], attn_resolutions=(32,)),
         train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",), **OFFICIAL_NUMERICS),
         sample=SampleConfig(n_per_class=50, batch_size=512, precision="fp32"),

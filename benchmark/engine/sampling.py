@@ -197,7 +197,8 @@ def generate_eval_set(
     guidance: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write ``n_per_class`` images of every class to ``out_path`` (.npz: images, labels).
+    """Write ``n_per_class`` images of every class to ``out_path`` (.npz: images, labels); under
+    ``cfg.labels=uniform`` n_per_class x C images with i.i.d. uniform labels (``eval_labels``).
 
     ``guidance`` (when given) overrides ``cfg.guidance``; the caller passes the method's
     official strength when ``cfg.guidance`` is None.  Finished chunks are kept in

@@ -16,7 +16,9 @@ FID and KID of a slice with fewer than ``eval.min_ref_fid`` reference images are
 reason (precision / recall need k + 1, density / coverage dc_k + 1: metrics.py says so itself).
 With ``EvalConfig.diversity`` the rows include the Vendi score of generated and real images
 at the same n and the memorisation rate against the long-tailed training
-images of each class, in the feature space and in pixel space.
+images of each class, in the feature space and in pixel space.  The real floor's memorisation
+queries are reference images outside the training subset (``reference_with_membership``), held
+out first; a class without any is NaN with the reason.
 """
 
 from __future__ import annotations

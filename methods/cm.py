@@ -1,7 +1,7 @@
 """Capacity Manipulation (CM; Hong et al., ICLR 2026): low-rank expert parts that hold the minority classes.
 
-Each weight of (part of) the UNet is split into a general part and a low-rank expert part,
-W = W_g + s B A (rank r = max(1, round(rank_ratio * min(c_in, c_out))), scale s):
+Each chosen weight of the UNet is split into a general part and a low-rank expert part,
+W = W_g + s (B @ A).view(W.shape), ConvLoRA as released:
 
     eps_{g+e}(x_t, t, y)   the full model (general + expert parts)
     eps_g(x_t, t, y)       the general parts alone (B A switched off)
@@ -11,20 +11,28 @@ W = W_g + s B A (rank r = max(1, round(rank_ratio * min(c_in, c_out))), scale s)
 The consolidation part (a_con w_con) pulls the full model onto the general parts for frequent
 classes, so their knowledge lives in W_g; the diversity part (a_div w_div) pushes the two apart
 for rare classes, so the expert parts carry them.  Both predictions come from one forward over
-the doubled batch: every expert layer multiplies its B A x by a per-sample gate (1 for the
-first half, 0 for the second).  The gradient flows through both predictions.
+the doubled batch: every expert layer multiplies its delta-W convolution by a per-sample gate (1 for
+the first half, 0 for the second).  The gradient flows through both predictions.
 
-Released settings (the official trainer and ``configs/cifar100lt_ir100/cm.yaml``): rank ratio
-0.1, scale 0.5, expert parts on the UNet's up path, ``w_con`` 1.0 and ``w_div`` 0.2, 300k steps
-x 64, DDIM-50 with omega 1.5, and T2H's oriented calibration switched on (``transfer_mode: t2h``),
-so the published CM is OC+CM: here ``cm+t2h`` (or ``method.cm_calibration=t2h``).  The paper
-writes one weight lambda for the whole term, (w_con - w_div) lambda, which vanishes on balanced
-data; the code passes two coefficients, 1.0 and 0.2, so on balanced data the released term is
-0.8 ||eps_{g+e} - eps_g||^2 (it pulls the expert parts towards zero).  We follow the code
-(``method.cm_con`` = 1.0, ``method.cm_div`` = 0.2); ``cm_con = cm_div = lambda`` is the paper's form.
-The files holding the official loss and expert layers are not in the readable copy of the code,
-so the rank rule, the stop-gradient choice (none) and the layer set (every Conv2d and Linear of
-the chosen blocks) are ours, written from the paper's description.
+The expert layers follow the released model code (``model/model_cm.py``, ``Conv2d_LoRA``, ``ResBlock_CM``,
+``UpSample_CM``; read in the copy vendored under Duckduck-05/longtail_server_runpack, see
+docs/fidelity.md): only the two 3x3 convolutions of each residual block of the chosen part and its
+up- / down-sampling convolutions (27 layers on the paper UNet's up path; no 1x1 shortcut, attention or
+time projection); rank r = max(int(ratio * min(c_in, c_out)), 1); A [r k, c_in k] from
+kaiming_normal_(a=sqrt(5)) on A's own shape, B [c_out k, r k] zero; 3,129,984 extra parameters on the
+CIFAR-100 paper UNet.  The released forward adds (B @ A).view(W.shape) unscaled: its config's
+``lora_scaling: 0.5`` is stored on the layer and never read, so ``method.cm_scale`` defaults to 1.
+
+Released settings (``configs/cifar100lt_ir100/cm.yaml``): rank ratio 0.1 on ``up``, ``w_con`` 1.0 and
+``w_div`` 0.2, 300k steps x 64, DDIM skip 20 with omega 1.5, and T2H's oriented calibration switched
+on (``transfer_mode: t2h``), so the published CM is OC+CM: here ``cm+t2h`` (or
+``method.cm_calibration=t2h``).  The paper writes one weight lambda for the whole term,
+(w_con - w_div) lambda, which vanishes on balanced data; the code passes two coefficients, 1.0 and
+0.2, so on balanced data the released term is 0.8 ||eps_{g+e} - eps_g||^2 (it pulls the expert parts
+towards zero).  We follow the code (``method.cm_con`` = 1.0, ``method.cm_div`` = 0.2); ``cm_con =
+cm_div = lambda`` is the paper's form.  The loss file (``imbdiff_cm/diffusion_cm.py``) is listed only
+by checksum in every copy we could read: how it combines the two coefficients, and its stop-gradient
+choice (none here), are ours, written from the paper.
 
 Sampling uses the full model: ``export_model`` folds s B A into W_g, so ``model.pt`` is a plain
 UNet with the same forward (no inference overhead, as in the paper).  Label-dropped
@@ -34,13 +42,14 @@ UNet with the same forward (no inference overhead, as in the paper).  Label-drop
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
 from benchmark.core.errors import ConfigError
-from benchmark.engine.backbone import UNet
+from benchmark.engine.backbone import ResBlock, UNet
 
 from .base import Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
@@ -71,35 +80,34 @@ class _Gate:
 
 
 class LowRankExpert(nn.Module):
-    """A Conv2d or Linear plus s B A: A has the layer's kernel and stride with r outputs, B is 1x1 (B = 0 at init)."""
+    """A 3x3 Conv2d plus its expert part, ConvLoRA as released (``Conv2d_LoRA`` in model_cm.py):
+    A [r k, c_in k], B [c_out k, r k], delta W = s (B @ A).view(W.shape); rank r = max(int(ratio *
+    min(c_in, c_out)), 1) (truncated); A from kaiming_normal_(a=sqrt(5)) on A's own shape (fan-in c_in k),
+    B zero, so the model starts as the plain UNet."""
 
-    def __init__(self, base: nn.Conv2d | nn.Linear, *, rank_ratio: float, scale: float, gate: _Gate) -> None:
+    def __init__(self, base: nn.Conv2d, *, rank_ratio: float, scale: float, gate: _Gate) -> None:
         super().__init__()
+        if base.kernel_size[0] != base.kernel_size[1] or base.groups != 1:
+            raise ConfigError(f"CM's expert parts need a square, ungrouped convolution, got {base}")
         self.base, self.scale, self.gate = base, float(scale), gate
-        conv = isinstance(base, nn.Conv2d)
-        c_in, c_out = (base.in_channels, base.out_channels) if conv else (base.in_features, base.out_features)
-        self.rank = max(1, round(rank_ratio * min(c_in, c_out)))
-        if conv:
-            self.A = nn.Conv2d(c_in, self.rank, base.kernel_size, stride=base.stride, padding=base.padding,
-                               dilation=base.dilation, bias=False)  # fmt: skip
-            self.B = nn.Conv2d(self.rank, c_out, 1, bias=False)
-        else:
-            self.A, self.B = nn.Linear(c_in, self.rank, bias=False), nn.Linear(self.rank, c_out, bias=False)
-        nn.init.zeros_(self.B.weight)  # the expert part starts at zero: the model starts as the plain UNet
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        delta = self.B(self.A(x)) * self.scale
-        g = self.gate.value
-        if g is not None:
-            delta = delta * g.to(delta.dtype).view(-1, *[1] * (delta.dim() - 1))
-        return out + delta
+        c_in, c_out, k = base.in_channels, base.out_channels, base.kernel_size[0]
+        self.rank = max(int(rank_ratio * min(c_in, c_out)), 1)
+        self.A = nn.Parameter(torch.empty(self.rank * k, c_in * k, device=base.weight.device))
+        self.B = nn.Parameter(torch.zeros(c_out * k, self.rank * k, device=base.weight.device))
+        nn.init.kaiming_normal_(self.A, a=math.sqrt(5))
 
     def delta_weight(self) -> torch.Tensor:
-        """s B A as a weight of the base layer's shape (conv: a 1x1 B composed with A's kernel)."""
-        b = self.B.weight.flatten(1)  # [out, r]
-        a = self.A.weight
-        return self.scale * (torch.einsum("or,rikl->oikl", b, a) if a.dim() == 4 else b @ a)
+        """s (B @ A) viewed as the base weight [c_out, c_in, k, k]."""
+        return self.scale * (self.B @ self.A).view(self.base.weight.shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = self.base
+        delta = self.delta_weight().to(conv.weight.dtype)
+        g = self.gate.value
+        if g is None:  # the released forward: one convolution with W + delta W
+            return conv._conv_forward(x, conv.weight + delta, conv.bias)
+        part = conv._conv_forward(x, delta, None) * g.to(x.dtype).view(-1, 1, 1, 1)
+        return conv(x) + part
 
     def merged(self) -> nn.Module:
         layer = copy.deepcopy(self.base)
@@ -115,10 +123,9 @@ class CMUNet(nn.Module):
         super().__init__()
         self.unet, self.gate = unet, _Gate()
         self.num_classes, self.bottleneck_channels = unet.num_classes, unet.bottleneck_channels
-        blocks = {"down": [unet.down], "mid": [unet.mid1, unet.mid2], "up": [unet.up]}
+        blocks = {"down": unet.down, "mid": [unet.mid1, unet.mid2], "up": unet.up}
         for part in parts:
-            for block in blocks[part]:
-                _replace(block, rank_ratio=rank_ratio, scale=scale, gate=self.gate)
+            _add_experts(blocks[part], rank_ratio=rank_ratio, scale=scale, gate=self.gate)
 
     def forward(self, x, t, y, *, expert: torch.Tensor | None = None, return_bottleneck: bool = False):
         self.gate.value = expert
@@ -137,12 +144,19 @@ class CMUNet(nn.Module):
         return plain
 
 
-def _replace(block: nn.Module, **kw) -> None:
-    for name, child in list(block.named_children()):
-        if isinstance(child, (nn.Conv2d, nn.Linear)):
-            setattr(block, name, LowRankExpert(child, **kw))
-        else:
-            _replace(child, **kw)
+def _add_experts(blocks, **kw) -> None:
+    """The released layer set of a part: each residual block's two 3x3 convolutions (block1, block2) and
+    the part's up- / down-sampling convolutions; not the 1x1 shortcuts, attention or time projections."""
+    for i, block in enumerate(blocks):
+        if isinstance(block, nn.Conv2d):  # the sampling convolution between two levels
+            blocks[i] = LowRankExpert(block, **kw)
+        elif isinstance(block, ResBlock):
+            for seq in (block.block1, block.block2):
+                seq[-1] = LowRankExpert(seq[-1], **kw)
+
+
+def expert_layers(model: nn.Module) -> list[LowRankExpert]:
+    return [m for m in model.modules() if isinstance(m, LowRankExpert)]
 
 
 def cm_terms(

@@ -26,7 +26,7 @@ from benchmark.cli import main
 from benchmark.core.config import Config, DataConfig, EvalConfig, MethodConfig, from_dict, to_dict, to_json
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.names import GROUPS
-from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
+from benchmark.core.presets import PAPER_PRESETS, PRESETS, PROTOCOL_SETTINGS, PROTOCOLS, get_preset
 from benchmark.data import DATASETS, build_dataset, builtin
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.batches import Labels
@@ -282,7 +282,10 @@ def test_preset_builds_round_trips_and_dry_runs(tmp_path, capsys, name):
 def test_protocol_applies_to_every_preset_and_dry_runs(tmp_path, capsys, name):
     for preset in PRESETS.names():
         base, cfg = get_preset(preset), get_preset(preset, name)
-        assert cfg.protocol == name and cfg.train == base.train  # a protocol changes sampling and evaluation only
+        # a protocol changes sampling and evaluation, and on the paper presets its table's budget and batch only
+        budget = PROTOCOL_SETTINGS[name].budget
+        train = replace(base.train, steps=budget.steps, batch_size=budget.batch, method_batch_size=budget.method_batch)
+        assert cfg.protocol == name and cfg.train == (train if preset in PAPER_PRESETS else base.train)
     assert main(["run", "--preset", "smoke", "--protocol", name, "--out", str(tmp_path), "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out.split("\n\n")[0])["protocol"] == name
     assert main(["run", "--preset", "smoke", "--protocol", name + "x", "--dry-run"]) == 2

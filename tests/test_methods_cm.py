@@ -9,7 +9,7 @@ import pytest
 import torch
 from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
 
-from benchmark.core.config import MethodConfig
+from benchmark.core.config import MODEL_SIZES, MethodConfig
 from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.checkpoint import latest_checkpoint, load
@@ -18,7 +18,7 @@ from benchmark.engine.sampling import generate_eval_set
 from benchmark.engine.trainer import load_model, train
 from methods import cm_class_weights, cm_terms, get_method, get_method_class, t2h_targets
 from methods.base import Labels
-from methods.cm import CMUNet, LowRankExpert
+from methods.cm import CMUNet, LowRankExpert, expert_layers
 
 COUNTS = np.array([12, 6, 2])
 DIFF = GaussianDiffusion(T=50)
@@ -35,7 +35,7 @@ def _randomise_experts(model, seed=1):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, LowRankExpert):
-                m.B.weight.copy_(torch.randn(m.B.weight.shape, generator=g) * 0.1)
+                m.B.copy_(torch.randn(m.B.shape, generator=g) * 0.1)
 
 
 def _batch():
@@ -64,7 +64,8 @@ def test_zero_expert_parts_give_the_plain_unet_and_the_gate_switches_them():
     model = get_method("cm", class_counts=COUNTS).wrap_model(_unet())
     experts = [m for m in model.modules() if isinstance(m, LowRankExpert)]
     assert experts and all(id(m) in {id(x) for x in model.unet.up.modules()} for m in experts)  # the up path only
-    assert experts[0].rank == max(1, round(0.1 * min(experts[0].A.in_channels, experts[0].B.out_channels)))
+    base = experts[0].base
+    assert experts[0].rank == max(int(0.1 * min(base.in_channels, base.out_channels)), 1)
     x0, y, t, _ = _batch()
     assert torch.equal(model(x0, t, y), plain(x0, t, y))  # B = 0 at init: exactly the plain UNet
     _randomise_experts(model)
@@ -143,11 +144,11 @@ def test_train_resume_and_sample_through_model_pt(tmp_path, name):
     assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
     # model.pt is the plain UNet: the EMA of the last checkpoint with s B A folded in
     ckpt = load(latest_checkpoint(tmp_path / "full" / "checkpoints"))
-    assert any(".A." in k for k in ckpt["model"]) and not any(".A." in k for k in a["ema"])
+    assert any(k.endswith(".A") for k in ckpt["model"]) and not any(k.endswith(".A") for k in a["ema"])
     wrapped = method.wrap_model(build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3))
     wrapped.load_state_dict(ckpt["ema"])
     expert = [m for m in wrapped.modules() if isinstance(m, LowRankExpert)]
-    assert any(m.B.weight.abs().sum() > 0 for m in expert)  # the expert parts trained
+    assert any(m.B.abs().sum() > 0 for m in expert)  # the expert parts trained
     for k, v in wrapped.merged_unet().state_dict().items():
         torch.testing.assert_close(a["ema"][k], v)
     model, info = load_model(full, "cpu")
@@ -158,3 +159,41 @@ def test_train_resume_and_sample_through_model_pt(tmp_path, name):
                       device="cpu", progress=False)  # fmt: skip
     with np.load(tmp_path / "samples.npz") as s:
         assert s["images"].shape == (6, 1, 8, 8) and s["images"].dtype == np.uint8
+
+
+# ---------------------------------------------------------------- the expert parts as released
+
+
+def test_paper_unet_gets_the_released_27_expert_layers_and_3129984_parameters():
+    # model_cm.py (ImbDiff-CM as vendored): Conv2d_LoRA on the up path's ResBlock_CM block1 / block2 convs and
+    # UpSample_CM's conv, r = max(int(0.1 * min(c_in, c_out)), 1), A [r k, c_in k], B [c_out k, r k]
+    unet = build_unet(MODEL_SIZES["paper"], channels=3, resolution=32, num_classes=100)
+    before = sum(p.numel() for p in unet.parameters())
+    model = CMUNet(unet, parts=("up",), rank_ratio=0.1, scale=1.0)
+    experts = expert_layers(model)
+    assert len(experts) == 27 and sum(p.numel() for p in model.parameters()) - before == 3_129_984
+    for e in experts:
+        c_out, c_in, k, _ = e.base.weight.shape
+        r = max(int(0.1 * min(c_in, c_out)), 1)
+        assert k == 3 and e.rank == r and e.A.shape == (r * k, c_in * k) and e.B.shape == (c_out * k, r * k)
+        assert not e.B.any()
+    # kaiming_normal_(A, a=sqrt(5)): std = sqrt(2 / (1 + 5)) / sqrt(fan_in), fan_in = c_in k (A's second dim)
+    big = max(experts, key=lambda e: e.A.numel())
+    want = (1 / 3) ** 0.5 / big.A.shape[1] ** 0.5
+    assert abs(big.A.std().item() / want - 1) < 0.05 and abs(big.A.mean().item()) < 0.1 * want
+    names = {n for n, m in model.named_modules() if isinstance(m, LowRankExpert)}
+    assert not any("shortcut" in n or "attn" in n or "temb" in n for n in names)
+
+
+def test_expert_forward_is_the_released_convlora():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 12, 3, padding=1)
+    expert = LowRankExpert(conv, rank_ratio=0.1, scale=1.0, gate=CMUNet.__init__.__globals__["_Gate"]())
+    with torch.no_grad():
+        expert.B.normal_()
+    x = torch.randn(2, 8, 5, 5)
+    want = torch.nn.functional.conv2d(x, conv.weight + (expert.B @ expert.A).view(conv.weight.shape), conv.bias,
+                                      padding=1)  # Conv2d_LoRA.forward
+    torch.testing.assert_close(expert(x), want)
+    assert expert.rank == 1 and expert.A.shape == (3, 24)  # int(0.8) = 0 -> 1: truncation, then at least one
+    assert get_method("cm", class_counts=COUNTS).options.cm_scale == 1.0  # the released forward scales by nothing

@@ -34,6 +34,8 @@ def current_rows(method="ddpm", seed=0, sampler="ddim"):
         _row(method, "fid_at_floor_n", seed=seed, sampler=sampler, note="at the real floor n_per_class=10"),
         _row(method, "vendi", seed=seed, sampler=sampler, note="kernel=cosine"),
         _row(method, "vendi_inlier", seed=seed, sampler=sampler, note="kernel=cosine;gate=k-NN manifold"),
+        _row(method, "memorization", seed=seed, sampler=sampler, value=0.0,
+             note="rule=d1/d2<0.333;space=pixel;within class;n_ref=distinct training images (duplicates ... merged)"),
     ]
 
 
@@ -103,3 +105,11 @@ def test_vendi_without_the_inlier_rows_is_stale_per_cell():
     assert list(stale.rule) == ["no-vendi-inlier"] and list(stale.method) == ["cbdm"] and list(stale.metric) == ["vendi"]
     other_space = [dict(r, feature_space="inception") for r in old]  # rows of another space do not vouch for it
     assert "no-vendi-inlier" in set(stale_rows(frame(rows + current_rows("cbdm") + other_space)).rule)
+
+
+def test_memorisation_rows_from_before_deduplication_are_stale():
+    rows = current_rows() + current_rows("real")
+    old = [_row("real", "memorization_pixel", "class", 0, value=1.0, note="rule=d1/d2<0.333;n_ref=training images"),
+           _row("real", "memorization", "class", 1, value=np.nan, note="skipped: no images in this slice")]
+    stale = stale_rows(frame(rows + old))
+    assert list(stale.rule) == ["memorization-duplicates"] and list(stale.metric) == ["memorization_pixel"]

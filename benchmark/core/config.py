@@ -183,7 +183,9 @@ class TrainConfig(_Checked):
     ckpt_every: int = 5000
     log_every: int = 100
     precision: str = choice("auto", PRECISION_CHOICES)
-    tf32: bool = True
+    tf32: bool = True  # TF32 on CUDA: cuDNN convolutions, and matmuls unless tf32_matmul is false
+    # false: matmuls (linear layers, attention) stay full fp32, PyTorch's default and the official code's
+    tf32_matmul: bool = True
     compile: bool = False
     channels_last: bool = False
     init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
@@ -239,13 +241,21 @@ class MethodConfig(_Checked):
     coral_temperature: float = 0.1  # supervised contrastive temperature
     coral_dim: int = 128  # width of the projection head on the UNet bottleneck
     coral_time_scale: float = 0.3
-    # CM: W = W_g + cm_scale * B A on these UNet blocks (down | mid | up), rank = cm_rank_ratio * min(c_in, c_out)
+    # CM: W = W_g + cm_scale * (B @ A).view(W.shape) on these UNet blocks' 3x3 convs (down | mid | up),
+    # rank = max(int(cm_rank_ratio * min(c_in, c_out)), 1)
     cm_parts: tuple[str, ...] = ("up",)
     cm_rank_ratio: float = 0.1
-    cm_scale: float = 0.5
+    cm_scale: float = 1.0  # the released forward adds B @ A unscaled (its config's lora_scaling 0.5 is never read)
     cm_con: float = 1.0  # weight of the consolidation part (a_con w_con[y]); the released config's w_con
     cm_div: float = 0.2  # weight of the diversity part (a_div w_div[y]); the released config's w_div
     cm_calibration: str = "none"  # none | t2h (T2H's targets inside CM's loss: the released recipe, cm+t2h)
+
+
+DDIM_LAST = {
+    "x0": "the last step lands on the x0 prediction (the DDIM paper's rule)",
+    "clamp": "OC's / CM's sampler: the next time is clamp(t - skip, 0), so the step at t = 0 is the identity and "
+             "the output keeps sqrt(1 - abar_0) eps of noise",
+}
 
 
 @dataclass(frozen=True)
@@ -253,6 +263,7 @@ class SampleConfig(_Checked):
     sampler: str = named("ddim", "sampler")  # ddim | ddpm (ancestral, all T steps)
     steps: int = 50
     eta: float = 0.0
+    ddim_last: str = choice("x0", DDIM_LAST)  # DDIM's step from the smallest timestep (set by the protocols)
     guidance: float | None = 1.5  # omega; None = each method's official strength
     n_per_class: int = 5000
     # the evaluation set's size in all, split evenly over the classes (n_total // C each) when set;
@@ -260,6 +271,10 @@ class SampleConfig(_Checked):
     n_total: int | None = None
     batch_size: int = 256
     precision: str = choice("auto", PRECISION_CHOICES)
+    labels: str = choice("balanced", {  # the evaluation set's labels (set by the protocols)
+        "balanced": "exactly n per class (CM's rule)",
+        "uniform": "i.i.d. uniform over the classes, n x C in all (CBDM's, OC's and CORAL's samplers)",
+    })  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -175,12 +175,14 @@ def kept_numerics():
 
 
 @contextlib.contextmanager
-def train_numerics(device: torch.device, *, tf32: bool):
-    """The training loop's settings on CUDA (``train.tf32`` for matmuls and convolutions, cuDNN
-    autotuning for the fixed shapes, as edm does), for the run only; nothing changes on other devices."""
+def train_numerics(device: torch.device, *, tf32: bool, tf32_matmul: bool = True):
+    """The training loop's settings on CUDA (``train.tf32`` for convolutions, and for matmuls unless
+    ``train.tf32_matmul`` is false: PyTorch's defaults, which the official CBDM / OC / CORAL code ran
+    under, are cuDNN TF32 on and matmul TF32 off; cuDNN autotuning for the fixed shapes, as edm does),
+    for the run only; nothing changes on other devices."""
     with kept_numerics():
         if torch.device(device).type == "cuda":
-            _MATMUL.allow_tf32 = tf32
+            _MATMUL.allow_tf32 = tf32 and tf32_matmul
             _CUDNN.allow_tf32 = tf32
             _CUDNN.benchmark = True
         yield

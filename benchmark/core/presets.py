@@ -32,10 +32,14 @@ GPU_METHODS = (*PAPER_METHODS, "t2h", "coral", "cm", "cm+t2h", "cbdm-ft")
 DEFAULT_PRESET = "demo"
 
 
+PAPER_PRESETS = ("cifar10lt", "cifar100lt", "imagenetlt64")  # their protocol brings its training budget
+
+
 def get_preset(name: str, protocol: str | None = None) -> Config:
     cfg = PRESETS.get(name)()
     if protocol is not None:
-        cfg = PROTOCOLS.get(protocol)(cfg)
+        PROTOCOLS.get(protocol)  # an unknown name lists the valid ones
+        cfg = apply_protocol(cfg, protocol, budget=name in PAPER_PRESETS)
     return cfg
 
 
@@ -66,45 +70,91 @@ CBDM_EVALUATOR = Evaluator(
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The training budget of a published table: it is part of the protocol, because T2H's and CORAL's
+    objectives are batch-global (the batch changes the objective, not only the noise of its gradient)."""
+
+    steps: int
+    batch: int
+    method_batch: tuple[str, ...]  # train.method_batch_size
+    source: str
+
+
+@dataclass(frozen=True)
 class Protocol:
     sampler: str
     steps: int
     eta: float
-    guidance: float | None  # None: each method's official omega
+    guidance: float | None  # None: each method's official omega (per dataset where the table tuned it)
     evaluator: Evaluator
     source: str  # whose evaluation it is
+    labels: str  # sample.labels: how the evaluation set's labels are drawn
+    budget: Budget  # applied to the paper presets (apply_protocol(budget=True))
+    ddim_last: str = "x0"  # sample.ddim_last
 
 
 PROTOCOL_SETTINGS: dict[str, Protocol] = {
-    "ddpm1000": Protocol("ddpm", 1000, 1.0, None, CBDM_EVALUATOR, "CBDM's evaluation (the CORAL paper's table)"),
-    # the Capacity Manipulation code is not released; its evaluator is taken to be the one of the
-    # OC / CBDM code it builds on (see the README's fidelity table)
-    "ddim": Protocol("ddim", 50, 0.0, 1.5, CBDM_EVALUATOR, "the Capacity Manipulation paper's table"),
-    "ddim100": Protocol("ddim", 100, 0.0, 1.5, CBDM_EVALUATOR, "T2H's own evaluation (OC_LT)"),
+    # CORAL's table: DDPM, CBDM, CORAL 150k x 128 with CBDM's sampler, whose labels are torch.randint
+    # (CBDM-pytorch main.py); omega per method and dataset (DDPM1000_GUIDANCE)
+    "ddpm1000": Protocol("ddpm", 1000, 1.0, None, CBDM_EVALUATOR, "CBDM's evaluation (the CORAL paper's table)",
+                         labels="uniform", budget=Budget(150_000, 128, (), "CORAL's table: 150k steps x 128")),
+    # the released CM code (configs/cifar100lt_ir100/cm.yaml): DDIM skip 20, omega 1.5, 50k balanced samples,
+    # 300k x 64; its sampler is OC's DDIM class (next time clamp(t - skip, 0))
+    "ddim": Protocol("ddim", 50, 0.0, 1.5, CBDM_EVALUATOR, "the Capacity Manipulation paper's table",
+                     labels="balanced", budget=Budget(300_000, 64, ("cbdm=48",), "CM's release: 300k steps x 64"),
+                     ddim_last="clamp"),
+    # OC_LT ddpm_gen.py: DDIM skip 10, omega 1.5, labels torch.randint; main.py: batch 128, the 200k checkpoint
+    "ddim100": Protocol("ddim", 100, 0.0, 1.5, CBDM_EVALUATOR, "T2H's own evaluation (OC_LT)", labels="uniform",
+                        budget=Budget(200_000, 128, (), "T2H's release: batch 128, the 200k checkpoint"),
+                        ddim_last="clamp"),
 }
+
+# omega of CORAL's table (protocol ddpm1000) per (dataset, imbalance) and method, from a third-party
+# transcription of the paper's configs [2nd]; CIFAR-100 IR100's values are also the official codes'
+# defaults (DDPM 0.8, CBDM 1.6, T2H 1.5); the CIFAR-10 values are not confirmed in any official code
+DDPM1000_GUIDANCE: dict[tuple[str, float], dict[str, float]] = {
+    ("cifar10", 0.01): {"ddpm": 0.8, "cbdm": 1.0, "coral": 0.6, "t2h": 1.0},
+    ("cifar10", 0.001): {"ddpm": 1.0, "cbdm": 1.8, "coral": 1.0, "t2h": 1.7},
+    ("cifar100", 0.01): {"ddpm": 0.8, "cbdm": 1.6, "coral": 0.8, "t2h": 1.5},
+}
+
+
+def protocol_guidance(protocol: str, *, dataset: str, imbalance: float | None, method: str) -> float | None:
+    """The omega a protocol's table used for this method on this data (None: not recorded; then the
+    method's official strength applies)."""
+    if protocol != "ddpm1000" or imbalance is None:
+        return None
+    return DDPM1000_GUIDANCE.get((dataset, round(float(imbalance), 6)), {}).get(method)
 
 
 def describe_protocol(name: str) -> str:
     p = PROTOCOL_SETTINGS[name]
     e = p.evaluator
     omega = "each method's official guidance" if p.guidance is None else f"guidance {p.guidance:g}"
-    steps = "all T steps" if p.sampler == "ddpm" else f"{p.steps} steps, eta {p.eta:g}"
-    return (f"{p.sampler.upper()} ({steps}), {omega}; {p.source}: {e.features}, {e.resize} resize, "
-            f"P/R k={e.pr_k}, reference {e.reference}, {e.n_total} images")
+    steps = "all T steps" if p.sampler == "ddpm" else f"{p.steps} steps, eta {p.eta:g}, last step {p.ddim_last}"
+    return (f"{p.sampler.upper()} ({steps}), {omega}, {p.labels} labels; {p.source}: {e.features}, {e.resize} "
+            f"resize, P/R k={e.pr_k}, reference {e.reference}, {e.n_total} images; paper presets: {p.budget.source}")
 
 
-def apply_protocol(cfg: Config, name: str) -> Config:
-    """The protocol's sampler and its evaluator's settings, recorded in the config (and so in config.json).
+def apply_protocol(cfg: Config, name: str, *, budget: bool = False) -> Config:
+    """The protocol's sampler and its evaluator's settings, recorded in the config (and so in config.json);
+    with ``budget`` (the paper presets) also its training steps and batch.
 
     With profile 'none' the train pool is the long tail itself (ImageNet-LT's list), so there is
     no balanced train set: the balanced test split is the reference, as in the ImageNet-LT papers."""
     p = PROTOCOL_SETTINGS[name]
     e = p.evaluator
     steps = cfg.diffusion.T if p.sampler == "ddpm" else p.steps
+    train = cfg.train
+    if budget:
+        b = p.budget
+        train = replace(train, steps=b.steps, batch_size=b.batch, method_batch_size=b.method_batch)
     return replace(
         cfg,
         protocol=name,
-        sample=replace(cfg.sample, sampler=p.sampler, steps=steps, eta=p.eta, guidance=p.guidance, n_total=e.n_total),
+        train=train,
+        sample=replace(cfg.sample, sampler=p.sampler, steps=steps, eta=p.eta, guidance=p.guidance, n_total=e.n_total,
+                       labels=p.labels, ddim_last=p.ddim_last),
         eval=replace(cfg.eval, feature_space=e.feature_space, resize=e.resize, pr_k=e.pr_k,
                      reference="test" if cfg.data.profile == "none" else e.reference),
     )
@@ -181,18 +231,23 @@ def _demo_sweep() -> Config:
     return replace(cfg, preset="demo-sweep", grid=replace(cfg.grid, imbalances=(0.01, 0.1)))
 
 
+# the official CBDM, OC and CORAL code trains and samples in fp32 without autocast, under PyTorch's defaults:
+# cuDNN convolutions may use TF32, matmuls do not (the sampler runs under those defaults too)
+OFFICIAL_NUMERICS = dict(precision="fp32", tf32=True, tf32_matmul=False)
+
+
 def _paper(dataset: str, name: str) -> Config:
     cfg = Config(
         preset=name,
         device="auto",
         data=DataConfig(dataset=dataset, profile="exp", imbalance=0.01),
         model=MODEL_SIZES["paper"],
-        train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",)),
-        sample=SampleConfig(batch_size=512),
+        train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",), **OFFICIAL_NUMERICS),
+        sample=SampleConfig(batch_size=512, precision="fp32"),
         eval=EvalConfig(feature_space="inception"),
         grid=GridConfig(methods=GPU_METHODS, imbalances=(0.01,), seeds=(0,)),
     )
-    return apply_protocol(cfg, "ddim")
+    return apply_protocol(cfg, "ddim", budget=True)
 
 
 @PRESETS.register("cifar10lt")
@@ -219,14 +274,15 @@ def _imagenetlt64() -> Config:
             reference_list="REPLACE/WITH/ImageNet_LT_test.txt", class_names="folders", resolution=64,
             resize="bilinear-antialias", profile="none",
         ),
-        # the CIFAR design at 64x64: attention at the second level (32x32), as the CM ImageNet-LT config
+        # the CIFAR design at 64x64: attention at the second level (32x32), as the ImageNet-LT CM config of a
+        # third-party port (its header: the CM repository has no author-provided ImageNet-LT config)
         model=replace(MODEL_SIZES["paper"], attn_resolutions=(32,)),
-        train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",)),
-        sample=SampleConfig(n_per_class=50, batch_size=512),
+        train=TrainConfig(steps=300_000, batch_size=64, method_batch_size=("cbdm=48",), **OFFICIAL_NUMERICS),
+        sample=SampleConfig(n_per_class=50, batch_size=512, precision="fp32"),
         eval=EvalConfig(feature_space="inception", reference="test", pr_k=3),
         grid=GridConfig(methods=GPU_METHODS, imbalances=(0.01,), seeds=(0,)),
     )
-    return apply_protocol(cfg, "ddim")
+    return apply_protocol(cfg, "ddim", budget=True)
 
 
 @PRESETS.register("imagefolder")

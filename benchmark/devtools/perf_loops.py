@@ -242,7 +242,8 @@ def measure_training(cfg: Config, data, name: str, *, rounds: int, steps: int, w
                         _cuda_flags(device, matmul_tf32=False, cudnn_tf32=True, cudnn_benchmark=False)
                         obj = ReferenceLoop(acfg, data, name, device=device)
                     else:
-                        _cuda_flags(device, matmul_tf32=cfg.train.tf32, cudnn_tf32=cfg.train.tf32, cudnn_benchmark=True)
+                        _cuda_flags(device, matmul_tf32=cfg.train.tf32 and cfg.train.tf32_matmul, cudnn_tf32=cfg.train.tf32,
+                                    cudnn_benchmark=True)
                         obj = BareStep(acfg, data, name, device=device)
                     sec = loop_seconds(obj, steps=steps, warm=warm, device=device)
                     del obj

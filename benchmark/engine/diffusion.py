@@ -82,4 +82,6 @@ def guided_eps(
     null = torch.full_like(y, model.num_classes)
     eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
     eps_c, eps_u = eps.float().chunk(2)
-    return (1 + guidance) * eps_c - guidance * eps_u
+    # the official samplers' arithmetic (eps + w (eps - eps_u): OC_LT diffusion.py lines 187-188 and 548-550),
+    # so a transcription of their loop matches ours to the last bits, not only up to rounding
+    return eps_c + guidance * (eps_c - eps_u)

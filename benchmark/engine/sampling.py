@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.core.config import SampleConfig
+from benchmark.core.config import DDIM_LAST, SampleConfig
 from benchmark.core.device import autocast, resolve_precision
 from benchmark.core.distributed import barrier, current
 from benchmark.core.errors import ConfigError
@@ -40,6 +40,19 @@ def images_per_class(cfg, num_classes: int) -> int:
 def balanced_labels(num_classes: int, n_per_class: int) -> torch.Tensor:
     """[0]*n, [1]*n, ... : exactly ``n_per_class`` images of every class."""
     return torch.arange(num_classes, dtype=torch.int64).repeat_interleave(n_per_class)
+
+
+def eval_labels(rule: str, num_classes: int, n_per_class: int, *, seed: int) -> torch.Tensor:
+    """The evaluation set's labels (``sample.labels``): ``balanced`` is exactly ``n_per_class`` of every
+    class; ``uniform`` draws n_per_class x C labels i.i.d. uniform, as CBDM's, OC's and CORAL's samplers do
+    (``torch.randint``), from ``RandomState(seed)``, sorted into class blocks (the images' seeds follow
+    their position, so a set stays the same for any batch size)."""
+    if rule == "balanced":
+        return balanced_labels(num_classes, n_per_class)
+    if rule == "uniform":
+        drawn = np.random.RandomState(seed).randint(0, num_classes, size=num_classes * n_per_class)
+        return torch.from_numpy(np.sort(drawn).astype(np.int64))
+    raise ConfigError(f"unknown sample.labels {rule!r}; valid: balanced, uniform")
 
 
 def sample_seeds(base_seed: int, n: int) -> torch.Tensor:
@@ -74,7 +87,17 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 
 
 @torch.no_grad()
-def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, sampler, steps, eta, guidance):
+def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, sampler, steps, eta, guidance,
+                  ddim_last: str = "x0"):
+    x = denoise(model, diffusion, y, noise, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                ddim_last=ddim_last)
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def denoise(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, sampler, steps, eta, guidance,
+            ddim_last: str = "x0") -> torch.Tensor:
+    """The sampler's float output before clipping and quantisation (see ``sample_images``)."""
     tab = diffusion.table(y.device)
     x = noise.draw()
     n = x.shape[0]
@@ -89,10 +112,16 @@ def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, samp
         ab = tab["alphas_bar"]
         for j in reversed(range(len(seq))):
             i = seq[j]
+            if j == 0 and ddim_last == "clamp" and i == 0:
+                break  # OC_LT / CM: the step from t = 0 goes to clamp(0 - skip, 0) = 0, the identity
             t = torch.full((n,), i, dtype=torch.int64, device=y.device)
             eps = guided_eps(model, x, t, y, guidance)
             a_t = ab[i]
             a_prev = ab[seq[j - 1]] if j > 0 else torch.ones_like(a_t)
+            if ddim_last == "clamp" and eta == 0:  # OC's / CM's update, in their arithmetic (the same map)
+                c1, c2, c3, c4 = a_t.sqrt(), (1 - a_t).sqrt(), a_prev.sqrt(), (1 - a_prev).sqrt()
+                x = c3 / c1 * x + (c4 - c3 * c2 / c1) * eps
+                continue
             x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
             sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -100,7 +129,7 @@ def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, samp
                 x = x + sigma * noise.draw()
     else:
         raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x
 
 
 def sample_images(
@@ -117,15 +146,20 @@ def sample_images(
     device: torch.device | str = "cpu",
     progress: bool = False,
     precision: str = "fp32",
+    ddim_last: str = "x0",
 ) -> torch.Tensor:
     """Generate one image per (label, seed) pair; returns uint8 [N, C, H, W] on the CPU.
 
     ``precision``: the model's arithmetic, fp32 | bf16 | auto (bf16 where ``device`` runs it
-    natively); the sampler's own update runs in fp32 either way."""
+    natively); the sampler's own update runs in fp32 either way.  ``ddim_last``: DDIM's step from
+    its smallest timestep (``sample.ddim_last``): ``x0`` lands on the x0 prediction, ``clamp`` is
+    OC's / CM's sampler, whose next time is clamp(t - skip, 0): at t = 0 the step is the identity."""
     if labels.shape != seeds.shape or labels.ndim != 1:
         raise ConfigError("labels and seeds must be 1-D tensors of equal length (one seed per image)")
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    if ddim_last not in DDIM_LAST:
+        raise ConfigError(f"unknown ddim_last {ddim_last!r}; valid: {', '.join(DDIM_LAST)}")
     device = torch.device(device)
     precision = resolve_precision(precision, device, key="sample.precision")
     shape = (model.in_channels, model.resolution, model.resolution)
@@ -139,7 +173,8 @@ def sample_images(
             noise = _Noise(seeds[s : s + batch_size], shape, device)
             with autocast(precision, device):
                 out.append(
-                    _sample_batch(model, diffusion, y, noise, sampler=sampler, steps=steps, eta=eta, guidance=guidance).cpu()
+                    _sample_batch(model, diffusion, y, noise, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                                  ddim_last=ddim_last).cpu()
                 )
     finally:
         model.train(was_training)
@@ -162,7 +197,8 @@ def generate_eval_set(
     guidance: float | None = None,
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Write ``n_per_class`` images of every class to ``out_path`` (.npz: images, labels).
+    """Write ``n_per_class`` images of every class to ``out_path`` (.npz: images, labels); under
+    ``cfg.labels=uniform`` n_per_class x C images with i.i.d. uniform labels (``eval_labels``).
 
     ``guidance`` (when given) overrides ``cfg.guidance``; the caller passes the method's
     official strength when ``cfg.guidance`` is None.  Finished chunks are kept in
@@ -181,13 +217,16 @@ def generate_eval_set(
     w = guidance if guidance is not None else cfg.guidance
     if w is None:
         raise ConfigError("no guidance strength: set sample.guidance or pass the method's official_guidance")
-    labels = balanced_labels(num_classes, n_per_class)
+    labels = eval_labels(cfg.labels, num_classes, n_per_class, seed=seed)
     seeds = sample_seeds(seed, len(labels))
     precision = resolve_precision(cfg.precision, device, key="sample.precision")
     cfg = replace(cfg, precision=precision)
-    key = hashlib.sha256(
-        repr((cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class, precision)).encode()
-    ).hexdigest()[:16]
+    what = (cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class, precision)
+    if cfg.sampler == "ddim" and cfg.ddim_last != "x0":  # the defaults' key stays what it was
+        what += (cfg.ddim_last,)
+    if cfg.labels != "balanced":
+        what += (cfg.labels,)
+    key = hashlib.sha256(repr(what).encode()).hexdigest()[:16]
     parts = out_path.with_name(out_path.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     chunk = chunk_size or max(cfg.batch_size, 1024)
@@ -215,6 +254,7 @@ def generate_eval_set(
         imgs = sample_images(
             model, diffusion, labels=labels[s : s + chunk], seeds=seeds[s : s + chunk], sampler=cfg.sampler,
             steps=cfg.steps, eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device, precision=precision,
+            ddim_last=cfg.ddim_last,
         )
         save_npz_atomic(part, images=imgs.numpy(), key=np.array(key))
         images.append(imgs)
@@ -235,5 +275,5 @@ def _sample_part(model, diffusion, part: Path, key: str, labels, seeds, cfg: Sam
                 return
     imgs = sample_images(model, diffusion, labels=labels, seeds=seeds, sampler=cfg.sampler, steps=cfg.steps,
                          eta=cfg.eta, guidance=w, batch_size=cfg.batch_size, device=device,
-                         precision=cfg.precision)  # fmt: skip
+                         precision=cfg.precision, ddim_last=cfg.ddim_last)  # fmt: skip
     save_npz_atomic(part, images=imgs.numpy(), key=np.array(key))

@@ -96,7 +96,7 @@ def train(
     init_seed, dev_seed, host_seed = _seeds(seed)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if cuda else []
     # TF32 and cuDNN autotuning for this run only: sampling and evaluation after it get the caller's settings
-    with train_numerics(device, tf32=tc.tf32), torch.random.fork_rng(devices=devices):
+    with train_numerics(device, tf32=tc.tf32, tf32_matmul=tc.tf32_matmul), torch.random.fork_rng(devices=devices):
         torch.manual_seed(init_seed)
         run = _setup(cfg=cfg, dataset=dataset, method=method, run_dir=run_dir, seed=seed, device=device,
                      dev_seed=dev_seed, host_seed=host_seed)  # fmt: skip

@@ -16,7 +16,9 @@ FID and KID of a slice with fewer than ``eval.min_ref_fid`` reference images are
 reason (precision / recall need k + 1, density / coverage dc_k + 1: metrics.py says so itself).
 With ``EvalConfig.diversity`` the rows include the Vendi score of generated and real images
 at the same n and the memorisation rate against the long-tailed training
-images of each class, in the feature space and in pixel space.
+images of each class, in the feature space and in pixel space.  The real floor's memorisation
+queries are reference images outside the training subset (``reference_with_membership``), held
+out first; a class without any is NaN with the reason.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from benchmark.eval.downstream import downstream_rows
 from benchmark.eval.features import extract_cached, get_feature_space
 from benchmark.eval.memorization import (
     class_ratios,
+    distinct_training,
     failed_rows,
     memorization_rows,
     neighbour_sheet,
@@ -78,20 +81,31 @@ AT_FLOOR_ROWS = (FID, KID, class_mean(FID), class_mean(KID))
 
 
 def reference_set(dataset, reference: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels, _ = reference_with_membership(dataset, reference)
+    return images, labels
+
+
+def reference_with_membership(dataset, reference: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The reference images and labels, and which of them are in the long-tailed training subset
+    (bool, aligned): the real floor's memorisation queries are the others."""
+    pool_in_train = np.zeros(len(dataset.source.train.labels), dtype=bool)
+    pool_in_train[np.asarray(dataset.indices)] = True
     if reference == "test":
         test, fallback = dataset.source.test, fallback_classes(dataset, reference)
         if not fallback:
-            return test.images, test.labels
+            return test.images, test.labels, np.zeros(len(test.labels), dtype=bool)
         pool = dataset.source.train
-        extra = torch.from_numpy(np.flatnonzero(np.isin(pool.labels.numpy(), fallback)))
-        images = torch.cat([test.images, pool.images[extra]])
-        labels = torch.cat([test.labels, pool.labels[extra]])
+        extra = np.flatnonzero(np.isin(pool.labels.numpy(), fallback))
+        images = torch.cat([test.images, pool.images[torch.from_numpy(extra)]])
+        labels = torch.cat([test.labels, pool.labels[torch.from_numpy(extra)]])
+        member = np.concatenate([np.zeros(len(test.labels), dtype=bool), pool_in_train[extra]])
         order = torch.argsort(labels, stable=True)  # class blocks: held-out images first, then the pool's
-        return images[order].contiguous(), labels[order]
+        return images[order].contiguous(), labels[order], member[order.numpy()]
     if reference == "train-balanced":
-        return dataset.source.train.images, dataset.source.train.labels
+        return dataset.source.train.images, dataset.source.train.labels, pool_in_train
     if reference == "longtail":
-        return dataset.train_images, torch.as_tensor(dataset.train_labels, dtype=torch.int64)
+        labels = torch.as_tensor(dataset.train_labels, dtype=torch.int64)
+        return dataset.train_images, labels, np.ones(len(labels), dtype=bool)
     raise ConfigError(f"unknown eval.reference {reference!r}; use one of {', '.join(REFERENCES)}")
 
 
@@ -158,11 +172,16 @@ def _rows_from_features(gen: dict, gen_labels, ref: dict, ref_labels, *, dataset
 
 def _diversity_rows(gen: dict, gen_labels, gen_pixels, ref: dict, ref_labels, train: dict, train_labels, train_pixels,
                     *, dataset, k: int, seed: int, space_id: str, extra_note: str,
-                    device: torch.device | None = None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+                    device: torch.device | None = None, queries: np.ndarray | None = None,
+                    no_queries: str | None = None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Vendi (plain and of the in-manifold images) and memorisation rows; also the pixel-space d1/d2
-    ratios and nearest training indices."""
+    ratios and nearest training indices.  ``queries``: the indices of the images the memorisation test
+    takes (default: all; the real floor: those outside the training subset), ``no_queries`` the
+    reason a slice left without any is NaN."""
     groups = list(dataset.groups)
-    counts = np.bincount(np.asarray(train_labels), minlength=dataset.num_classes)
+    train_labels = np.asarray(train_labels)
+    gen_labels = np.asarray(gen_labels)
+    q = np.arange(len(gen_labels)) if queries is None else np.asarray(queries, dtype=np.int64)
     vendi = pd.DataFrame(vendi_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=groups, seed=seed)
                          + vendi_inlier_rows(gen["features"], gen_labels, ref["features"], ref_labels, groups=groups,
                                              k=k, seed=seed, device=device))
@@ -172,13 +191,17 @@ def _diversity_rows(gen: dict, gen_labels, gen_pixels, ref: dict, ref_labels, tr
     for space, query, base in ((space_id, gen["features"], train["features"]), (PIXEL, gen_pixels, train_pixels)):
         metric = MEMORIZATION_PIXEL if space == PIXEL else MEMORIZATION
         kind = "pixel" if space == PIXEL else "features"
+        counts = np.bincount(train_labels, minlength=dataset.num_classes)
         try:
-            ratios, near = class_ratios(query, gen_labels, base, train_labels, num_classes=dataset.num_classes,
-                                        k=NEIGHBOURS)
-            rows = pd.DataFrame(memorization_rows(ratios, gen_labels, counts, groups=groups, metric=metric, space=kind))
+            keep = distinct_training(base, train_labels, num_classes=dataset.num_classes)  # per space: its duplicates
+            counts = np.bincount(train_labels[keep], minlength=dataset.num_classes)
+            ratios, near = class_ratios(np.asarray(query)[q], gen_labels[q], base, train_labels,
+                                        num_classes=dataset.num_classes, k=NEIGHBOURS, keep=keep)
+            rows = pd.DataFrame(memorization_rows(ratios, gen_labels[q], counts, groups=groups, metric=metric,
+                                                  space=kind, no_queries=no_queries))
         except Exception as err:  # noqa: BLE001 - a failed neighbour search is NaN rows with the reason
             ratios = near = None  # no neighbour sheet from a search that failed
-            rows = pd.DataFrame(failed_rows(gen_labels, counts, groups=groups, metric=metric, space=kind,
+            rows = pd.DataFrame(failed_rows(gen_labels[q], counts, groups=groups, metric=metric, space=kind,
                                             reason=failure_note(err)))
         rows.insert(0, "feature_space", space)
         parts.append(rows)
@@ -292,7 +315,7 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     with main_first(together=together):
         space = get_feature_space(cfg.feature_space, dataset=dataset, cfg=cfg, cache_dir=cache_dir, device=device,
                                   progress=progress and current().main)
-    ref_images, ref_labels = reference_set(dataset, cfg.reference)
+    ref_images, ref_labels, ref_member = reference_with_membership(dataset, cfg.reference)
     gen = extract_cached(space, images, cache_dir=cache_dir, progress=progress, together=together)
     ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress, together=together)
     if cfg.diversity:  # the long-tailed training images, for memorisation (cached once per split)
@@ -304,7 +327,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     parts = [frame, pd.DataFrame(evaluator_rows(space, dataset))]
     if floor_n is not None:
         parts.append(floor_n_rows(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg,
-                                  n_per_class=floor_n, seed=seed, space_id=space.identity, device=device))
+                                  n_per_class=floor_n, seed=seed, space_id=space.identity, device=device,
+                                  outside=floor_outside(ref_member, cfg.reference)))
     if cfg.diversity:
         train_labels = dataset.train_labels.numpy()
         div, ratios, near = _diversity_rows(
@@ -326,12 +350,16 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     return frame
 
 
-def floor_split(ref_labels: np.ndarray, n_per_class: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Held-out / rest indices: n_per_class per class, capped at half a class so both sides stay usable."""
+def floor_split(ref_labels: np.ndarray, n_per_class: int, *, seed: int,
+                outside: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Held-out / rest indices: n_per_class per class, capped at half a class so both sides stay usable.
+    ``outside`` (bool per reference image: not a training image): those are held out first."""
     rng = np.random.RandomState(seed)
     held, capped = [], 0
     for c in np.unique(ref_labels):
         idx = rng.permutation(np.flatnonzero(ref_labels == c))
+        if outside is not None:
+            idx = idx[np.argsort(~outside[idx], kind="stable")]
         n = min(n_per_class, len(idx) // 2)
         capped += n < n_per_class
         held.append(idx[:n])
@@ -358,16 +386,18 @@ def floor_note(n_per_class: int, capped: int) -> str:
 
 
 def floor_n_rows(gen: dict, gen_labels: np.ndarray, ref: dict, ref_labels: np.ndarray, *, dataset, cfg: EvalConfig,
-                 n_per_class: int, seed: int, space_id: str, device: torch.device | None = None) -> pd.DataFrame:
+                 n_per_class: int, seed: int, space_id: str, device: torch.device | None = None,
+                 outside: np.ndarray | None = None) -> pd.DataFrame:
     """FID and KID of the generated set at the real floor's sample size: ``<metric>_at_floor_n`` rows.
 
     The floor (``real_floor_rows``) holds out min(n_per_class, half a class) real images per class
     and scores them against the rest of the reference; a method's own rows score n_per_class
     images against the whole reference.  FID and KID depend on both n, so these rows score the
     method the floor's way: per class as many generated images as the floor holds out (drawn
-    with the cell seed) against the same rest of the reference (the same split: same seed).
+    with the cell seed) against the same rest of the reference (the same split: same seed and
+    ``outside``, the reference images outside the training subset, held out first).
     They and the floor's FID / KID rows are the like-for-like comparison."""
-    held, rest, capped = floor_split(ref_labels, n_per_class, seed=seed)
+    held, rest, capped = floor_split(ref_labels, n_per_class, seed=seed, outside=outside)
     want = np.bincount(ref_labels[held], minlength=dataset.num_classes)
     pick = floor_gen_subset(gen_labels, want, seed=seed)
     sub = {k: v[pick] for k, v in gen.items()}
@@ -385,6 +415,17 @@ def _floor_at_own_n(frame: pd.DataFrame) -> pd.DataFrame:
     same = frame[frame["metric"].isin(AT_FLOOR_ROWS)].copy()
     same["metric"] = same["metric"].map(at_floor_n)
     return pd.concat([frame, same], ignore_index=True)
+
+
+NO_OUTSIDE = ("no real image of this slice outside the training subset: the memorisation floor has no query here "
+              "(a training image held out would find itself)")
+
+
+def floor_outside(member: np.ndarray, reference: str) -> np.ndarray | None:
+    """Which reference images the floor holds out first: those outside the training subset.  Under
+    ``longtail`` every reference image is a training image (None: the floor's held-out images leave
+    the training set they are tested against instead)."""
+    return None if reference == "longtail" else ~np.asarray(member, dtype=bool)
 
 
 def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Path, device: torch.device,
@@ -406,10 +447,11 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
         frame["class"] = frame["class"].astype("Int64")
         frame["note"] = frame["note"].fillna("")
         return _floor_at_own_n(frame[EVAL_COLUMNS])
-    ref_images, ref_labels = reference_set(dataset, cfg.reference)
+    ref_images, ref_labels, member = reference_with_membership(dataset, cfg.reference)
     ref = extract_cached(space, ref_images, cache_dir=cache_dir, progress=progress)  # shared with evaluate_set
     labels = ref_labels.numpy()
-    held, rest, capped = floor_split(labels, n_per_class, seed=seed)
+    outside = floor_outside(member, cfg.reference)
+    held, rest, capped = floor_split(labels, n_per_class, seed=seed, outside=outside)
     gen = {k: v[held] for k, v in ref.items()}
     note = f"reference={cfg.reference};{floor_note(n_per_class, capped)}"
     rest_ref = {k: v[rest] for k, v in ref.items()}
@@ -419,12 +461,15 @@ def real_floor_rows(dataset, cfg: EvalConfig, n_per_class: int, *, cache_dir: Pa
     if cfg.diversity:
         if cfg.reference == "longtail":  # the held-out images are training images: test them against the rest
             train, train_labels, train_images = rest_ref, labels[rest], ref_images[torch.from_numpy(rest)]
-        else:
+            queries, why = None, None
+        else:  # a training image held out would find itself: only the others are queries
             train = extract_cached(space, dataset.train_images, cache_dir=cache_dir, progress=progress)
             train_labels, train_images = dataset.train_labels.numpy(), dataset.train_images
+            queries, why = np.flatnonzero(outside[held]), NO_OUTSIDE
         div, _, _ = _diversity_rows(gen, labels[held], pixels(ref_images[torch.from_numpy(held)]), rest_ref,
                                     labels[rest], train, train_labels, pixels(train_images), dataset=dataset,
-                                    k=cfg.pr_k, seed=seed, space_id=space.identity, extra_note=note, device=device)
+                                    k=cfg.pr_k, seed=seed, space_id=space.identity, extra_note=note, device=device,
+                                    queries=queries, no_queries=why)
         frame = pd.concat([frame, div], ignore_index=True)
     frame = flag_untrusted(frame[EVAL_COLUMNS], space)
     frame["class"] = frame["class"].astype("Int64")

@@ -90,7 +90,8 @@ from benchmark.eval.knn import Rows, knn_metrics, knn_slices
 
 # the version of the statistics' definitions: bumped whenever a row would come out differently from the same
 # features (it enters the real-floor cache key, so a cached floor of an older version is recomputed)
-STATS_VERSION = 4  # 4: the vendi_inlier rows
+# 4: the vendi_inlier rows; 5: the memorisation floor's queries outside the training set, deduplicated training images
+STATS_VERSION = 5
 
 # ---------------------------------------------------------------- single-slice metrics
 

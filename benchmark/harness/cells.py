@@ -14,6 +14,7 @@ from benchmark.core.device import bf16_support, resolve_precision
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL
+from benchmark.core.presets import protocol_guidance
 from benchmark.engine.checkpoint import ema_checkpoint_name
 from methods import METHODS, fine_tuner, objective_class, options_read
 
@@ -130,6 +131,10 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
         train=replace(cfg.train, batch_size=method_batch(cfg, cell.method), keep_ema_at=_keep_ema_steps(cfg, cell)),
         grid=GridConfig(methods=(cell.method,), imbalances=(cell.imbalance,), seeds=(cell.seed,)),
     )
+    omega = protocol_guidance(cfg.protocol, dataset=dataset_slug(cell.dataset), imbalance=cell.imbalance,
+                              method=cell.method)
+    if cfg.sample.guidance is None and omega is not None:  # the table's omega for this method and data, recorded
+        ccfg = replace(ccfg, sample=replace(ccfg.sample, guidance=omega))
     parent = parent_cell(cell)
     if parent is None:
         return ccfg

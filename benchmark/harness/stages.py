@@ -88,6 +88,14 @@ def finish_rows(metric_rows: pd.DataFrame, ident: dict, dataset) -> pd.DataFrame
     return rows[RESULT_COLUMNS]
 
 
+def with_run_note(rows: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """Every row of a method's cell records its training batch and how its evaluation labels were drawn
+    (``sample.labels``): both are part of a published protocol, and neither has a column."""
+    run = f"train_batch={cfg.train.batch_size};eval_labels={cfg.sample.labels}"
+    rows["note"] = [f"{n};{run}" if n else run for n in rows["note"]]
+    return rows
+
+
 def missing_start(cell, path: Path) -> TrainingError:
     """The error of a fine-tuning cell whose starting weights are not there, naming the fix."""
     parent_model = path.parent.parent / "model.pt"
@@ -157,4 +165,4 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     )  # fmt: skip
     if not current().main:
         return None
-    return finish_rows(rows, ident, dataset)
+    return with_run_note(finish_rows(rows, ident, dataset), cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmark.core.names import ALL, FEW, FID, IS, MANY, MEDIUM, PRECISION, RECALL
+from benchmark.core.presets import DDPM1000_GUIDANCE
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,7 @@ def describe(m: Measured) -> str:
 # DDPM, CBDM, CORAL: 150k steps x 128 with the CBDM sampler (DDPM-1000); T2H: 200k steps with OC's DDIM-100
 # (batch 128, T2H's official one).  omega per method and setting; recall on VGG16 fc2 features with k = 3.
 _CORAL = "CORAL paper, Table 1"
-_OMEGA_A = {  # (dataset, imbalance) -> {method: omega}
-    ("cifar10", 0.01): {"ddpm": 0.8, "cbdm": 1.0, "coral": 0.6, "t2h": 1.0},
-    ("cifar10", 0.001): {"ddpm": 1.0, "cbdm": 1.8, "coral": 1.0, "t2h": 1.7},
-    ("cifar100", 0.01): {"ddpm": 0.8, "cbdm": 1.6, "coral": 0.8, "t2h": 1.5},
-}
+_OMEGA_A = DDPM1000_GUIDANCE  # (dataset, imbalance) -> {method: omega}; the protocol samples with them too
 _LABEL = {"ddpm": "DDPM", "cbdm": "CBDM", "t2h": "T2H", "coral": "CORAL", "cm": "CM"}
 
 

@@ -21,7 +21,10 @@ samples made outside the harness: ``evaluate --force``).  Each rule names the ch
   of the old one.  Rescored, they come back under the new name, beside the old rows, which
   the rescore then drops;
 - ``no-vendi-inlier``: Vendi rows of a cell scored before the in-manifold Vendi (``vendi_inlier``,
-  which noisy samples cannot raise) existed: the diversity curve and its leaderboard column are empty.
+  which noisy samples cannot raise) existed: the diversity curve and its leaderboard column are empty;
+- ``memorization-duplicates``: memorisation rows from before each class's training images were
+  deduplicated and the k nearest distances recomputed directly (a copy of an image present twice
+  was missed), and real floors whose queries could be training images (they found themselves).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from benchmark.core.names import (
     IS,
     KID,
     LABEL_ACC,
+    MEMORIZATION,
+    MEMORIZATION_PIXEL,
     PRECISION,
     REAL,
     RECALL,
@@ -119,6 +124,11 @@ def _no_vendi_inlier(table: pd.DataFrame) -> pd.Series:
     return (table["metric"] == VENDI) & ~ident.isin(scored)
 
 
+def _memorization_duplicates(table: pd.DataFrame) -> pd.Series:
+    memo = table["metric"].isin((MEMORIZATION, MEMORIZATION_PIXEL)) & _computed(table)
+    return memo & ~table["note"].str.contains("distinct training images", regex=False)
+
+
 RULES = (
     Rule("interval-bootstrap", "FID/KID intervals from resampling the generated set with replacement (they could "
          "exclude their own estimate; now half-sampling of both sets)", _bootstrap),
@@ -133,6 +143,9 @@ RULES = (
          "carried a digest of the evaluator's weights", _classifier_unweighed),
     Rule("no-vendi-inlier", "Vendi rows from before the in-manifold Vendi (vendi_inlier, which noisy samples cannot "
          "raise): the diversity curve's headline and 'Vendi-in/real few' are empty", _no_vendi_inlier),
+    Rule("memorization-duplicates", "memorisation rows from before duplicated training images were merged and "
+         "the nearest distances recomputed directly (copies of an image present twice were missed; the real "
+         "floor's queries could be training images)", _memorization_duplicates),
 )
 
 

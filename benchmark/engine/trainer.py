@@ -54,6 +54,7 @@ from benchmark.engine.checkpoint import (
     prune_checkpoints,
 )
 from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.export import export_weights
 from benchmark.engine.trackers import make_tracker, sample_grids
 
 if TYPE_CHECKING:  # the loop only calls the interface; methods/ sits above the engine
@@ -394,8 +395,12 @@ def _save_checkpoint(run: _Run) -> None:
 
 
 def _save_model(run: _Run) -> Path:
-    """model.pt: the EMA weights, the kwargs that rebuild the backbone and what produced them."""
-    return _save_ema(run, run.run_dir / "model.pt")
+    """model.pt: the EMA weights, the kwargs that rebuild the backbone and what produced them; the same
+    weights as model.safetensors + model.json, which any tool loads without pickle (``export.py``)."""
+    path = _save_ema(run, run.run_dir / "model.pt")
+    if run.dist.main:
+        export_weights(path)
+    return path
 
 
 def _save_ema(run: _Run, path: Path) -> Path:

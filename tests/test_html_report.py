@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from test_report import cell_rows
@@ -61,7 +60,8 @@ def test_every_reference_exists_and_every_plot_and_table_is_shown(report_dir):
 
 def test_markdown_subset():
     html = markdown_to_html("# T\n\n- a **b**\n- c\n\n> warn *x~*\n\n| m | v |\n|---|---|\n| ddpm | **1.0** |\n\ntext")
-    assert html.splitlines() == ["<h2>T</h2>", "<ul><li>a <b>b</b></li><li>c</li></ul>", "<blockquote>warn <i>x~</i></blockquote>",
+    assert html.splitlines() == ["<h2>T</h2>", "<ul><li>a <b>b</b></li><li>c</li></ul>",
+                                 "<blockquote>warn <i>x~</i></blockquote>",
                                  "<table><thead><tr><th>m</th><th>v</th></tr></thead><tbody><tr><td>ddpm</td><td><b>1.0</b></td>"
                                  "</tr></tbody></table>", "<p>text</p>"]  # fmt: skip
 

@@ -23,7 +23,8 @@ LEGEND_MAIN = (
     "- Mean ± std over seeds. **Bold**: best, separated from the runner-up by a paired t test over seeds (p < 0.05); "
     "*italic~*: best mean, not separable (with one seed: untested).",
     "- FID lower is better (overall, many- and few-shot group); Cov few: coverage of the few-shot classes (higher); "
-    "Vendi-in/real few: in-manifold diversity over held-out real images' (best near 1); Mem few: memorised fraction (lower).",
+    "Vendi-in/real few: in-manifold diversity relative to held-out real images (best near 1); "
+    "Mem few: memorised fraction (lower).",
     "- LabelAcc: a classifier's accuracy on the generated images; CAS: a classifier trained on them, tested on real images.",
     "- 'real data (floor)' scores held-out real images like generated ones; '@floor n' columns score every method at "
     "the floor's n: compare with the floor there.",

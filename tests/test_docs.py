@@ -53,3 +53,41 @@ def test_readme_method_recipe_registers_and_weights_average_one():
     proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+
+
+def _shown_commands():
+    """Every `python run_benchmark.py ...` / `ltgen-bench ...` line of a bash block in the README and docs/."""
+    import shlex
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            text = re.sub(r"\\\n\s*", " ", block)
+            for line in text.splitlines():
+                line = line.split(" #", 1)[0].strip()
+                for part in re.split(r"&&|;|\|", line):
+                    words = shlex.split(part.strip())
+                    for i, word in enumerate(words):
+                        if word == "ltgen-bench" or word.endswith("run_benchmark.py"):
+                            yield page.name, words[i + 1 :]
+                            break
+
+
+def test_every_command_shown_in_the_docs_parses():
+    """The commands of the README and the docs use flags the parser has (the runnable ones run in the tests
+    named beside them; the others need a dataset, a GPU or a cluster and say so)."""
+    from benchmark.cli import build_parser
+    from benchmark.core.config import Config, apply_overrides
+
+    shown = list(_shown_commands())
+    assert len(shown) > 20
+    parser = build_parser()
+    for page, argv in shown:
+        if not argv or argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
+            argv = ["run", *argv]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            pytest.fail(f"{page}: `{' '.join(argv)}` does not parse (exit {exc.code})")
+        for pair in getattr(args, "overrides", []):  # every --set names a real key with a valid value
+            apply_overrides(Config(), [pair])

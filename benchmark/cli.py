@@ -1,4 +1,4 @@
-"""Command line: ``run`` (default), ``report``, ``data``, ``evaluate``, ``list``.
+"""Command line: ``run`` (default), ``report``, ``data``, ``evaluate``, ``list``, ``export``.
 
 ``python run_benchmark.py`` with no arguments runs the default preset into results/demo/.
 Exit status: 0 success, 1 some grid cell failed (the others finished), 2 bad input.
@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub.add_parser("list", help="list presets, protocols, methods, datasets, feature spaces, launchers and options")
+
+    exp = sub.add_parser("export", help="write a finished cell's model as model.safetensors + model.json")
+    exp.add_argument("cells", nargs="+", metavar="CELL",
+                     help="a cell folder (runs/<dataset>/<profile>-<imbalance>/<method>/seed<k>) or its model.pt")
+    exp.add_argument("--to", default=None, help="folder to write into (default: beside model.pt; one cell only)")
     return parser
 
 
@@ -285,6 +290,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from benchmark.engine.export import export_weights, find_model
+
+    if args.to and len(args.cells) > 1:
+        raise ConfigError("--to takes one cell; export several cells beside their model.pt (without --to)")
+    for cell in args.cells:
+        for path in export_weights(find_model(Path(cell)), Path(args.to) if args.to else None):
+            print(path)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from benchmark.data import build_dataset, computable_lines, data_table
 
@@ -372,7 +388,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "data": cmd_data, "evaluate": cmd_evaluate, "list": cmd_list}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "data": cmd_data, "evaluate": cmd_evaluate, "list": cmd_list,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

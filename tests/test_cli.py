@@ -120,8 +120,8 @@ def test_console_entry_runs_as_script():
         assert option in proc.stdout
 
 
-def test_readme_cli_reference_is_in_step_with_help():
+def test_docs_cli_reference_is_in_step_with_help():
     from benchmark.devtools.clidoc import current_block, render
 
-    readme = (ROOT / "README.md").read_text()
-    assert current_block(readme) == render(), "README CLI reference is stale: run `python -m benchmark.devtools.clidoc`"
+    page = (ROOT / "docs" / "cli.md").read_text()
+    assert current_block(page) == render(), "docs/cli.md is stale: run `python -m benchmark.devtools.clidoc`"

@@ -272,4 +272,5 @@ def test_floor_n_columns_and_sample_sizes_under_each_table(tmp_path):
     assert cells["ddpm"] == "14.00" and cells["cbdm"] == "**11.00**" and cells["real data (floor)"] == "2.00"
     assert ("Sample sizes, generated vs reference images, overall: methods' own columns 10 vs 20; '@floor n' "
             "columns 6 vs 14; real data (floor) 6 vs 14 (capped_classes=1, real_floor n_per_class=10).") in md
-    assert "compare methods with the floor there" in md
+    assert "compare with the floor there" in md
+    assert "compare methods with the floor there" in (tmp_path / "leaderboard_full.md").read_text()

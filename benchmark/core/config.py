@@ -188,6 +188,11 @@ class TrainConfig(_Checked):
     tf32_matmul: bool = True
     compile: bool = False
     channels_last: bool = False
+    logger: str = choice("csv", {
+        "csv": "train_log.csv only",
+        "tensorboard": "also TensorBoard event files in the cell's tensorboard/ (pip install 'ltgen-bench[tensorboard]')",
+        "wandb": "also a Weights & Biases run, offline unless configured (pip install 'ltgen-bench[wandb]')",
+    })  # fmt: skip
     init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
     # steps at which the EMA weights are also kept (checkpoints/ema_<step>.pt, model.pt's format): set by
     # the grid on a cell another one fine-tunes from a step of its budget (cbdm-ft)
@@ -414,6 +419,7 @@ _KEY_STAGE = {  # the exceptions to their section, and the top-level keys
     "train.log_every": None,
     "train.compile": None,
     "train.channels_last": None,
+    "train.logger": None,  # where the figures also go, not what is computed
     "train.keep_ema_at": None,  # which EMA weights are also kept on disk, not what is computed
     "sample.batch_size": None,  # per-sample seeds: the same images for any batch
     "eval.batch_size": None,

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from benchmark.core.errors import DataError
 from benchmark.core.files import save_npz_atomic
+from benchmark.core.progress import progress as progress_bar
 from benchmark.data.imagefolder import center_square, read_image
 from benchmark.data.sources import DATASETS, ImageSet, RawSource, resize_images
 
@@ -177,7 +177,7 @@ def _decode_all(entries: ListEntries, resolution: int | None, resize: str) -> np
     if resolution is None and first.shape[1] != first.shape[2]:
         raise DataError(f"{entries.where(0)}: image is {first.shape[1]}x{first.shape[2]}, not square; set data.resolution")
     out = np.empty((n, 3, side, side), dtype=np.uint8)
-    bar = tqdm(total=n, desc=f"decoding {entries.list_path.name}", unit="img", disable=None)
+    bar = progress_bar(total=n, desc=f"decoding {entries.list_path.name}", unit="img")
     try:
         with ThreadPoolExecutor(_WORKERS) as pool:
             for start in range(0, n, _CHUNK):

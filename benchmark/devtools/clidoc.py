@@ -1,7 +1,7 @@
-"""Keep the README's CLI reference in step with ``--help``.
+"""Keep the documentation's CLI reference (docs/cli.md) in step with ``--help``.
 
 ``python -m benchmark.devtools.clidoc`` rewrites the block between ``<!-- CLI -->`` and ``<!-- /CLI -->``
-in README.md from the argument parser itself; ``tests/test_cli.py`` fails when they differ.
+in docs/cli.md from the argument parser itself; ``tests/test_cli.py`` fails when they differ.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def render() -> str:
     try:
         parser = build_parser()
         parts = [
-            "## CLI reference",
+            "# CLI reference",
             "",
             "`python run_benchmark.py ...` and the installed `ltgen-bench ...` are the same program. Without a "
             "command it runs `run` with the default preset (`demo`). Exit status: 0 success, 1 a grid cell failed "
@@ -32,7 +32,7 @@ def render() -> str:
         ]  # fmt: skip
         sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
         for name, p in sub.choices.items():
-            parts += [f"### `{name}`", "", "```text", p.format_help().rstrip(), "```", ""]
+            parts += [f"## `{name}`", "", "```text", p.format_help().rstrip(), "```", ""]
         return "\n".join(parts)
     finally:
         if old is None:
@@ -54,5 +54,5 @@ def update(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/cli.md")
     print(f"{target}: {'updated' if update(target) else 'already in step'}")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from benchmark.core.config import DDIM_LAST, SampleConfig
 from benchmark.core.device import autocast, resolve_precision
 from benchmark.core.distributed import barrier, current
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
+from benchmark.core.progress import progress as progress_bar
 from benchmark.engine.diffusion import GaussianDiffusion, guided_eps
 
 SAMPLERS = ("ddim", "ddpm")
@@ -168,7 +168,7 @@ def sample_images(
     out = []
     try:
         starts = range(0, len(labels), batch_size)
-        for s in tqdm(starts, desc=f"sampling ({sampler})", disable=not progress, leave=False):
+        for s in progress_bar(starts, desc=f"sampling ({sampler})", enabled=progress, transient=True, unit="batch"):
             y = labels[s : s + batch_size].to(device)
             noise = _Noise(seeds[s : s + batch_size], shape, device)
             with autocast(precision, device):
@@ -244,7 +244,7 @@ def generate_eval_set(
             barrier()  # rank 0 writes out_path
             return generate_eval_set(model, diffusion, num_classes=num_classes, n_per_class=n_per_class, cfg=cfg,
                                      seed=seed, out_path=out_path, device=device, progress=False, guidance=guidance)  # fmt: skip
-    for s in tqdm(starts, desc=f"generating {out_path.name}", disable=not progress):
+    for s in progress_bar(starts, desc=f"generating {out_path.name}", enabled=progress, unit="chunk"):
         part = parts / f"chunk_{s:08d}.npz"
         if part.exists():
             with np.load(part) as data:

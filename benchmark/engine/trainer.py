@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from benchmark.core.config import Config, to_json
 from benchmark.core.device import autocast, resolve_precision, train_numerics
@@ -43,6 +42,7 @@ from benchmark.core.distributed import (
     shard_draws,
 )
 from benchmark.core.errors import DataError, TrainingError
+from benchmark.core.progress import progress as progress_bar
 from benchmark.engine.backbone import UNet, build_unet, unet_kwargs
 from benchmark.engine.batches import Batch, BatchDrawer, Batches
 from benchmark.engine.checkpoint import (
@@ -54,6 +54,8 @@ from benchmark.engine.checkpoint import (
     prune_checkpoints,
 )
 from benchmark.engine.diffusion import GaussianDiffusion
+from benchmark.engine.export import export_weights
+from benchmark.engine.trackers import make_tracker, sample_grids
 
 if TYPE_CHECKING:  # the loop only calls the interface; methods/ sits above the engine
     from methods.base import Method
@@ -147,6 +149,7 @@ class _Run:
     batches: Batches | None = None
     net: nn.Module | None = None  # what loss_terms calls: the model wrapped for the forward pass
     extra: list[nn.Parameter] = field(default_factory=list)  # parameters outside DDP: averaged by hand
+    groups: list[str] = field(default_factory=list)  # each class's group: the trackers' sample grids
 
     @property
     def cuda(self) -> bool:
@@ -181,6 +184,8 @@ def _setup(
         opt=torch.optim.Adam(params, lr=tc.lr, **fused), diffusion=GaussianDiffusion.from_config(cfg.diffusion),
         gen=torch.Generator(device=device).manual_seed(dev_seed), host=torch.Generator().manual_seed(host_seed),
         identity=_identity(cfg, method, dataset, seed, kwargs), run_dir=run_dir,
+        # stand-in datasets (perf, tests) may have no groups: one group then
+        groups=list(getattr(dataset, "groups", None) or ["all"] * dataset.num_classes),
     )
     run.ckpt_dir.mkdir(parents=True, exist_ok=True)
     state = _restore(run)
@@ -284,11 +289,14 @@ def _step(run: _Run, batch: Batch) -> torch.Tensor:
 class _Window:
     """The figures of the steps since the last log row, summed on the device; one host sync per row."""
 
-    def __init__(self, run: _Run, bar: tqdm) -> None:
+    def __init__(self, run: _Run, bar) -> None:
         self.run, self.bar = run, bar
         self.names = tuple(run.method.term_names)
         columns = ["step", "loss", *self.names, "lr", "grad_norm", "images_per_s"]
         self.log = TrainLog(run.run_dir / "train_log.csv", columns, resume_step=run.step) if run.dist.main else _NoLog()
+        self.tracker = make_tracker(run.cfg.train.logger if run.dist.main else "csv", run.run_dir, resume_step=run.step,
+                                    config=json.loads(to_json(run.cfg)), config_json=to_json(run.cfg),
+                                    name="/".join(run.run_dir.parts[-4:]))  # fmt: skip
         self.acc = torch.zeros(len(self.names) + 1, device=run.device)
         self.steps, self.t0 = 0, time.perf_counter()
 
@@ -316,22 +324,37 @@ class _Window:
         dt = time.perf_counter() - self.t0
         terms = values[: len(names)]
         lr = run.opt.param_groups[0]["lr"]
-        self.log.write([run.step, sum(terms), *terms, lr, values[-1], window * run.cfg.train.batch_size / max(dt, 1e-9)])
+        rate = window * run.cfg.train.batch_size / max(dt, 1e-9)
+        self.log.write([run.step, sum(terms), *terms, lr, values[-1], rate])
+        self.tracker.scalars(run.step, {"loss/total": sum(terms), **{f"loss/{n}": v for n, v in zip(names, terms)},
+                                        "train/lr": lr, "train/grad_norm": values[-1], "train/images_per_s": rate})  # fmt: skip
         self.bar.set_postfix(loss=f"{sum(terms):.4f}")
         self.acc = torch.zeros_like(self.acc)
         self.steps = 0
         self.restart_clock()
 
+    def grids(self) -> None:
+        """A fixed-seed sample grid per class group from the EMA weights, for trackers that show images."""
+        run = self.run
+        if not self.tracker.wants_images:
+            return
+        sc = run.cfg.sample
+        guidance = sc.guidance if sc.guidance is not None else float(run.method.official_guidance)
+        model = run.method.export_model(run.ema)
+        self.tracker.images(run.step, sample_grids(model, run.diffusion, groups=run.groups, sample_cfg=sc,
+                                                   guidance=guidance, device=run.device))  # fmt: skip
+
     def close(self) -> None:
         self.log.close()
+        self.tracker.close()
 
 
 def _loop(run: _Run, *, progress: bool) -> None:
     """Train from ``run.step`` to ``train.steps``: log every ``log_every``, checkpoint every ``ckpt_every``."""
     tc = run.cfg.train
     run.model.train()
-    bar = tqdm(total=tc.steps, initial=run.step, desc=f"train {run.method.name}",
-               disable=not progress or not run.dist.main)  # fmt: skip
+    bar = progress_bar(total=tc.steps, initial=run.step, desc=f"train {run.method.name}",
+                       enabled=progress and run.dist.main, unit="step")  # fmt: skip
     window = _Window(run, bar)
     try:
         while run.step < tc.steps:
@@ -345,6 +368,7 @@ def _loop(run: _Run, *, progress: bool) -> None:
             if run.step % tc.ckpt_every == 0 or run.step == tc.steps:
                 window.flush()
                 _save_checkpoint(run)
+                window.grids()
                 window.restart_clock()  # checkpoint time does not count against images/s
     finally:
         bar.close()
@@ -372,8 +396,12 @@ def _save_checkpoint(run: _Run) -> None:
 
 
 def _save_model(run: _Run) -> Path:
-    """model.pt: the EMA weights, the kwargs that rebuild the backbone and what produced them."""
-    return _save_ema(run, run.run_dir / "model.pt")
+    """model.pt: the EMA weights, the kwargs that rebuild the backbone and what produced them; the same
+    weights as model.safetensors + model.json, which any tool loads without pickle (``export.py``)."""
+    path = _save_ema(run, run.run_dir / "model.pt")
+    if run.dist.main:
+        export_weights(path)
+    return path
 
 
 def _save_ema(run: _Run, path: Path) -> Path:

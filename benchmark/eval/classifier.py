@@ -34,9 +34,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from benchmark.core.errors import DataError
+from benchmark.core.progress import progress as progress_bar
 from benchmark.data.reference import EVALUATOR_VAL_FRACTION, validation_split
 from benchmark.engine.checkpoint import atomic_save
 from benchmark.eval.trust import evaluator_trust
@@ -157,7 +157,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes:
     opt = torch.optim.Adam(net.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     net.train()
-    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=epochs * steps_per_epoch, desc=desc, enabled=progress, transient=True, unit="step")
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for idx in order.split(bs):
@@ -243,7 +243,7 @@ def train_evaluator(images: torch.Tensor, labels: torch.Tensor, *, num_classes: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_epochs * steps_per_epoch)
     max_shift = max(1, resolution // 8)
     best, best_acc, best_epoch, stale, epochs, history = None, -1.0, 0, 0, 0, []
-    bar = tqdm(total=max_epochs * steps_per_epoch, desc="evaluator", disable=not progress, leave=False)
+    bar = progress_bar(total=max_epochs * steps_per_epoch, desc="evaluator", enabled=progress, transient=True, unit="step")
     for epoch in range(1, max_epochs + 1):
         net.train()
         order = torch.multinomial(weights, steps_per_epoch * bs, replacement=True, generator=gen)

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from cleanfid.resize import make_resizer
 from torch_fidelity.feature_extractor_dinov2 import FeatureExtractorDinoV2
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-from tqdm import tqdm
 
 from benchmark.core.config import EvalConfig, choices
 from benchmark.core.device import pinned_numerics
 from benchmark.core.distributed import broadcast, current, gather_to_main
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
+from benchmark.core.progress import progress as progress_bar
 from benchmark.core.registry import Registry
 from benchmark.eval.classifier import EVALUATOR_SEED, load_or_train_evaluator, predict, weights_digest
 
@@ -128,7 +128,7 @@ def bilinear_unit(images: torch.Tensor, size: int, device: torch.device) -> torc
 
 
 def _batched(images: torch.Tensor, batch_size: int, progress: bool, desc: str):
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+    for i in progress_bar(range(0, len(images), batch_size), desc=desc, enabled=progress, transient=True, unit="batch"):
         yield images[i:i + batch_size]
 
 

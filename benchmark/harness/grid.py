@@ -263,9 +263,10 @@ def summarize(outcomes: list[CellOutcome], out: Path) -> str:
         f"{len(outcomes)} cells: {done} run, {skipped} already finished (skipped), {len(failed)} failed "
         f"in {total / 60:.1f} min",
         f"results table : {Path(out) / 'results.csv'}",
-        f"leaderboards  : {Path(out) / 'leaderboard.md'} (.tex, .csv)",
+        f"leaderboards  : {Path(out) / 'leaderboard.md'} (.tex; every column: leaderboard_full.md, .csv)",
         f"plots         : {Path(out) / 'plots'}/",
-        f"cell folders  : {Path(out) / 'runs'}/  (config.json, model.pt, samples.npz, metrics.csv, cell.log)",
+        f"one page      : {Path(out) / 'report.html'}",
+        f"cell folders  : {Path(out) / 'runs'}/  (config.json, model.pt + model.safetensors, samples.npz, metrics.csv, cell.log)",
     ]
     for o in failed:
         lines.append(f"FAILED {o.cell.name}: {o.error}  (log: {o.folder / 'cell.log'})")

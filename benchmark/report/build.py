@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.harness.results import read_results
+from benchmark.report.html import write_html
 from benchmark.report.leaderboard import no_ranking_lines, one_seed_lines, write_leaderboards
 from benchmark.report.plots import write_plots
 from benchmark.report.stale import write_stale
@@ -27,4 +28,5 @@ def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
     paths += write_leaderboards(table, out)
     if plots:
         paths += write_plots(table, Path(out))
+    paths.append(write_html(Path(out)))  # last: it shows what the steps above wrote
     return paths

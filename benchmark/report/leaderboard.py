@@ -55,6 +55,7 @@ from benchmark.core.names import (
     at_floor_n,
 )
 from benchmark.eval.trust import UNTRUSTED_NOTE
+from benchmark.report.main_table import LEGEND_MAIN, main_view
 from benchmark.report.published import describe, published_for
 from benchmark.report.seeds import ALPHA, LEVEL, Comparison, compare_best
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows, class_info
@@ -448,15 +449,23 @@ def _statement(display: pd.DataFrame) -> str:
 def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
     out = Path(out)
     boards = leaderboards(table)
-    md, tex, flat = ["# Leaderboards", "", LEGEND, ""], [], []
+    # leaderboard.md: the main view (main_table.py); leaderboard_full.md and the CSV: every column
+    md, full, tex, flat = ["# Leaderboards", "", *LEGEND_MAIN, ""], ["# Leaderboards: every column", "", LEGEND, ""], [], []
     for key, display, marks in boards:
-        md += [f"## {_title(key, display)}", ""]
+        view, view_marks, shared, below = main_view(display, marks)
+        title = _title(key, display) + (f" | {shared}" if shared else "")
+        md += [f"## {title}", ""]
+        full += [f"## {_title(key, display)}", ""]
         if _statement(display):
             md += [f"> {_statement(display)}", ""]
-        md += [_markdown(display, marks), ""]
+            full += [f"> {_statement(display)}", ""]
+        md += [_markdown(view, view_marks), ""]
+        full += [_markdown(display, marks), ""]
+        md += [line for part in below for line in (part, "")]
         if display.attrs.get("sizes"):
             md += [display.attrs["sizes"], ""]
-        tex += [_latex(key, display, marks), ""]
+            full += [display.attrs["sizes"], ""]
+        tex += [_latex(key, view, view_marks, title=title), ""]
         frame = display.copy()
         frame.attrs = {}
         frame.insert(0, "method", frame.index)
@@ -467,6 +476,8 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
         flat.append(frame)
     paths = [out / "leaderboard.md", out / "leaderboard.tex", out / "leaderboard.csv"]
     write_text_atomic(paths[0], "\n".join(md))  # atomic: a killed report never leaves half a table
+    paths.append(out / "leaderboard_full.md")
+    write_text_atomic(paths[-1], "\n".join(full))
     write_text_atomic(paths[1], "\n".join(tex))
     write_csv_atomic(paths[2], pd.concat(flat, ignore_index=True) if flat else pd.DataFrame())
     paths.append(out / "leaderboard_per_class.csv")
@@ -489,7 +500,7 @@ def _markdown(display: pd.DataFrame, marks: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
+def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame, *, title: str | None = None) -> str:
     cols = list(display.columns)
 
     def esc(s: str) -> str:
@@ -500,7 +511,7 @@ def _latex(key: dict, display: pd.DataFrame, marks: pd.DataFrame) -> str:
         caption_note += ". " + display.attrs["sizes"].rstrip(".")
     lines = [
         r"\begin{table}[t]", r"\centering", r"\small",
-        rf"\caption{{{esc(_title(key, display) + caption_note)}}}",
+        rf"\caption{{{esc((title or _title(key, display)) + caption_note)}}}",
         r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
         "Method & " + " & ".join(esc(c) for c in cols) + r" \\", r"\midrule",
     ]  # fmt: skip

@@ -23,7 +23,7 @@ from fake_eval_data import fake_dataset
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.core.config import Config, DataConfig, EvalConfig, MethodConfig, from_dict, to_dict, to_json
+from benchmark.core.config import Config, DataConfig, EvalConfig, from_dict, to_dict, to_json
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
@@ -34,7 +34,7 @@ from benchmark.engine.checkpoint import latest_checkpoint, load
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.trainer import _seeds, load_model, train
 from benchmark.eval.features import FEATURE_SPACES, get_feature_space
-from methods import METHODS, get_method
+from methods import METHODS, get_method, method_options
 from methods.base import overrides
 
 CPU = torch.device("cpu")
@@ -48,7 +48,7 @@ ALL_METHODS = METHODS.names() + WITH_RESAMPLE
 EMPTY_CLASS_COUNTS = np.array([12, 6, 0, 2])  # class 2 has no training image
 DIFF = GaussianDiffusion(T=50)
 DATA = tiny_data()
-OPTIONS = MethodConfig(resample_schedule="progressive")  # class probabilities that change with the step
+OPTIONS = method_options(resample={"schedule": "progressive"})  # class probabilities that change with the step
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)

@@ -13,7 +13,7 @@ from benchmark.core.config import EVALUATE, SAMPLE, TRAIN, Config, GridConfig, s
 from benchmark.core.device import bf16_support, resolve_precision
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
-from benchmark.core.names import REAL
+from benchmark.core.names import REAL, cell_folder, dataset_slug  # noqa: F401  (dataset_slug: imported from here too)
 from benchmark.engine.checkpoint import ema_checkpoint_name
 from methods import METHODS, MethodSpec, resolve
 from methods.registry import method_source
@@ -37,16 +37,7 @@ class Cell:
         return f"{dataset_slug(self.dataset)} {self.profile}-{self.imbalance:g} {self.method} seed{self.seed}"
 
     def folder(self, out: Path) -> Path:
-        return (
-            Path(out) / "runs" / dataset_slug(self.dataset) / f"{self.profile}-{self.imbalance:g}"
-            / self.method.replace("+", "_") / f"seed{self.seed}"
-        )  # fmt: skip
-
-
-def dataset_slug(spec: str) -> str:
-    if spec.startswith("imagefolder:"):
-        return "imagefolder-" + Path(spec.split(":", 1)[1].rstrip("/")).name
-    return spec
+        return cell_folder(out, self.dataset, self.profile, self.imbalance, self.method, self.seed)
 
 
 def method_order(methods: tuple[str, ...]) -> tuple[list[str], list[str]]:

@@ -522,7 +522,7 @@ def _unknown_method_option(key: str, valid: list[str]) -> str:
 
 
 def legacy_method_keys() -> dict[str, list[str]]:
-    """The flat keys of the first layout (``method.cbdm_tau``) -> the per-method keys they became, from
+    """The flat keys of the first layout (``method.<name>_<option>``) -> the per-method keys they became, from
     each options class's ``legacy`` map (old field name -> its option)."""
     out: dict[str, list[str]] = {}
     for section, cls in _METHOD_OPTIONS.items():
@@ -532,7 +532,7 @@ def legacy_method_keys() -> dict[str, list[str]]:
 
 
 def upgrade_flat_record(flat: dict[str, Any]) -> dict[str, Any]:
-    """A flattened config record with its first-layout method keys (``method.cbdm_tau``) mapped to the
+    """A flattened config record with its first-layout method keys (``method.<name>_<option>``) mapped to the
     per-method keys they became; keys of that layout no registered method claims are dropped."""
     if not any(k.startswith("method.") and k.count(".") == 1 for k in flat):
         return flat

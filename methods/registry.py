@@ -156,7 +156,12 @@ class MethodSpec:
 
     def options(self, config: Any, part: str) -> Any:
         """Part ``part``'s options from the ``method`` section ``config``, with what it absorbed."""
-        opts = getattr(config, method_section(part), None) if METHODS.get(part).Options is not None else None
+        if METHODS.get(part).Options is None:
+            return None
+        opts = getattr(config, method_section(part), None)
+        if opts is None:  # never fall back to defaults silently: the options given would be ignored
+            raise ConfigError(f"the config has no section method.{method_section(part)}: it was built before method "
+                              f"{part!r} was registered; load its plugin (--plugin) before building the config")
         values = dict(dict(self.absorbed).get(part, ()))
         return replace(opts, **values) if values else opts
 

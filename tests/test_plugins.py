@@ -194,6 +194,8 @@ def test_a_results_folder_of_the_first_layout_resumes_without_retraining(tmp_pat
     else:  # ddpm reads no cbdm option
         assert check(changed) is None
     assert check(config_module.apply_overrides(cfg, ["sample.steps=5"])).redo == "sample"
+    old = config_module.from_dict(Config, record["config"])  # the record itself reads as today's tree
+    assert old.method.cbdm.tau == old.method.cbdm_ft.tau == 0.5 and old.method.t2h.gate == old.method.cm.gate == "t2h"
 
 
 def test_check_method_passes_the_example_and_fails_a_broken_copy_naming_the_contract(tmp_path, isolated, capsys):

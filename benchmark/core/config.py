@@ -457,11 +457,25 @@ def from_dict(cls: type, data: dict) -> Any:
         if key not in known:
             raise ConfigError(f"unknown key {key!r} in {cls.__name__}")
         ftype = _resolved_types(cls)[key]
+        if cls is Config and key == "method":  # a record of the first layout: flat method.<name>_<option> keys
+            value = _nest_method_section(value)
         if is_dataclass(ftype):
             kwargs[key] = from_dict(ftype, value)
         else:
             kwargs[key] = _coerce(value, ftype, key)
     return cls(**kwargs)
+
+
+def _nest_method_section(section: dict) -> dict:
+    """A ``method`` section of the first layout (flat <name>_<option> keys) as per-method sections."""
+    if all(isinstance(v, dict) for v in section.values()):
+        return section
+    flat = upgrade_flat_record({f"method.{k}": v for k, v in section.items() if not isinstance(v, dict)})
+    nested: dict[str, dict] = {k: dict(v) for k, v in section.items() if isinstance(v, dict)}
+    for key, value in flat.items():
+        _, name, option = key.split(".")
+        nested.setdefault(name, {})[option] = value
+    return nested
 
 
 # ---------------------------------------------------------------- overrides

@@ -65,6 +65,12 @@ class CMOptions(Options):
     legacy = {"cm_parts": "parts", "cm_rank_ratio": "rank_ratio", "cm_scale": "scale", "cm_con": "con",
               "cm_div": "div", "cm_calibration": "calibration", "t2h_gate": "gate"}  # fmt: skip
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.parts or any(p not in PARTS for p in self.parts):
+            raise ConfigError(f"method.cm.parts={','.join(self.parts)!r}: use some of {', '.join(PARTS)}, "
+                              "e.g. --set method.cm.parts=up")  # fmt: skip
+
 
 def cm_class_weights(counts) -> tuple[torch.Tensor, torch.Tensor]:
     """(w_con, w_div) per class: C N_y / sum N_c and C / (N_y sum_c 1/N_c) (float64).
@@ -197,9 +203,6 @@ class CM(Method):
     def __init__(self, *, class_counts, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
         o = self.options
-        bad = [p for p in o.parts if p not in PARTS]
-        if bad or not o.parts:
-            raise ConfigError(f"method.cm.parts={','.join(o.parts)!r}: use some of {', '.join(PARTS)}")
         w_con, w_div = cm_class_weights(self.class_counts)
         self.coef = (o.con * w_con - o.div * w_div).float()
         counts = torch.as_tensor(self.class_counts, dtype=torch.float64)

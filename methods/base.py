@@ -97,6 +97,15 @@ class Method:
     def num_classes(self) -> int:
         return len(self.class_counts)
 
+    def on(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``tensor`` (a table the method built once: class weights, a prior) on ``device``, copied once per
+        device rather than every step."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (id(tensor), device)
+        if key not in cache:
+            cache[key] = tensor.to(device)
+        return cache[key]
+
     def class_probs(self, step: int, total_steps: int) -> torch.Tensor | None:
         return None
 

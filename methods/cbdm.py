@@ -94,12 +94,9 @@ class CBDM(Method):
         counts = torch.as_tensor(self.class_counts, dtype=torch.float64)
         prior = counts if getattr(self.options, "prior", "uniform") == "train" else (counts > 0).double()
         self.prior = (prior / prior.sum()).float()
-        self._prior_on: dict[torch.device, torch.Tensor] = {}
 
     def draw_y_prime(self, n: int, *, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        if device not in self._prior_on:
-            self._prior_on[device] = self.prior.to(device)
-        return torch.multinomial(self._prior_on[device], n, replacement=True, generator=generator)
+        return torch.multinomial(self.on(self.prior, device), n, replacement=True, generator=generator)
 
     def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)

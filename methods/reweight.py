@@ -58,9 +58,6 @@ class Reweight(Method):
         super().__init__(class_counts=class_counts, options=options)
         w = class_weights(self.class_counts, scheme=self.options.scheme, beta=self.options.beta)
         self.weights = torch.as_tensor(w, dtype=torch.float32)
-        self._on: dict[torch.device, torch.Tensor] = {}
 
     def sample_weights(self, y: torch.Tensor) -> torch.Tensor:
-        if y.device not in self._on:
-            self._on[y.device] = self.weights.to(y.device)
-        return self._on[y.device][y]
+        return self.on(self.weights, y.device)[y]

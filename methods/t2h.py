@@ -123,12 +123,9 @@ class T2H(Method):
         super().__init__(class_counts=class_counts, options=options)
         counts = torch.as_tensor(self.class_counts, dtype=torch.float64)
         self.class_freq = (counts / counts.sum()).float()
-        self._freq_on: dict[torch.device, torch.Tensor] = {}
 
     def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
-        if x0.device not in self._freq_on:
-            self._freq_on[x0.device] = self.class_freq.to(x0.device)
-        return t2h_loss(model, diffusion, x0, labels.true, t, noise, u, class_freq=self._freq_on[x0.device],
+        return t2h_loss(model, diffusion, x0, labels.true, t, noise, u, class_freq=self.on(self.class_freq, x0.device),
                         gate=self.options.gate, y_model=labels.model)  # fmt: skip

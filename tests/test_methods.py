@@ -169,3 +169,10 @@ def test_resample_frequencies():
     assert torch.allclose(prog.class_probs(10, 10), resample_probs(counts, 0.0))
     uniform_idx = drawer.draw(60000, None, gen)  # None: uniform over instances
     assert np.allclose(np.bincount(labels[uniform_idx].numpy(), minlength=4) / 60000, counts / 129, atol=0.01)
+
+
+def test_a_method_table_is_copied_to_a_device_once():
+    m = get_method("reweight", class_counts=COUNTS)
+    first = m.on(m.weights, torch.device("cpu"))
+    assert m.on(m.weights, torch.device("cpu")) is first and torch.equal(first, m.weights)
+    assert torch.equal(m.sample_weights(torch.tensor([0, 1])), m.weights[[0, 1]])

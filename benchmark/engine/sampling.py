@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +22,8 @@ from benchmark.core.device import autocast, resolve_precision
 from benchmark.core.distributed import barrier, current
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
+from benchmark.core.registry import Registry
 from benchmark.engine.diffusion import GaussianDiffusion, guided_eps
-
-SAMPLERS = ("ddim", "ddpm")
 
 
 def images_per_class(cfg, num_classes: int) -> int:
@@ -73,33 +73,45 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return sorted({i * T // steps for i in range(steps)})
 
 
+# a sampler: (model, diffusion, x_T, labels, noise, steps=, eta=, guidance=) -> x_0 in model space; its
+# randomness only from ``noise`` (per-image streams), so a set does not depend on the batch size
+SAMPLERS: Registry[Callable[..., torch.Tensor]] = Registry("sampler")
+
+
+@SAMPLERS.register("ddpm")
+def ddpm_ancestral(model, diffusion: GaussianDiffusion, x, y, noise: _Noise, *, steps, eta, guidance) -> torch.Tensor:
+    """Ancestral sampling over all T steps with the large variance (beta_t), as the DDPM paper's CIFAR runs."""
+    tab, n = diffusion.table(y.device), x.shape[0]
+    for i in reversed(range(diffusion.T)):
+        t = torch.full((n,), i, dtype=torch.int64, device=y.device)
+        eps = guided_eps(model, x, t, y, guidance)
+        mean = tab["sqrt_recip_alpha"][i] * (x - tab["eps_coef"][i] * eps)
+        x = mean + tab["sigma_large"][i] * noise.draw() if i > 0 else mean
+    return x
+
+
+@SAMPLERS.register("ddim")
+def ddim(model, diffusion: GaussianDiffusion, x, y, noise: _Noise, *, steps, eta, guidance) -> torch.Tensor:
+    """DDIM over ``steps`` uniformly spaced timesteps; ``eta`` 0 is deterministic given x_T."""
+    seq = ddim_timesteps(diffusion.T, steps)
+    ab, n = diffusion.table(y.device)["alphas_bar"], x.shape[0]
+    for j in reversed(range(len(seq))):
+        i = seq[j]
+        t = torch.full((n,), i, dtype=torch.int64, device=y.device)
+        eps = guided_eps(model, x, t, y, guidance)
+        a_t = ab[i]
+        a_prev = ab[seq[j - 1]] if j > 0 else torch.ones_like(a_t)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and j > 0:
+            x = x + sigma * noise.draw()
+    return x
+
+
 @torch.no_grad()
 def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, sampler, steps, eta, guidance):
-    tab = diffusion.table(y.device)
-    x = noise.draw()
-    n = x.shape[0]
-    if sampler == "ddpm":
-        for i in reversed(range(diffusion.T)):
-            t = torch.full((n,), i, dtype=torch.int64, device=y.device)
-            eps = guided_eps(model, x, t, y, guidance)
-            mean = tab["sqrt_recip_alpha"][i] * (x - tab["eps_coef"][i] * eps)
-            x = mean + tab["sigma_large"][i] * noise.draw() if i > 0 else mean
-    elif sampler == "ddim":
-        seq = ddim_timesteps(diffusion.T, steps)
-        ab = tab["alphas_bar"]
-        for j in reversed(range(len(seq))):
-            i = seq[j]
-            t = torch.full((n,), i, dtype=torch.int64, device=y.device)
-            eps = guided_eps(model, x, t, y, guidance)
-            a_t = ab[i]
-            a_prev = ab[seq[j - 1]] if j > 0 else torch.ones_like(a_t)
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-            if eta > 0 and j > 0:
-                x = x + sigma * noise.draw()
-    else:
-        raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    x = SAMPLERS.get(sampler)(model, diffusion, noise.draw(), y, noise, steps=steps, eta=eta, guidance=guidance)
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -124,8 +136,7 @@ def sample_images(
     natively); the sampler's own update runs in fp32 either way."""
     if labels.shape != seeds.shape or labels.ndim != 1:
         raise ConfigError("labels and seeds must be 1-D tensors of equal length (one seed per image)")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    SAMPLERS.get(sampler)  # an unknown name: a ConfigError listing the valid ones, before any work
     device = torch.device(device)
     precision = resolve_precision(precision, device, key="sample.precision")
     shape = (model.in_channels, model.resolution, model.resolution)

@@ -246,3 +246,24 @@ def test_a_registry_with_a_base_checks_entries_and_names_them_from_the_key():
         reg.register("mine", type("Again", (Method,), {}))
     assert all(cls.name == name for name, cls in METHODS.items())
     assert to_dict(Config())["method_code"] == ""
+
+
+def test_a_plugin_method_trains_in_a_grid_and_an_edited_plugin_is_refused_without_force(tmp_path, isolated, capsys):
+    path = _outside(tmp_path)
+    out = tmp_path / "res"
+    argv = ["run", "--preset", "smoke", "--plugin", str(path), "--methods", "tempered+resample", "--out", str(out),
+            "--set", "method.tempered.power=0.8", "--set", "train.steps=2", "--set", "sample.n_per_class=2",
+            "--set", "eval.downstream=false", "--set", "eval.diversity=false", "--set", "eval.real_floor=false",
+            "--no-progress", "--no-report"]  # fmt: skip
+    assert main(argv) == 0
+    folder = out / "runs" / "digits" / "exp-0.1" / "tempered_resample" / "seed0"
+    record = json.loads((folder / "config.json").read_text())["config"]
+    assert record["method"]["tempered"] == {"power": 0.8} and record["method_code"].startswith("my_method.py sha256:")
+    assert "tempered+resample" in (out / "results.csv").read_text()
+    path.write_text(path.read_text() + "\n# an edit\n")
+    plugins._LOADED.clear()  # a new process would read the edited file
+    for live in (METHODS._items, config_module._METHOD_OPTIONS):
+        live.pop("tempered")
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "different config (method_code: 'my_method.py sha256:" in capsys.readouterr().out

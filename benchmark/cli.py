@@ -1,4 +1,4 @@
-"""Command line: ``run`` (default), ``report``, ``data``, ``evaluate``, ``list``, ``export``.
+"""Command line: ``run`` (default), ``report``, ``data``, ``evaluate``, ``list``, ``export``, ``check-method``.
 
 ``python run_benchmark.py`` with no arguments runs the default preset into results/demo/.
 Exit status: 0 success, 1 some grid cell failed (the others finished), 2 bad input.
@@ -105,6 +105,13 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set train.steps=2000 (repeatable; --dry-run lists keys)")  # fmt: skip
+    _add_plugin_option(p)
+
+
+def _add_plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE",
+                   help="a .py file that registers a method (repeatable; also $LTGEN_PLUGINS, os.pathsep-separated; "
+                        "installed packages: the entry-point group ltgen_bench.methods)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="results folder (default results/<preset>)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    sub.add_parser("list", help="list presets, protocols, methods, datasets, feature spaces, launchers and options")
+    lst = sub.add_parser("list", help="list presets, protocols, methods, datasets, feature spaces, launchers and options")
+    _add_plugin_option(lst)
+
+    chk = sub.add_parser("check-method", help="run the method contracts (the test suite's) on a method, on the CPU")
+    chk.add_argument("name", help="a method name, e.g. mymethod or mymethod+resample")
+    _add_plugin_option(chk)
+    chk.add_argument("--contract", dest="contracts", action="append", default=None, metavar="NAME",
+                     help="run only this contract (repeatable): class-probs, sample-weights, loss-terms, resume, "
+                          "two-processes")  # fmt: skip
 
     exp = sub.add_parser("export", help="write a finished cell's model as model.safetensors + model.json")
     exp.add_argument("cells", nargs="+", metavar="CELL",
@@ -380,6 +395,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("launchers (--launcher):")
     for name, fn in LAUNCHERS.items():
         print(f"  {name:<15} {fn.__doc__}")
+    print("method options (--set method.<name>.<option>=VALUE; default, and range or values):")
+    for key, default, allowed in method_option_lines():
+        print(f"  {key:<28} {default!s:<12} {allowed}")
     print("options with a fixed set of values (--set KEY=VALUE; the first is the built-in default):")
     for key, values in choice_fields().items():
         print(f"  {key}")
@@ -388,8 +406,50 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def method_option_lines() -> list[tuple[str, object, str]]:
+    """(key, default, range or values) of every registered method's options."""
+    from dataclasses import fields
+
+    from benchmark.core.config import Config
+
+    lines, method = [], Config().method
+    for section in fields(method):
+        options = getattr(method, section.name)
+        for f in fields(options):
+            default = getattr(options, f.name)
+            bounds, values = f.metadata.get("bounds"), f.metadata.get("choices")
+            allowed = bounds.describe() if bounds else " | ".join(values) if values else ""
+            lines.append((f"method.{section.name}.{f.name}", default, allowed))
+    return lines
+
+
+def cmd_check_method(args: argparse.Namespace) -> int:
+    from methods import METHODS, resolve
+    from methods.base import overrides
+    from methods.contracts import CONTRACTS, check_method
+
+    spec = resolve(args.name)  # an unknown or clashing name: exit 2 naming the fix
+    unknown = [c for c in args.contracts or () if c not in CONTRACTS]
+    if unknown:
+        raise ConfigError(f"unknown contract {unknown[0]!r}; valid: {', '.join(CONTRACTS)}")
+    names = [args.name]
+    if len(spec.parts) == 1 and "resample" in METHODS and not overrides(spec.method_class, "class_probs"):
+        names.append(f"{args.name}+resample")  # as the test suite does: composed with class sampling too
+    outcomes = []
+    for name in names:
+        outcomes += check_method(name, contracts=args.contracts, report=lambda o: print(o.line(), flush=True))
+    failed = [o for o in outcomes if not o.passed]
+    total = sum(o.seconds for o in outcomes)
+    if failed:
+        print(f"{len(failed)} of {len(outcomes)} contracts failed ({total:.1f} s): "
+              + ", ".join(f"{o.method} {o.contract}" for o in failed))  # fmt: skip
+        return 1
+    print(f"all {len(outcomes)} contracts passed ({total:.1f} s)")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "data": cmd_data, "evaluate": cmd_evaluate, "list": cmd_list,
-            "export": cmd_export}
+            "export": cmd_export, "check-method": cmd_check_method}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -401,6 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.core.distributed import shutdown
 
     try:
+        if hasattr(args, "plugins"):  # before any config is built: a plugin's options are a section of it
+            from methods.plugins import load_plugins
+
+            load_plugins(args.plugins)
         rc = COMMANDS[args.command](args)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """The method interface: a method supplies pieces the one training loop asks for, never a loop.
 
-A method is built from the training set's class counts and the shared ``MethodConfig`` and may
+A method is built from the training set's class counts and its own options (``Options``: a frozen
+:class:`benchmark.core.config.Options` dataclass declared in the method's module, set on the command
+line as ``method.<name>.<option>``; the registry gives the method its name and its section) and may
 override, each optionally:
 
 * ``class_probs(step, total_steps)`` -> a probability per class that the loop draws the class of
@@ -26,7 +28,7 @@ Further hooks, for methods that need them:
   plain backbone for ``model.pt``, so sampling needs nothing of the method.  Default: the
   backbone itself, both ways.
 * ``absorbs`` (class attribute) ``{other method: {option: value}}``: composing with that method
-  means this one with those ``MethodConfig`` options (``cm+t2h`` = CM with T2H's calibration
+  means this one with those values of its own options (``cm+t2h`` = CM with T2H's calibration
   inside its own loss), where both would otherwise define the loss.
 * ``init_from_method`` (class attribute), ``fine_tune_config(cfg)`` and ``init_step(cfg)``: a method
   that fine-tunes another method's model names that method; the grid runs that method's cell of the
@@ -49,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.core.config import Config, MethodConfig
+from benchmark.core.config import Config, Options
 from benchmark.engine.batches import Cond, Labels
 from benchmark.engine.diffusion import GaussianDiffusion
 
@@ -79,23 +81,30 @@ def draw_t_noise(
 
 
 class Method:
-    name: str = "base"
+    name: str = "base"  # set from the registry key
+    Options: type[Options] | None = None  # the method's options dataclass (method.<name>.<option>), if any
     official_guidance: float = 0.8  # omega of the method's published evaluation
     term_names: tuple[str, ...] = ("ddpm",)
     init_from_method: str | None = None  # fine-tuning methods: the method whose finished model they start from
-    # the MethodConfig fields (name prefixes) the method reads; a cell's folder compares only these, so
-    # changing another method's option never orphans this one's finished cells.  None (the safe default
-    # for a method that does not say): all of them.
-    options_read: tuple[str, ...] | None = None
-    absorbs: dict[str, dict[str, object]] = {}  # composing with these methods sets these options instead
+    absorbs: dict[str, dict[str, object]] = {}  # composing with these methods sets these options of its own
 
-    def __init__(self, *, class_counts: np.ndarray, options: MethodConfig) -> None:
+    def __init__(self, *, class_counts: np.ndarray, options: Options | None = None) -> None:
+        """``options``: an instance of ``Options`` (default: its defaults; None for a method without)."""
         self.class_counts = np.asarray(class_counts, dtype=np.int64)
-        self.options = options
+        self.options = options if options is not None or self.Options is None else self.Options()
 
     @property
     def num_classes(self) -> int:
         return len(self.class_counts)
+
+    def on(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``tensor`` (a table the method built once: class weights, a prior) on ``device``, copied once per
+        device rather than every step."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = (id(tensor), device)
+        if key not in cache:
+            cache[key] = tensor.to(device)
+        return cache[key]
 
     def class_probs(self, step: int, total_steps: int) -> torch.Tensor | None:
         return None

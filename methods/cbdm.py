@@ -17,18 +17,42 @@ ONE batched forward pass over [x_t; x_t].
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from benchmark.core.config import MethodConfig, choices
-from benchmark.core.errors import ConfigError
+from benchmark.core.config import Options, bounded, choice, choices
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
-PRIORS = choices(MethodConfig, "cbdm_prior")
+
+@dataclass(frozen=True)
+class CBDMOptions(Options):
+    tau: float = bounded(1.0, ge=0.0)  # weight of the regulariser at t = T: w = tau * t / T
+    gamma: float = bounded(0.25, ge=0.0)  # weight of the commitment term
+    prior: str = choice("train", {
+        "train": "y' from the training prior (official, from scratch)",
+        "uniform": "y' uniform over the classes present (fine-tuning)",
+    })  # fmt: skip
+    # the flat keys of the first layout (results folders made before options were per method)
+    legacy = {"cbdm_tau": "tau", "cbdm_gamma": "gamma", "cbdm_prior": "prior"}
+
+
+@dataclass(frozen=True)
+class CBDMFineTuneOptions(Options):
+    tau: float = bounded(1.0, ge=0.0)
+    gamma: float = bounded(0.25, ge=0.0)
+    # (official: the ddpm EMA at 200k of 300k, fine-tuned ~50k steps) the fraction of the ddpm parent's
+    # train.steps whose EMA weights it starts from (1 = the final model), and its steps (None = a sixth
+    # of the parent's train.steps)
+    start: float = bounded(2 / 3, gt=0.0, le=1.0)
+    steps: int | None = bounded(None, ge=1)
+    legacy = {"cbdm_tau": "tau", "cbdm_gamma": "gamma", "cbdm_ft_start": "start", "cbdm_ft_steps": "steps"}
+
+
+PRIORS = choices(CBDMOptions, "prior")
 
 
 def cbdm_loss(
@@ -59,81 +83,57 @@ def cbdm_loss(
 
 @METHODS.register("cbdm")
 class CBDM(Method):
-    """CBDM (Qin et al., CVPR 2023): distribution-adjustment regulariser towards a prior y' (method.cbdm_prior)."""
+    """CBDM (Qin et al., CVPR 2023): distribution-adjustment regulariser towards a prior y' (method.cbdm.prior)."""
 
-    name = "cbdm"
+    Options = CBDMOptions
     official_guidance = 1.6
-    options_read = ("cbdm_tau", "cbdm_gamma", "cbdm_prior")
     term_names = ("ddpm", "reg", "com")
 
-    def __init__(self, *, class_counts: np.ndarray, options) -> None:
+    def __init__(self, *, class_counts: np.ndarray, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
-        if options.cbdm_prior not in PRIORS:
-            raise ConfigError(
-                f"method.cbdm_prior={options.cbdm_prior!r} is unknown; use one of {', '.join(PRIORS)}"
-            )
         counts = torch.as_tensor(self.class_counts, dtype=torch.float64)
-        prior = counts if options.cbdm_prior == "train" else (counts > 0).double()
+        prior = counts if getattr(self.options, "prior", "uniform") == "train" else (counts > 0).double()
         self.prior = (prior / prior.sum()).float()
-        self._prior_on: dict[torch.device, torch.Tensor] = {}
 
     def draw_y_prime(self, n: int, *, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        if device not in self._prior_on:
-            self._prior_on[device] = self.prior.to(device)
-        return torch.multinomial(self._prior_on[device], n, replacement=True, generator=generator)
+        return torch.multinomial(self.on(self.prior, device), n, replacement=True, generator=generator)
 
     def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         y_prime = self.draw_y_prime(x0.shape[0], generator=generator, device=x0.device)
         o = self.options
-        return cbdm_loss(model, diffusion, x0, labels.model, t, noise, y_prime, tau=o.cbdm_tau, gamma=o.cbdm_gamma,
+        return cbdm_loss(model, diffusion, x0, labels.model, t, noise, y_prime, tau=o.tau, gamma=o.gamma,
                          cond=labels.cond)  # fmt: skip
 
 
 @METHODS.register("cbdm-ft")
 class CBDMFineTune(CBDM):
     """CBDM's fine-tune protocol: the grid's ddpm model of the same data and seed, taken at
-    method.cbdm_ft_start of its budget, fine-tuned with the CBDM regulariser and uniform y'.
+    method.cbdm_ft.start of its budget, fine-tuned with the CBDM regulariser and uniform y'.
 
     Official (qym7/CBDM-pytorch README and main.py): the DDPM EMA weights of the 200k checkpoint of a
-    300k budget (``cbdm_ft_start`` = 2/3) are loaded into a fresh model, EMA and Adam (warmup again)
-    and fine-tuned about 50k steps (evaluated at 250k: ``cbdm_ft_steps`` defaults to a sixth of the
+    300k budget (``start`` = 2/3) are loaded into a fresh model, EMA and Adam (warmup again)
+    and fine-tuned about 50k steps (evaluated at 250k: ``steps`` defaults to a sixth of the
     parent's budget) at CBDM's batch 48 (``train.method_batch_size``'s cbdm rule covers cbdm-ft),
     uniform y', and sampled at omega 2.0.
     """
 
-    name = "cbdm-ft"
+    Options = CBDMFineTuneOptions  # y' is always uniform in the fine-tune protocol: no prior option
     init_from_method = "ddpm"
-    options_read = (*CBDM.options_read, "cbdm_ft_")
     official_guidance = 2.0
-
-    def __init__(self, *, class_counts, options) -> None:
-        # y' is uniform in the fine-tune protocol whatever method.cbdm_prior says (the grid sets it too)
-        super().__init__(class_counts=class_counts, options=replace(options, cbdm_prior="uniform"))
 
     @classmethod
     def init_step(cls, cfg):
-        """The parent's step method.cbdm_ft_start * train.steps (None at 1: its final model)."""
-        frac = cfg.method.cbdm_ft_start
-        if not 0 < frac <= 1:
-            raise ConfigError(
-                f"method.cbdm_ft_start={frac:g} is outside (0, 1]: it is the fraction of the ddpm parent's "
-                "train.steps whose EMA weights cbdm-ft starts from; use e.g. 0.6667 (the official 200k of 300k) "
-                "or 1 (the parent's final model)"
-            )
+        """The parent's step method.cbdm_ft.start * train.steps (None at 1: its final model); the option's
+        range (0, 1] is checked when the options are built."""
+        frac = cfg.method.cbdm_ft.start
         step = max(1, round(frac * cfg.train.steps))
         return None if step >= cfg.train.steps else step
 
     @classmethod
     def fine_tune_config(cls, cfg):
-        """method.cbdm_ft_steps steps (default a sixth of the parent's train.steps: 50k of 300k), warmup
-        at most a tenth of those, uniform y'."""
-        cls.init_step(cfg)  # the start fraction is checked with every fine-tune config
-        t, o = cfg.train, cfg.method
-        if o.cbdm_ft_steps is not None and o.cbdm_ft_steps < 1:
-            raise ConfigError(f"method.cbdm_ft_steps={o.cbdm_ft_steps} must be at least 1 (or none for the default)")
-        steps = o.cbdm_ft_steps if o.cbdm_ft_steps is not None else max(1, round(t.steps / 6))
-        return replace(
-            cfg, train=replace(t, steps=steps, warmup=min(t.warmup, steps // 10)),
-            method=replace(o, cbdm_prior="uniform"),
-        )
+        """method.cbdm_ft.steps steps (default a sixth of the parent's train.steps: 50k of 300k), warmup
+        at most a tenth of those."""
+        t, o = cfg.train, cfg.method.cbdm_ft
+        steps = o.steps if o.steps is not None else max(1, round(t.steps / 6))
+        return replace(cfg, train=replace(t, steps=steps, warmup=min(t.warmup, steps // 10)))

@@ -21,16 +21,16 @@ up- / down-sampling convolutions (27 layers on the paper UNet's up path; no 1x1 
 time projection); rank r = max(int(ratio * min(c_in, c_out)), 1); A [r k, c_in k] from
 kaiming_normal_(a=sqrt(5)) on A's own shape, B [c_out k, r k] zero; 3,129,984 extra parameters on the
 CIFAR-100 paper UNet.  The released forward adds (B @ A).view(W.shape) unscaled: its config's
-``lora_scaling: 0.5`` is stored on the layer and never read, so ``method.cm_scale`` defaults to 1.
+``lora_scaling: 0.5`` is stored on the layer and never read, so ``method.cm.scale`` defaults to 1.
 
 Released settings (``configs/cifar100lt_ir100/cm.yaml``): rank ratio 0.1 on ``up``, ``w_con`` 1.0 and
 ``w_div`` 0.2, 300k steps x 64, DDIM skip 20 with omega 1.5, and T2H's oriented calibration switched
 on (``transfer_mode: t2h``), so the published CM is OC+CM: here ``cm+t2h`` (or
-``method.cm_calibration=t2h``).  The paper writes one weight lambda for the whole term,
+``method.cm.calibration=t2h``).  The paper writes one weight lambda for the whole term,
 (w_con - w_div) lambda, which vanishes on balanced data; the code passes two coefficients, 1.0 and
 0.2, so on balanced data the released term is 0.8 ||eps_{g+e} - eps_g||^2 (it pulls the expert parts
-towards zero).  We follow the code (``method.cm_con`` = 1.0, ``method.cm_div`` = 0.2); ``cm_con =
-cm_div = lambda`` is the paper's form.  The loss file (``imbdiff_cm/diffusion_cm.py``) is listed only
+towards zero).  We follow the code (``method.cm.con`` = 1.0, ``method.cm.div`` = 0.2); ``con =
+div = lambda`` is the paper's form.  The loss file (``imbdiff_cm/diffusion_cm.py``) is listed only
 by checksum in every copy we could read: how it combines the two coefficients, and its stop-gradient
 choice (none here), are ours, written from the paper.
 
@@ -43,20 +43,43 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from benchmark.core.config import Options, bounded, choice
 from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import ResBlock, UNet
 
 from .base import Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
-from .t2h import GATES, t2h_targets
+from .t2h import GATE_CHOICES, t2h_targets
 
 PARTS = ("down", "mid", "up")
-CALIBRATIONS = ("none", "t2h")
+
+
+@dataclass(frozen=True)
+class CMOptions(Options):
+    # W = W_g + scale * (B @ A).view(W.shape) on these UNet blocks' 3x3 convs (down | mid | up),
+    # rank = max(int(rank_ratio * min(c_in, c_out)), 1)
+    parts: tuple[str, ...] = ("up",)
+    rank_ratio: float = bounded(0.1, gt=0.0)
+    scale: float = bounded(1.0, gt=0.0)  # the released forward adds B @ A unscaled (its config's 0.5 is never read)
+    con: float = bounded(1.0, ge=0.0)  # weight of the consolidation part (a_con w_con[y]); the released config's w_con
+    div: float = bounded(0.2, ge=0.0)  # weight of the diversity part (a_div w_div[y]); the released config's w_div
+    calibration: str = choice("none", {"none": "the plain noise target",
+                                       "t2h": "T2H's targets inside CM's loss: the released recipe, cm+t2h"})
+    gate: str = choice("t2h", GATE_CHOICES)  # T2H's gate where calibration is t2h
+    legacy = {"cm_parts": "parts", "cm_rank_ratio": "rank_ratio", "cm_scale": "scale", "cm_con": "con",
+              "cm_div": "div", "cm_calibration": "calibration", "t2h_gate": "gate"}  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.parts or any(p not in PARTS for p in self.parts):
+            raise ConfigError(f"method.cm.parts={','.join(self.parts)!r}: use some of {', '.join(PARTS)}, "
+                              "e.g. --set method.cm.parts=up")  # fmt: skip
 
 
 def cm_class_weights(counts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,32 +210,23 @@ class CM(Method):
     """Capacity Manipulation (Hong et al., ICLR 2026): low-rank expert parts on the UNet's up path, pulled onto the
     general parts for frequent classes and pushed apart for rare ones; folded into the weights for sampling."""
 
-    name = "cm"
+    Options = CMOptions
     official_guidance = 1.5  # the released evaluation: DDIM-50, omega 1.5
     term_names = ("ddpm", "cm")
-    absorbs = {"t2h": {"cm_calibration": "t2h"}}  # cm+t2h: the released recipe, T2H's targets inside CM's loss
+    absorbs = {"t2h": {"calibration": "t2h"}}  # cm+t2h: the released recipe, T2H's targets inside CM's loss
 
-    def __init__(self, *, class_counts, options) -> None:
+    def __init__(self, *, class_counts, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
-        o = options
-        bad = [p for p in o.cm_parts if p not in PARTS]
-        if bad or not o.cm_parts:
-            raise ConfigError(f"method.cm_parts={','.join(o.cm_parts)!r}: use some of {', '.join(PARTS)}")
-        if o.cm_calibration not in CALIBRATIONS:
-            raise ConfigError(f"method.cm_calibration={o.cm_calibration!r}: use one of {', '.join(CALIBRATIONS)}")
-        if o.cm_calibration == "t2h" and o.t2h_gate not in GATES:
-            raise ConfigError(f"method.t2h_gate={o.t2h_gate!r} is unknown; use one of {', '.join(GATES)}")
-        if not (o.cm_rank_ratio > 0 and o.cm_scale > 0):
-            raise ConfigError("method.cm_rank_ratio and method.cm_scale must be > 0")
+        o = self.options
         w_con, w_div = cm_class_weights(self.class_counts)
-        self.coef = (o.cm_con * w_con - o.cm_div * w_div).float()
+        self.coef = (o.con * w_con - o.div * w_div).float()
         counts = torch.as_tensor(self.class_counts, dtype=torch.float64)
         self.class_freq = (counts / counts.sum()).float()
-        self.term_names = ("oc" if o.cm_calibration == "t2h" else "ddpm", "cm")
+        self.term_names = ("oc" if o.calibration == "t2h" else "ddpm", "cm")
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         o = self.options
-        return CMUNet(model, parts=tuple(o.cm_parts), rank_ratio=o.cm_rank_ratio, scale=o.cm_scale)
+        return CMUNet(model, parts=tuple(o.parts), rank_ratio=o.rank_ratio, scale=o.scale)
 
     def export_model(self, model: nn.Module) -> nn.Module:
         return model.merged_unet()
@@ -220,10 +234,10 @@ class CM(Method):
     def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         target = None
-        if self.options.cm_calibration == "t2h":
+        if self.options.calibration == "t2h":
             u = torch.rand(x0.shape[0], generator=generator, device=x0.device)  # the same stream as t2h
             x_t = diffusion.q_sample(x0, t, noise)
             target, _ = t2h_targets(x0, x_t, t, noise, labels.true, diffusion, class_freq=self.class_freq.to(x0.device),
-                                    gate=self.options.t2h_gate, u=u)  # fmt: skip
+                                    gate=self.options.gate, u=u)  # fmt: skip
         return cm_terms(model, diffusion, x0, labels.model, t, noise, coef=self.coef, cond=labels.cond, target=target,
                         name=self.term_names[0])  # fmt: skip

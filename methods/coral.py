@@ -1,6 +1,6 @@
 """CORAL (Rodriguez et al., NeurIPS 2025): supervised contrastive regularisation of the UNet bottleneck.
 
-    z      = normalize(Linear(bottleneck channels -> coral_dim)(global-average-pool(middle-block output)))
+    z      = normalize(Linear(bottleneck channels -> dim)(global-average-pool(middle-block output)))
     lambda = w * mean_batch(exp((1 - t/T) / s))                  s = 0.3
     L      = mean(L_ddpm) + lambda * L_supcon(z, y; temperature 0.1)
 
@@ -8,8 +8,8 @@ The weight w: the paper's w (the official ``supcon_weight`` flag) is 0.5, but th
 training script then backpropagates ``loss_ddpm + supcon_temp * loss_supcon`` (its "gradient
 rescaling", supcon_temp = 0.1), so the objective the official model optimises is
 L_ddpm + 0.1 * (0.5 * mean(exp(...)) * L_supcon): an effective w of 0.05, our default
-(``method.coral_weight``).  The paper's w maps to ours as coral_weight = 0.1 * w
-(``--set method.coral_weight=0.5`` trains with the paper's w literally, ten times the official weight).
+(``method.coral.weight``).  The paper's w maps to ours as weight = 0.1 * w
+(``--set method.coral.weight=0.05`` is the default; ``=0.5`` trains with the paper's w literally, ten times the official weight).
 
 L_supcon is the supervised contrastive loss of Khosla et al. (2020) with one view: for anchor i,
 l_i = -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/tau) / sum_{a != i} exp(z_i.z_a/tau)), P(i) the
@@ -25,10 +25,13 @@ term on unconditional batches; with per-sample label drop it runs over the condi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.core.config import Options, bounded
 from benchmark.core.distributed import current, gather_batch
 
 from .base import Cond, Method, draw_t_noise, mse_per_sample
@@ -37,6 +40,18 @@ from .registry import METHODS
 PAPER_W = 0.5  # the paper's w, the official supcon_weight flag
 GRADIENT_RESCALE = 0.1  # the official main.py multiplies the contrastive term by supcon_temp before backward
 OFFICIAL_WEIGHT = GRADIENT_RESCALE * PAPER_W  # 0.05: the effective weight the official code trains with
+
+
+@dataclass(frozen=True)
+class CORALOptions(Options):
+    # w of lambda = w * mean_batch(exp((1 - t/T) / time_scale)); 0.05 = the official code's effective weight
+    # (the paper's w = 0.5 times the 0.1 its script rescales the term by)
+    weight: float = bounded(OFFICIAL_WEIGHT, ge=0.0)
+    temperature: float = bounded(0.1, gt=0.0)  # supervised contrastive temperature
+    dim: int = bounded(128, ge=1)  # width of the projection head on the UNet bottleneck
+    time_scale: float = bounded(0.3, gt=0.0)
+    legacy = {"coral_weight": "weight", "coral_temperature": "temperature", "coral_dim": "dim",
+              "coral_time_scale": "time_scale"}  # fmt: skip
 
 
 def coral_loss(z: torch.Tensor, y: torch.Tensor, *, temperature: float = 0.1,
@@ -106,20 +121,19 @@ class CORAL(Method):
     """CORAL (Rodriguez et al., NeurIPS 2025): supervised contrastive loss on a projection of the UNet
     bottleneck, weighted towards low noise; the projection head is dropped at sampling time."""
 
-    name = "coral"
-    options_read = ("coral_",)
+    Options = CORALOptions
     # not stated in REFERENCE.md nor the official README (the code's omega flag defaults to 0): CORAL
     # trains DDPM plus a regulariser, so the DDPM strength until a published value is checked
     official_guidance = 0.8
     term_names = ("ddpm", "supcon")
 
-    def __init__(self, *, class_counts, options) -> None:
+    def __init__(self, *, class_counts, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
         self.head: nn.Module | None = None
 
     def trainable_modules(self, model: nn.Module) -> dict[str, nn.Module]:
         if self.head is None:
-            self.head = projection_head(model.bottleneck_channels, self.options.coral_dim)
+            self.head = projection_head(model.bottleneck_channels, self.options.dim)
         return {"coral_head": self.head}
 
     def loss_terms(self, model, diffusion, x0, labels, generator):
@@ -128,6 +142,6 @@ class CORAL(Method):
             self.trainable_modules(getattr(model, "module", model))
             self.head.to(x0.device)
         o = self.options
-        return coral_terms(model, self.head, diffusion, x0, labels.model, t, noise, weight=o.coral_weight,
-                           temperature=o.coral_temperature, time_scale=o.coral_time_scale,
+        return coral_terms(model, self.head, diffusion, x0, labels.model, t, noise, weight=o.weight,
+                           temperature=o.temperature, time_scale=o.time_scale,
                            cond=labels.cond)  # fmt: skip

@@ -15,6 +15,4 @@ from .registry import METHODS
 class DDPM(Method):
     """Class-conditional DDPM with label drop for classifier-free guidance: the baseline."""
 
-    name = "ddpm"
-    official_guidance = 0.8
-    options_read = ()  # no method option
+    official_guidance = 0.8  # no options of its own

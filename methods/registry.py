@@ -1,4 +1,6 @@
-"""The METHODS registry and ``get_method``, which also builds compositions such as 'cbdm+resample'.
+"""The METHODS registry, and :func:`resolve`: a method name (with its '+' compositions such as
+'cbdm+resample') made once into a :class:`MethodSpec` that answers every question about it (its class,
+objective, options sections, fine-tuning parent) and builds it.
 
 A composition takes each piece (class sampling, sample weights, loss terms) from the one part
 that supplies it.  Two parts that supply the same piece (say two objectives, 'cbdm+t2h') have no
@@ -7,17 +9,29 @@ single meaning, so that is an error naming the clash instead of a silent choice.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import functools
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from benchmark.core.config import MethodConfig
+from benchmark.core.config import MethodConfig, method_section, register_method_options
 from benchmark.core.errors import ConfigError
 from benchmark.core.registry import Registry
 
 from .base import Method, overrides
 
-METHODS: Registry[type[Method]] = Registry("method")
+
+class MethodRegistry(Registry[type[Method]]):
+    """Method classes by name; a method's ``Options`` become its section ``method.<name>.``, and where it
+    was defined (its module's file) is kept, so a plugin's content can be recorded with its cells."""
+
+    def _check(self, name: str, item: type[Method]) -> None:
+        if item.Options is not None:
+            register_method_options(name, item.Options)
+
+
+METHODS = MethodRegistry("method", base=Method)
 
 _PIECES = {
     "class_probs": "class sampling", "sample_weights": "sample weights", "loss_terms": "loss (objective)",
@@ -28,8 +42,8 @@ _PIECES = {
 class Composite(Method):
     """Several methods at once; each piece is delegated to the single part that supplies it."""
 
-    def __init__(self, *, parts: list[Method], class_counts, options) -> None:
-        super().__init__(class_counts=class_counts, options=options)
+    def __init__(self, *, parts: list[Method], class_counts) -> None:
+        super().__init__(class_counts=class_counts)
         self.parts = parts
         self.name = "+".join(p.name for p in parts)
         by_class = check_composable([type(p) for p in parts])
@@ -73,15 +87,16 @@ def _split(name: str) -> list[str]:
     return names
 
 
-def _absorb(names: list[str]) -> tuple[list[str], dict[str, object]]:
-    """Drop the parts another part absorbs (its ``absorbs``); return the rest and the options they set."""
+def _absorb(names: list[str]) -> tuple[list[str], tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]]:
+    """Drop the parts another part absorbs (its ``absorbs``); return the rest and, per absorbing part, the
+    values of its own options that absorbing sets."""
     kept, options = list(names), {}
     for name in names:
         for other, opts in METHODS.get(name).absorbs.items():
             if other in kept and name in kept:
                 kept.remove(other)
-                options.update(opts)
-    return kept, options
+                options.setdefault(name, {}).update(opts)
+    return kept, tuple((n, tuple(sorted(o.items()))) for n, o in options.items())
 
 
 def check_composable(classes: list[type[Method]]) -> dict[str, type[Method]]:
@@ -101,54 +116,119 @@ def check_composable(classes: list[type[Method]]) -> dict[str, type[Method]]:
     return owner
 
 
-def get_method_class(name: str) -> type[Method]:
-    """Validate ``name`` (single or '+'-composed) without building it; for up-front config checks."""
-    names, _ = _absorb(_split(name))  # also fails for an unknown part, with the valid names
-    classes = [METHODS.get(n) for n in names]
-    if len(classes) == 1:
-        return classes[0]
-    check_composable(classes)
-    return Composite
+@dataclass(frozen=True)
+class MethodSpec:
+    """Method ``name`` resolved once: ``given`` its parts as written, ``parts`` those built (after
+    ``absorbs``), ``absorbed`` the options each built part takes from the parts it absorbed."""
 
+    name: str
+    given: tuple[str, ...]
+    parts: tuple[str, ...]
+    absorbed: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
 
-def objective_class(name: str) -> type[Method]:
-    """The class whose objective (``loss_terms``) method ``name`` trains: the part that supplies it in a
-    composition ('cbdm+resample' -> CBDM), or the base Method's plain DDPM loss when none does."""
-    classes = [METHODS.get(n) for n in _absorb(_split(name))[0]]
-    if len(classes) == 1:
-        return classes[0]
-    return check_composable(classes).get("loss_terms", Method)
+    @property
+    def classes(self) -> tuple[type[Method], ...]:
+        return tuple(METHODS.get(n) for n in self.parts)
 
+    @property
+    def method_class(self) -> type[Method]:
+        """The class built: the method's own, or :class:`Composite` for a composition."""
+        return self.classes[0] if len(self.parts) == 1 else Composite
 
-def options_read(name: str) -> set[str] | None:
-    """The MethodConfig field prefixes method ``name`` reads (over its parts), or None when a part reads any."""
-    read: set[str] = set()
-    for cls in (METHODS.get(n) for n in _split(name)):
-        if cls.options_read is None:
+    @property
+    def objective(self) -> type[Method]:
+        """The class whose objective (``loss_terms``) it trains: the part that supplies it in a composition
+        ('cbdm+resample' -> CBDM), or the base Method's plain DDPM loss when none does."""
+        if len(self.parts) == 1:
+            return self.classes[0]
+        return check_composable(list(self.classes)).get("loss_terms", Method)
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The ``method.<section>`` keys whose options it reads (its written parts' own)."""
+        return tuple(method_section(n) for n in self.given if METHODS.get(n).Options is not None)
+
+    @property
+    def fine_tuner(self) -> type[Method] | None:
+        """The part that fine-tunes another method's model (``init_from_method``), or None."""
+        tuners = [c for c in (METHODS.get(n) for n in self.given) if c.init_from_method]
+        return tuners[0] if tuners else None
+
+    def options(self, config: Any, part: str) -> Any:
+        """Part ``part``'s options from the ``method`` section ``config``, with what it absorbed."""
+        if METHODS.get(part).Options is None:
             return None
-        read.update(cls.options_read)
-    return read
+        opts = getattr(config, method_section(part), None)
+        if opts is None:  # never fall back to defaults silently: the options given would be ignored
+            raise ConfigError(f"the config has no section method.{method_section(part)}: it was built before method "
+                              f"{part!r} was registered; load its plugin (--plugin) before building the config")
+        values = dict(dict(self.absorbed).get(part, ()))
+        return replace(opts, **values) if values else opts
+
+    def build(self, *, class_counts: np.ndarray, options: Any = None) -> Method:
+        """The method for these class counts; ``options``: the config's ``method`` section (default: defaults)."""
+        config = options if options is not None else MethodConfig()
+        parts = [METHODS.get(n)(class_counts=class_counts, options=self.options(config, n)) for n in self.parts]
+        method = parts[0] if len(parts) == 1 else Composite(parts=parts, class_counts=class_counts)
+        method.name = self.name
+        return method
 
 
-def fine_tuner(name: str) -> type[Method] | None:
-    """The part of method ``name`` that fine-tunes another method's model (``init_from_method``), or None."""
-    tuners = [c for c in (METHODS.get(n) for n in _split(name)) if c.init_from_method]
+@functools.cache
+def _resolve(name: str, generation: int) -> MethodSpec:
+    given = _split(name)
+    kept, absorbed = _absorb(given)  # also fails for an unknown part, with the valid names
+    spec = MethodSpec(name=name, given=tuple(given), parts=tuple(kept), absorbed=absorbed)
+    if len(kept) > 1:
+        check_composable(list(spec.classes))
+    tuners = [c for c in (METHODS.get(n) for n in given) if c.init_from_method]
     if len(tuners) > 1:
         raise ConfigError(
             f"method {name!r} combines several fine-tuning methods ({', '.join(c.name for c in tuners)}); "
             "a model starts from one parent, so use one of them"
         )
-    return tuners[0] if tuners else None
+    return spec
 
 
-def get_method(name: str, *, class_counts: np.ndarray, options: MethodConfig | None = None) -> Method:
-    """Build method ``name`` ('ddpm', 'cbdm', ... or a '+'-joined composition) for these class counts."""
-    options = options or MethodConfig()
-    given = _split(name)
-    names, absorbed = _absorb(given)  # also fails for an unknown part, with the valid names
-    if absorbed:
-        options = replace(options, **absorbed)
-    parts = [METHODS.get(n)(class_counts=class_counts, options=options) for n in names]
-    method = parts[0] if len(parts) == 1 else Composite(parts=parts, class_counts=class_counts, options=options)
-    method.name = "+".join(given)
-    return method
+def resolve(name: str) -> MethodSpec:
+    """Method ``name`` ('ddpm', 'cbdm+resample', ...) as a spec; a ConfigError naming the fix when it has
+    an unknown part, a repeated part, two parts that supply the same piece or two fine-tuning parts."""
+    return _resolve(name, len(METHODS))  # a plugin registered later may make a name valid
+
+
+def method_source(spec: MethodSpec) -> str:
+    """Where the parts of ``spec`` from outside the package were defined: 'file.py sha256:...' each, joined
+    by '; ' ('' when every part is ours).  Recorded in the cell's config (``method_code``)."""
+    from .plugins import source_of
+
+    return "; ".join(s for s in (source_of(METHODS.get(n)) for n in spec.given) if s)
+
+
+def method_options(**sections: dict[str, Any]) -> Any:
+    """The config's ``method`` section with some options changed, e.g. ``method_options(resample={"q": 0.5})``."""
+    base = MethodConfig()
+    return replace(base, **{method_section(name): replace(getattr(base, method_section(name)), **values)
+                            for name, values in sections.items()})  # fmt: skip
+
+
+# the questions earlier code asked with a name; each resolves it (cached)
+
+
+def get_method_class(name: str) -> type[Method]:
+    """Validate ``name`` (single or '+'-composed) without building it; for up-front config checks."""
+    return resolve(name).method_class
+
+
+def objective_class(name: str) -> type[Method]:
+    return resolve(name).objective
+
+
+def fine_tuner(name: str) -> type[Method] | None:
+    return resolve(name).fine_tuner
+
+
+def get_method(name: str, *, class_counts: np.ndarray, options: Any = None) -> Method:
+    """Build method ``name`` ('ddpm', 'cbdm', ... or a '+'-joined composition) for these class counts;
+    ``options``: the config's ``method`` section."""
+    return resolve(name).build(class_counts=class_counts, options=options)
+

@@ -10,15 +10,28 @@ classes are never drawn (0^0 would otherwise give them mass).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from benchmark.core.config import MethodConfig, choices
-from benchmark.core.errors import ConfigError
+from benchmark.core.config import Options, bounded, choice, choices
 
 from .base import Method
 from .registry import METHODS
 
-SCHEDULES = choices(MethodConfig, "resample_schedule")
+
+@dataclass(frozen=True)
+class ResampleOptions(Options):
+    q: float = bounded(0.0, ge=0.0, le=1.0)  # class drawn with prob ~ n_c ** q (1: instance-balanced)
+    schedule: str = choice("fixed", {
+        "fixed": "q = method.resample.q throughout",
+        "progressive": "Kang et al.: p = (1 - s) p_instance + s p_class, s = step / steps",
+        "progressive-exponent": "q from 1 to 0 over training",
+    })  # fmt: skip
+    legacy = {"resample_q": "q", "resample_schedule": "schedule"}
+
+
+SCHEDULES = choices(ResampleOptions, "schedule")
 
 
 def resample_probs(counts, q: float) -> torch.Tensor:
@@ -37,23 +50,17 @@ def progressive_probs(counts, s: float) -> torch.Tensor:
 
 @METHODS.register("resample")
 class Resample(Method):
-    """Class-sampling probability proportional to n_c^q (method.resample_q), or Kang's progressive
-    schedule (method.resample_schedule)."""
+    """Class-sampling probability proportional to n_c^q (method.resample.q), or Kang's progressive
+    schedule (method.resample.schedule)."""
 
-    name = "resample"
-    options_read = ("resample_",)
+    Options = ResampleOptions
 
-    def __init__(self, *, class_counts, options) -> None:
+    def __init__(self, *, class_counts, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
-        if options.resample_schedule not in SCHEDULES:
-            raise ConfigError(
-                f"method.resample_schedule={options.resample_schedule!r} is unknown; "
-                f"use one of {', '.join(SCHEDULES)}"
-            )
-        self._fixed = resample_probs(self.class_counts, options.resample_q)
+        self._fixed = resample_probs(self.class_counts, self.options.q)
 
     def class_probs(self, step: int, total_steps: int) -> torch.Tensor:
-        schedule = self.options.resample_schedule
+        schedule = self.options.schedule
         if schedule == "fixed":
             return self._fixed
         s = min(1.0, step / max(1, total_steps))

@@ -7,16 +7,29 @@ loss scale of plain training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from benchmark.core.config import MethodConfig, choices
+from benchmark.core.config import Options, bounded, choice, choices
 from benchmark.core.errors import ConfigError
 
 from .base import Method
 from .registry import METHODS
 
-SCHEMES = choices(MethodConfig, "reweight_scheme")
+
+@dataclass(frozen=True)
+class ReweightOptions(Options):
+    scheme: str = choice("inverse", {
+        "inverse": "inverse class frequency",
+        "effective": "inverse effective number, method.reweight.beta",
+    })  # fmt: skip
+    beta: float = bounded(0.999, gt=0.0, lt=1.0)
+    legacy = {"reweight_scheme": "scheme", "reweight_beta": "beta"}
+
+
+SCHEMES = choices(ReweightOptions, "scheme")
 
 
 def class_weights(counts: np.ndarray, *, scheme: str = "inverse", beta: float = 0.999) -> np.ndarray:
@@ -28,27 +41,23 @@ def class_weights(counts: np.ndarray, *, scheme: str = "inverse", beta: float = 
         w[present] = 1.0 / counts[present]
     elif scheme == "effective":
         if not 0 < beta < 1:
-            raise ConfigError(f"method.reweight_beta={beta} must lie in (0, 1), e.g. 0.999")
+            raise ConfigError(f"method.reweight.beta={beta} must lie in (0, 1), e.g. 0.999")
         w[present] = (1 - beta) / (1 - beta ** counts[present])
     else:
-        raise ConfigError(f"method.reweight_scheme={scheme!r} is unknown; use one of {', '.join(SCHEMES)}")
+        raise ConfigError(f"method.reweight.scheme={scheme!r} is unknown; use one of {', '.join(SCHEMES)}")
     return w * counts.sum() / (w * counts).sum()
 
 
 @METHODS.register("reweight")
 class Reweight(Method):
-    """Per-sample loss weight by class: inverse frequency or effective number (method.reweight_scheme)."""
+    """Per-sample loss weight by class: inverse frequency or effective number (method.reweight.scheme)."""
 
-    name = "reweight"
-    options_read = ("reweight_",)
+    Options = ReweightOptions
 
-    def __init__(self, *, class_counts, options) -> None:
+    def __init__(self, *, class_counts, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
-        w = class_weights(self.class_counts, scheme=options.reweight_scheme, beta=options.reweight_beta)
+        w = class_weights(self.class_counts, scheme=self.options.scheme, beta=self.options.beta)
         self.weights = torch.as_tensor(w, dtype=torch.float32)
-        self._on: dict[torch.device, torch.Tensor] = {}
 
     def sample_weights(self, y: torch.Tensor) -> torch.Tensor:
-        if y.device not in self._on:
-            self._on[y.device] = self.weights.to(y.device)
-        return self._on[y.device][y]
+        return self.on(self.weights, y.device)[y]

@@ -25,16 +25,31 @@ samples, so N processes calibrate exactly as one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from benchmark.core.config import MethodConfig, choices
+from benchmark.core.config import Options, choice, choices
 from benchmark.core.distributed import current, gather_batch
 from benchmark.core.errors import ConfigError
 
 from .base import Method, draw_t_noise, mse_per_sample
 from .registry import METHODS
 
-GATES = choices(MethodConfig, "t2h_gate")
+GATE_CHOICES = {
+    "t2h": "swap a target only towards a class at least as frequent",
+    "h2t": "swap only towards a class at most as frequent",
+    "full": "every swap the posterior draws",
+}
+
+
+@dataclass(frozen=True)
+class T2HOptions(Options):
+    gate: str = choice("t2h", GATE_CHOICES)  # oriented calibration
+    legacy = {"t2h_gate": "gate"}
+
+
+GATES = choices(T2HOptions, "gate")
 
 
 def t2h_probs(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, diffusion) -> torch.Tensor:
@@ -60,7 +75,7 @@ def t2h_targets(
     ``class_freq`` [C] is p(y) of the training set.
     """
     if gate not in GATES:
-        raise ConfigError(f"method.t2h_gate={gate!r} is unknown; use one of {', '.join(GATES)}")
+        raise ConfigError(f"method.t2h.gate={gate!r} is unknown; use one of {', '.join(GATES)}")
     B = x0.shape[0]
     own = torch.arange(B, device=x0.device)
     pi = t2h_probs(x0, t, noise, diffusion)
@@ -98,25 +113,19 @@ def t2h_loss(
 @METHODS.register("t2h")
 class T2H(Method):
     """Oriented calibration (T2H; Zhang et al., ICLR 2024): each sample's noise target is swapped to a
-    batch image that could have produced its x_t, gated by class frequency (method.t2h_gate)."""
+    batch image that could have produced its x_t, gated by class frequency (method.t2h.gate)."""
 
-    name = "t2h"
-    options_read = ("t2h_",)
+    Options = T2HOptions
     official_guidance = 1.5
     term_names = ("oc",)
 
-    def __init__(self, *, class_counts, options) -> None:
+    def __init__(self, *, class_counts, options=None) -> None:
         super().__init__(class_counts=class_counts, options=options)
-        if options.t2h_gate not in GATES:
-            raise ConfigError(f"method.t2h_gate={options.t2h_gate!r} is unknown; use one of {', '.join(GATES)}")
         counts = torch.as_tensor(self.class_counts, dtype=torch.float64)
         self.class_freq = (counts / counts.sum()).float()
-        self._freq_on: dict[torch.device, torch.Tensor] = {}
 
     def loss_terms(self, model, diffusion, x0, labels, generator):
         t, noise = draw_t_noise(diffusion, x0, generator)
         u = torch.rand(x0.shape[0], generator=generator, device=x0.device)
-        if x0.device not in self._freq_on:
-            self._freq_on[x0.device] = self.class_freq.to(x0.device)
-        return t2h_loss(model, diffusion, x0, labels.true, t, noise, u, class_freq=self._freq_on[x0.device],
-                        gate=self.options.t2h_gate, y_model=labels.model)  # fmt: skip
+        return t2h_loss(model, diffusion, x0, labels.true, t, noise, u, class_freq=self.on(self.class_freq, x0.device),
+                        gate=self.options.gate, y_model=labels.model)  # fmt: skip

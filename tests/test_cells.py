@@ -60,7 +60,7 @@ def test_a_changed_key_redoes_its_stage_and_the_ones_after(tmp_path, cell, pairs
     assert json.loads((folder / "config.json").read_text())["config"] == to_dict(cell_config(cfg, cell))
 
 
-@pytest.mark.parametrize("cell, pair", [(CELL, "train.steps=31"), (Cell("digits", "exp", 0.1, "cbdm", 0), "method.cbdm_tau=2"),
+@pytest.mark.parametrize("cell, pair", [(CELL, "train.steps=31"), (Cell("digits", "exp", 0.1, "cbdm", 0), "method.cbdm.tau=2"),
                                         (REAL, "data.split_seed=1"), (CELL, "data.resolution=6")])  # fmt: skip
 def test_a_changed_training_key_is_refused_naming_the_fix(tmp_path, cell, pair):
     cfg = get_preset("smoke")

@@ -98,7 +98,9 @@ def test_list_names_every_registered_name_in_its_own_section(capsys):
     expected = {"presets": PRESETS, "protocols": PROTOCOLS, "methods": METHODS, "datasets": DATASETS,
                 "feature spaces": FEATURE_SPACES, "launchers": LAUNCHERS}  # fmt: skip
     options = sections.pop("options with a fixed set of values")
+    method_options = sections.pop("method options")
     assert sorted(sections) == sorted(expected)
+    assert {"method.cbdm.tau", "method.resample.schedule", "method.cbdm_ft.start"} <= set(method_options)
     assert {"train.label_drop_mode", "train.precision", "eval.fid_backend", "bf16", "clean-fid"} <= set(options)
     for section, registry in expected.items():
         assert sorted(sections[section]) == sorted(registry.names()), section

@@ -18,6 +18,7 @@ from benchmark.core.errors import ConfigError
 from benchmark.core.presets import PRESETS, PROTOCOLS, get_preset
 from benchmark.core.registry import Registry, UnknownNameError
 from benchmark.engine.sampling import images_per_class
+from methods import METHODS  # noqa: F401  (the methods' option sections are part of the config)
 
 
 def test_overrides_are_typed():
@@ -112,14 +113,20 @@ CHOICES = choice_fields()
 
 def test_every_fixed_value_option_is_declared():
     # the string options whose values the code branches on, each declared next to its field
-    assert {"data.profile", "data.groups", "train.label_drop_mode", "train.precision", "sample.precision", "method.cbdm_prior",
-            "method.reweight_scheme", "method.resample_schedule", "method.t2h_gate", "eval.reference", "eval.resize",
+    assert {"data.profile", "data.groups", "train.label_drop_mode", "train.precision", "sample.precision", "method.cbdm.prior",
+            "method.reweight.scheme", "method.resample.schedule", "method.t2h.gate", "eval.reference", "eval.resize",
             "eval.fid_backend"} <= set(CHOICES)  # fmt: skip
     for key, values in CHOICES.items():
-        section, name = key.split(".")
-        default = getattr(getattr(Config(), section), name)
+        *sections, name = key.split(".")
+        default = getattr(_section(Config(), sections), name)
         assert next(iter(values)) == default, f"{key}: the built-in default comes first"
         assert all(doc for doc in values.values()), f"{key}: every value says what it means"
+
+
+def _section(cfg, names):
+    for name in names:
+        cfg = getattr(cfg, name)
+    return cfg
 
 
 @pytest.mark.parametrize("key", sorted(CHOICES))
@@ -132,8 +139,8 @@ def test_choice_field_rejects_a_bogus_value_and_accepts_every_listed_one(key):
     assert all(value in message for value in values), "the error names every valid value"
     for value in values:
         cfg = apply_overrides(Config(), [f"{key}={value}"])
-        section, name = key.split(".")
-        assert getattr(getattr(cfg, section), name) == value
+        *sections, name = key.split(".")
+        assert getattr(_section(cfg, sections), name) == value
         assert from_dict(Config, to_dict(cfg)) == cfg
 
 
@@ -156,9 +163,9 @@ def test_lower_modules_take_their_values_from_the_config():
 
     assert PROFILES == tuple(CHOICES["data.profile"]) and set(GROUP_RULES) | {"auto"} == set(CHOICES["data.groups"])
     assert REFERENCES == tuple(CHOICES["eval.reference"]) and RESIZES == tuple(CHOICES["eval.resize"])
-    assert cbdm.PRIORS == tuple(CHOICES["method.cbdm_prior"]) and t2h.GATES == tuple(CHOICES["method.t2h_gate"])
-    assert resample.SCHEDULES == tuple(CHOICES["method.resample_schedule"])
-    assert reweight.SCHEMES == tuple(CHOICES["method.reweight_scheme"])
+    assert cbdm.PRIORS == tuple(CHOICES["method.cbdm.prior"]) and t2h.GATES == tuple(CHOICES["method.t2h.gate"])
+    assert resample.SCHEDULES == tuple(CHOICES["method.resample.schedule"])
+    assert reweight.SCHEMES == tuple(CHOICES["method.reweight.scheme"])
 
 
 def test_method_batch_size_entries_are_checked():

@@ -3,7 +3,8 @@
 One contract per registry, parametrised over every registered name (like diffusers' shared
 scheduler tests).  Methods (and each method composed with ``resample``): valid class
 probabilities and sample weights, loss terms that draw only from the generator they are handed,
-and a training run that resumes bit-exactly.  The 2-process objective of every method is in
+and a training run that resumes bit-exactly (the checks are methods/contracts.py, which
+``ltgen-bench check-method`` runs on any method).  The 2-process objective of every method is in
 tests/test_distributed.py.  Feature spaces: determinism, batch-size independence and an identity
 that follows the weights.  Datasets: those available offline build a valid split, the others
 fail with a DataError naming the fix.  Presets and protocols: build, dry-run, fail cleanly.
@@ -11,30 +12,23 @@ fail with a DataError naming the fix.  Presets and protocols: build, dry-run, fa
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
 from fake_eval_data import fake_dataset
 from PIL import Image
 
 from benchmark.cli import main
-from benchmark.core.config import Config, DataConfig, EvalConfig, MethodConfig, from_dict, to_dict, to_json
+from benchmark.core.config import Config, DataConfig, EvalConfig, from_dict, to_dict, to_json
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import PAPER_PRESETS, PRESETS, PROTOCOL_SETTINGS, PROTOCOLS, get_preset
 from benchmark.data import DATASETS, build_dataset, builtin
-from benchmark.engine.backbone import build_unet
-from benchmark.engine.batches import Labels
-from benchmark.engine.checkpoint import latest_checkpoint, load
-from benchmark.engine.diffusion import GaussianDiffusion
-from benchmark.engine.trainer import _seeds, load_model, train
 from benchmark.eval.features import FEATURE_SPACES, get_feature_space
-from methods import METHODS, get_method
+from methods import METHODS, contracts, get_method
 from methods.base import overrides
 
 CPU = torch.device("cpu")
@@ -44,89 +38,28 @@ WITH_RESAMPLE = [f"{n}+resample" for n in METHODS.names() if not overrides(METHO
 ALL_METHODS = METHODS.names() + WITH_RESAMPLE
 
 # ---------------------------------------------------------------- methods
-
-EMPTY_CLASS_COUNTS = np.array([12, 6, 0, 2])  # class 2 has no training image
-DIFF = GaussianDiffusion(T=50)
-DATA = tiny_data()
-OPTIONS = MethodConfig(resample_schedule="progressive")  # class probabilities that change with the step
+# the checks themselves live in methods/contracts.py: `ltgen-bench check-method NAME` runs the same code
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_class_probs_are_a_distribution_without_empty_classes(name):
-    method = get_method(name, class_counts=EMPTY_CLASS_COUNTS, options=OPTIONS)
-    for step in (0, 5, 9):
-        probs = method.class_probs(step, 10)
-        if probs is None:  # uniform over training instances
-            continue
-        assert probs.shape == (4,) and probs.dtype.is_floating_point
-        assert bool((probs >= 0).all()) and abs(float(probs.sum()) - 1.0) < 1e-6
-        assert float(probs[2]) == 0.0, "a class without training images must never be drawn"
+    contracts.class_probs(name)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_sample_weights_are_finite_and_positive(name):
-    method = get_method(name, class_counts=EMPTY_CLASS_COUNTS, options=OPTIONS)
-    y = torch.tensor([0, 1, 3, 3, 0])  # labels of the classes that have images
-    w = method.sample_weights(y)
-    if w is not None:
-        assert w.shape == (5,) and bool(torch.isfinite(w).all()) and bool((w > 0).all())
+    contracts.sample_weights(name)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_loss_terms_are_named_finite_and_drawn_only_from_the_generator(name):
-    method = get_method(name, class_counts=DATA.counts, options=OPTIONS)
-    torch.manual_seed(0)
-    model = method.wrap_model(build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval())  # as trained
-    method.trainable_modules(model)  # a method's own modules exist before its loss is called, as in training
-    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
-    y = torch.tensor([0, 1, 2, 0])
-
-    def run(global_seed):
-        torch.manual_seed(global_seed)  # the global RNG must not matter: all randomness is the generator's
-        terms = method.loss_terms(model, DIFF, x0, Labels(true=y, model=y, cond=True), torch.Generator().manual_seed(3))
-        assert tuple(terms) == tuple(method.term_names)
-        return torch.stack(list(terms.values()))
-
-    a, b = run(0), run(1)
-    assert a.shape == (len(method.term_names), 4) and bool(torch.isfinite(a).all()) and torch.equal(a, b)
-
-
-def _train(run_dir, method, cfg):
-    return train(cfg=cfg, dataset=DATA, method=method, run_dir=run_dir, seed=0, device="cpu", progress=False)
+    contracts.loss_terms(name)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_trains_logs_and_resumes_bit_exactly(tmp_path, name):
-    cfg = replace(tiny_config(), method=OPTIONS)
-    make = lambda: get_method(name, class_counts=DATA.counts, options=cfg.method)  # noqa: E731
-    full = _train(tmp_path / "full", make(), cfg)
-    with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "cut", Interrupting(make(), at=4), cfg)
-    assert latest_checkpoint(tmp_path / "cut" / "checkpoints").name == "ckpt_00000003.pt"
-    resumed = _train(tmp_path / "cut", make(), cfg)
-    a, b = load(full), load(resumed)
-    model, info = load_model(full)
-    assert info["method"] == name and info["steps"] == 6
-    torch.manual_seed(_seeds(0)[0])  # the weights the run started from
-    init = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).state_dict()
-    assert any(not torch.equal(v, init[k]) for k, v in a["ema"].items()), "training must change the weights"
-    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
-    ca, cb = (load(latest_checkpoint(p / "checkpoints")) for p in (tmp_path / "full", tmp_path / "cut"))
-    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
-    assert all(torch.equal(ca["aux"][m][k], cb["aux"][m][k]) for m in ca["aux"] for k in ca["aux"][m])
-    assert torch.equal(ca["gen_device"], cb["gen_device"]) and torch.equal(ca["rng_cpu"], cb["rng_cpu"])
-    trained = make().wrap_model(build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3))
-    trained.load_state_dict(ca["ema"])  # model.pt is the checkpoint's EMA as the method exports it (CM folds B A)
-    exported = make().export_model(trained).state_dict()
-    assert ca["step"] == 6 and all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
+    contracts.resume(name, tmp_path)
     assert not list(tmp_path.rglob("*.tmp"))
-    logs = []
-    for p in (tmp_path / "full", tmp_path / "cut"):
-        with open(p / "train_log.csv") as fh:
-            logs.append([{k: v for k, v in r.items() if k != "images_per_s"} for r in csv.DictReader(fh)])
-    assert logs[0] == logs[1] and [int(r["step"]) for r in logs[0]] == [2, 3, 4, 6]
-    for r in logs[0]:
-        assert all(np.isfinite(float(r[k])) for k in ("loss", "grad_norm", *make().term_names))
 
 
 # ---------------------------------------------------------------- feature spaces

@@ -26,7 +26,7 @@ from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set
 from benchmark.engine.trainer import load_model, train
 from benchmark.harness.results import read_results
-from methods import METHODS, get_method
+from methods import METHODS, contracts, get_method
 
 METHOD = "cbdm+reweight"  # per-sample t, noise and y' draws; per-sample weights
 
@@ -107,41 +107,12 @@ def test_two_gloo_processes_match_one_process(tmp_path, method_name):
     assert ckpt["rng_cpu_ranks"].shape[0] == 2  # every rank's dropout stream, for an exact resume
 
 
-def _rank_every_method(rank, world, port, out):
-    import torch.distributed as dist
-
-    from benchmark.core.distributed import init_from_env
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
-    init_from_env("cpu")
-    try:
-        for name in METHODS.names():
-            _train(out / name, name)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_every_method_gives_the_one_process_objective_on_two_processes(tmp_path):
     """Every registered method, those whose loss couples the samples of a batch included (CORAL's
     SupCon over the batch with lambda from the batch's t, T2H's targets swapped between batch
-    images): the same logged objective and final weights as one process.  One spawn for all."""
-    names = METHODS.names()
-    for name in names:
-        _train(tmp_path / "one" / name, name)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_rank_every_method, args=(2, port, tmp_path / "two"), nprocs=2, join=True)
-    for name in names:
-        one, two = tmp_path / "one" / name, tmp_path / "two" / name
-        a, b = _losses(one), _losses(two)
-        assert [s for s, _ in a] == [s for s, _ in b] and len(a) == 4, name
-        np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-4, err_msg=name)
-        ema1, ema2 = (torch.load(p / "model.pt", weights_only=True)["ema"] for p in (one, two))
-        for k in ema1:
-            torch.testing.assert_close(ema2[k], ema1[k], atol=1e-5, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+    images): the same logged objective and final weights as one process.  One spawn for all; the
+    check is methods/contracts.py's, which `ltgen-bench check-method` runs on any method."""
+    assert contracts.two_processes_match_one(METHODS.names(), tmp_path) == {}
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -3,7 +3,6 @@ import pytest
 import torch
 from engine_helpers import TINY_MODEL
 
-from benchmark.core.config import MethodConfig
 from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.batches import BatchDrawer
@@ -15,6 +14,7 @@ from methods import (
     class_weights,
     get_method,
     get_method_class,
+    method_options,
     resample_probs,
 )
 
@@ -41,7 +41,7 @@ def test_registry_rejects_duplicates_and_lists_names():
 
 
 def test_composition_and_conflicts():
-    m = get_method("cbdm+resample", class_counts=COUNTS, options=MethodConfig(resample_q=0.0))
+    m = get_method("cbdm+resample", class_counts=COUNTS, options=method_options(resample={"q": 0.0}))
     assert m.name == "cbdm+resample" and m.official_guidance == 1.6 and m.term_names == ("ddpm", "reg", "com")
     assert torch.allclose(m.class_probs(0, 10), torch.full((3,), 1 / 3))
     assert get_method("reweight+resample", class_counts=COUNTS).sample_weights(torch.tensor([2])) is not None
@@ -59,8 +59,8 @@ def _two_objectives():
     from methods.registry import Composite
 
     a = get_method("cbdm", class_counts=COUNTS)
-    b = type("Other", (Method,), {"name": "other", "loss_terms": lambda *a: {}})(class_counts=COUNTS, options=MethodConfig())
-    Composite(parts=[a, b], class_counts=COUNTS, options=MethodConfig())
+    b = type("Other", (Method,), {"name": "other", "loss_terms": lambda *a: {}})(class_counts=COUNTS)
+    Composite(parts=[a, b], class_counts=COUNTS)
 
 
 def test_official_guidance():
@@ -119,11 +119,11 @@ def test_cbdm_no_regulariser_without_labels():
 def test_cbdm_priors():
     train = get_method("cbdm", class_counts=COUNTS)
     assert torch.allclose(train.prior, torch.tensor([0.6, 0.3, 0.1]))
-    uni = get_method("cbdm", class_counts=COUNTS, options=MethodConfig(cbdm_prior="uniform"))
+    uni = get_method("cbdm", class_counts=COUNTS, options=method_options(cbdm={"prior": "uniform"}))
     draws = uni.draw_y_prime(30000, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     assert np.allclose(np.bincount(draws.numpy()) / 30000, 1 / 3, atol=0.015)
-    with pytest.raises(ConfigError, match="cbdm_prior"):
-        get_method("cbdm", class_counts=COUNTS, options=MethodConfig(cbdm_prior="flat"))
+    with pytest.raises(ConfigError, match="method.cbdm.prior"):
+        get_method("cbdm", class_counts=COUNTS, options=method_options(cbdm={"prior": "flat"}))
 
 
 def test_reweight_weights():
@@ -144,7 +144,7 @@ def test_progressive_resampling_is_kangs_rule():
     counts = np.array([100, 25, 4, 0])
     p_ib = np.array([100, 25, 4, 0]) / 129
     p_cb = np.array([1, 1, 1, 0]) / 3
-    m = get_method("resample", class_counts=counts, options=MethodConfig(resample_schedule="progressive"))
+    m = get_method("resample", class_counts=counts, options=method_options(resample={"schedule": "progressive"}))
     for step, total in [(0, 400), (100, 400), (300, 400)]:
         s = step / total
         expect = (1 - s) * p_ib + s * p_cb
@@ -158,14 +158,21 @@ def test_resample_frequencies():
     drawer = BatchDrawer(labels, 4)
     gen = torch.Generator().manual_seed(0)
     for q, expect in [(0.0, [1 / 3, 1 / 3, 1 / 3, 0]), (0.5, np.sqrt([100, 25, 4, 0]) / 17)]:
-        m = get_method("resample", class_counts=counts, options=MethodConfig(resample_q=q))
+        m = get_method("resample", class_counts=counts, options=method_options(resample={"q": q}))
         idx = drawer.draw(60000, m.class_probs(0, 1), gen)
         freq = np.bincount(labels[idx].numpy(), minlength=4) / 60000
         assert np.allclose(freq, expect, atol=0.01)
     prog = get_method("resample", class_counts=counts,
-                      options=MethodConfig(resample_schedule="progressive-exponent"))  # fmt: skip
+                      options=method_options(resample={"schedule": "progressive-exponent"}))  # fmt: skip
     assert torch.allclose(prog.class_probs(0, 10), resample_probs(counts, 1.0))
     assert torch.allclose(prog.class_probs(5, 10), resample_probs(counts, 0.5))  # q moves, not p
     assert torch.allclose(prog.class_probs(10, 10), resample_probs(counts, 0.0))
     uniform_idx = drawer.draw(60000, None, gen)  # None: uniform over instances
     assert np.allclose(np.bincount(labels[uniform_idx].numpy(), minlength=4) / 60000, counts / 129, atol=0.01)
+
+
+def test_a_method_table_is_copied_to_a_device_once():
+    m = get_method("reweight", class_counts=COUNTS)
+    first = m.on(m.weights, torch.device("cpu"))
+    assert m.on(m.weights, torch.device("cpu")) is first and torch.equal(first, m.weights)
+    assert torch.equal(m.sample_weights(torch.tensor([0, 1])), m.weights[[0, 1]])

@@ -9,14 +9,14 @@ import pytest
 import torch
 from engine_helpers import TINY_MODEL, Interrupting, tiny_config, tiny_data
 
-from benchmark.core.config import MODEL_SIZES, MethodConfig
+from benchmark.core.config import MODEL_SIZES
 from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.checkpoint import latest_checkpoint, load
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set
 from benchmark.engine.trainer import load_model, train
-from methods import cm_class_weights, cm_terms, get_method, get_method_class, t2h_targets
+from methods import cm_class_weights, cm_terms, get_method, get_method_class, method_options, t2h_targets
 from methods.base import Labels
 from methods.cm import CMUNet, LowRankExpert, expert_layers
 
@@ -92,7 +92,7 @@ def test_cm_term_matches_a_direct_transcription_and_vanishes_on_balanced_counts(
     torch.testing.assert_close(terms["cm"], want, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(terms["ddpm"], (full - noise).square().flatten(1).mean(1), atol=1e-6, rtol=1e-4)
     assert (terms["cm"][y == 0] > 0).all() and (terms["cm"][y == 2] < 0).all()  # head consolidates, tail diverges
-    paper = MethodConfig(cm_con=1.0, cm_div=1.0)  # the paper's single lambda: (w_con - w_div) lambda
+    paper = method_options(cm={"con": 1.0, "div": 1.0})  # the paper's single lambda: (w_con - w_div) lambda
     balanced = get_method("cm", class_counts=np.array([5, 5, 5]), options=paper)
     assert balanced.coef.abs().max() < 1e-6  # 1 - 1 up to float64 rounding of C / (N sum 1/N)
     torch.testing.assert_close(cm_terms(model, DIFF, x0, y, t, noise, coef=balanced.coef)["cm"], torch.zeros(6),
@@ -107,7 +107,7 @@ def test_cm_term_matches_a_direct_transcription_and_vanishes_on_balanced_counts(
 
 def test_cm_plus_t2h_is_cm_with_the_calibrated_targets():
     m = get_method("cm+t2h", class_counts=COUNTS)
-    assert m.name == "cm+t2h" and m.term_names == ("oc", "cm") and m.options.cm_calibration == "t2h"
+    assert m.name == "cm+t2h" and m.term_names == ("oc", "cm") and m.options.calibration == "t2h"
     assert get_method_class("cm+t2h") is get_method_class("cm")
     assert get_method("cm+t2h+resample", class_counts=COUNTS).term_names == ("oc", "cm")
     with pytest.raises(ConfigError, match="both define the loss"):
@@ -122,9 +122,9 @@ def test_cm_plus_t2h_is_cm_with_the_calibrated_targets():
     target, _ = t2h_targets(x0, DIFF.q_sample(x0, t, noise), t, noise, y, DIFF, class_freq=freq, gate="t2h", u=u)
     want = (model(DIFF.q_sample(x0, t, noise), t, y) - target).square().flatten(1).mean(1)
     torch.testing.assert_close(terms["oc"], want, atol=1e-6, rtol=1e-4)
-    for bad in (dict(cm_parts=("left",)), dict(cm_calibration="x"), dict(cm_rank_ratio=0.0)):
-        with pytest.raises(ConfigError, match="method.cm_"):
-            get_method("cm", class_counts=COUNTS, options=MethodConfig(**bad))
+    for bad in (dict(parts=("left",)), dict(calibration="x"), dict(rank_ratio=0.0)):
+        with pytest.raises(ConfigError, match=r"method\.cm\."):
+            get_method("cm", class_counts=COUNTS, options=method_options(cm=bad))
 
 
 def _train(run_dir, name="cm", method=None, cfg=None):
@@ -196,4 +196,4 @@ def test_expert_forward_is_the_released_convlora():
                                       padding=1)  # Conv2d_LoRA.forward
     torch.testing.assert_close(expert(x), want)
     assert expert.rank == 1 and expert.A.shape == (3, 24)  # int(0.8) = 0 -> 1: truncation, then at least one
-    assert get_method("cm", class_counts=COUNTS).options.cm_scale == 1.0  # the released forward scales by nothing
+    assert get_method("cm", class_counts=COUNTS).options.scale == 1.0  # the released forward scales by nothing

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from engine_helpers import TINY_MODEL, tiny_config, tiny_data
 
-from benchmark.core.config import Config, GridConfig, MethodConfig
+from benchmark.core.config import Config, GridConfig
 from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.batches import Labels
 from benchmark.engine.checkpoint import latest_checkpoint, load
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.trainer import _seeds, train
-from methods import coral_lambda, coral_loss, get_method, t2h_probs, t2h_targets
+from methods import coral_lambda, coral_loss, get_method, method_options, t2h_probs, t2h_targets
 from methods.base import draw_t_noise
 from methods.coral import coral_terms, projection_head
 
@@ -113,7 +113,7 @@ def test_t2h_swaps_on_label_dropped_batches_exactly_as_on_conditional_ones():
     # the official trainer drops the label for the condition only and calibrates every batch with the true labels
     diffusion = GaussianDiffusion(T=1000)
     x0, _, _, y, _ = _t2h_batch()
-    method = get_method("t2h", class_counts=COUNTS, options=MethodConfig(t2h_gate="full"))
+    method = get_method("t2h", class_counts=COUNTS, options=method_options(t2h={"gate": "full"}))
     null = torch.full_like(y, 3)
     drop = torch.tensor([True, False, True, True, False, True, True, True])
     cases = {"conditional": Labels(true=y, model=y, cond=True), "dropped": Labels(true=y, model=null, cond=False),
@@ -130,8 +130,8 @@ def test_t2h_swaps_on_label_dropped_batches_exactly_as_on_conditional_ones():
     assert (ref_j != torch.arange(8)).sum() >= 2  # swaps happen
     for name in cases:
         assert torch.allclose(oc[name], ref_target.square().flatten(1).mean(1), rtol=1e-4), name
-    with pytest.raises(ConfigError, match="t2h_gate"):
-        get_method("t2h", class_counts=COUNTS, options=MethodConfig(t2h_gate="tail"))
+    with pytest.raises(ConfigError, match=r"method\.t2h\.gate"):
+        get_method("t2h", class_counts=COUNTS, options=method_options(t2h={"gate": "tail"}))
 
 
 # ---------------------------------------------------------------- CORAL
@@ -193,7 +193,7 @@ def test_coral_terms_equal_the_pipeline_and_train_the_head():
 def test_coral_default_weight_is_the_official_effective_weight():
     # official objective (coral-lt-diffusion diffusion.py + main.py): loss_supcon = supcon_weight (0.5)
     # * mean(exp((1 - t/T) / 0.3)) * SupCon, then loss = loss_ddpm + supcon_temp (0.1) * loss_supcon
-    assert MethodConfig().coral_weight == 0.05
+    assert method_options().coral.weight == 0.05
     torch.manual_seed(0)
     model = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).eval()
     method = get_method("coral", class_counts=COUNTS)
@@ -224,7 +224,7 @@ def test_coral_head_is_trained_checkpointed_resumed_and_not_in_model_pt(tmp_path
     head = load(latest_checkpoint(tmp_path / "full" / "checkpoints"))["aux"]["coral_head"]
     torch.manual_seed(_seeds(0)[0])  # the trainer builds the UNet, then the method's head, from this seed
     channels = build_unet(TINY_MODEL, channels=1, resolution=8, num_classes=3).bottleneck_channels
-    init = projection_head(channels, cfg.method.coral_dim)
+    init = projection_head(channels, cfg.method.coral.dim)
     assert head["weight"].shape == init.weight.shape and not torch.equal(head["weight"], init.weight.detach())
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut", Interrupting(get_method("coral", class_counts=data.counts), at=4))
@@ -268,8 +268,8 @@ def test_grid_orders_and_adds_the_ddpm_dependency():
     ccfg = cell_config(cfg, ft, "/tmp/res")
     parent = parent_cell(ft).folder("/tmp/res").resolve()
     assert ccfg.train.init_from == str(parent / "checkpoints" / "ema_00000667.pt")  # 2/3 of the parent's 1000
-    assert (ccfg.train.steps, ccfg.train.warmup, ccfg.method.cbdm_prior) == (167, 16, "uniform")
-    ccfg = cell_config(replace(cfg, method=MethodConfig(cbdm_ft_steps=7, cbdm_ft_start=1.0)), ft, "/tmp/res")
+    assert (ccfg.train.steps, ccfg.train.warmup) == (167, 16)
+    ccfg = cell_config(replace(cfg, method=method_options(cbdm_ft={"steps": 7, "start": 1.0})), ft, "/tmp/res")
     assert (ccfg.train.steps, ccfg.train.warmup) == (7, 0)
     assert ccfg.train.init_from == str(parent / "model.pt")  # start 1: the parent's final model
     assert cell_config(cfg, cells[0]).train.init_from is None
@@ -289,7 +289,7 @@ def test_cbdm_ft_resolved_config_is_the_official_protocol():
     ccfg = cell_config(cfg, ft, "/tmp/res")
     assert ccfg.train.init_from.endswith("runs/cifar100/exp-0.01/ddpm/seed0/checkpoints/ema_00200000.pt")
     assert (ccfg.train.steps, ccfg.train.batch_size, ccfg.train.warmup) == (50_000, 48, 5000)
-    assert ccfg.method.cbdm_prior == "uniform"
+    assert not hasattr(ccfg.method.cbdm_ft, "prior")  # y' is always uniform in the fine-tune protocol
     assert get_method("cbdm-ft", class_counts=COUNTS).official_guidance == 2.0
     pcfg = cell_config(cfg, ddpm, "/tmp/res")
     assert pcfg.train.keep_ema_at == (200_000,) and pcfg.train.batch_size == 64 and pcfg.train.steps == 300_000
@@ -301,16 +301,13 @@ def test_cbdm_ft_resolved_config_is_the_official_protocol():
 @pytest.mark.parametrize("frac", [0.0, -0.5, 1.5])
 def test_cbdm_ft_start_outside_zero_one_is_a_clear_error(frac, capsys):
     from benchmark.cli import main
-    from benchmark.core.presets import get_preset
-    from benchmark.harness.cells import Cell, cell_config
 
-    cfg = replace(get_preset("smoke"), method=MethodConfig(cbdm_ft_start=frac))
-    with pytest.raises(ConfigError, match=r"method.cbdm_ft_start=.* is outside \(0, 1\]"):
-        cell_config(cfg, Cell("digits", "exp", 0.1, "cbdm-ft", 0), "/tmp/res")
+    with pytest.raises(ConfigError, match=r"method.cbdm_ft.start=.* is out of range: must be in \(0, 1\]"):
+        method_options(cbdm_ft={"start": frac})
     code = main(["run", "--preset", "smoke", "--methods", "cbdm-ft", "--dry-run",
-                 "--set", f"method.cbdm_ft_start={frac}"])  # fmt: skip
+                 "--set", f"method.cbdm-ft.start={frac}"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "cbdm_ft_start" in err and "(0, 1]" in err
+    assert code == 2 and "method.cbdm_ft.start" in err and "(0, 1]" in err
 
 
 def test_cbdm_ft_without_the_parent_checkpoint_names_the_fix(tmp_path, capsys):
@@ -319,17 +316,17 @@ def test_cbdm_ft_without_the_parent_checkpoint_names_the_fix(tmp_path, capsys):
 
     out = tmp_path / "ft"
     base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--set", "train.steps=3",
-            "--set", "method.cbdm_ft_steps=2", "--set", "eval.downstream=false", "--set", "eval.real_floor=false"]
+            "--set", "method.cbdm_ft.steps=2", "--set", "eval.downstream=false", "--set", "eval.real_floor=false"]
     assert main(base + ["--methods", "ddpm"]) == 0  # the parent, trained alone: no EMA kept at step 2
     capsys.readouterr()
     assert main(base + ["--methods", "cbdm-ft"]) == 1
     text = capsys.readouterr().out
-    assert "FAILED" in text and "step 2" in text and "--force" in text and "method.cbdm_ft_start=1" in text
+    assert "FAILED" in text and "step 2" in text and "--force" in text and "method.cbdm_ft.start=1" in text
     runs = out / "runs" / "digits" / "exp-0.1"
     assert (runs / "ddpm" / "seed0" / "done.json").exists() and set(read_results(out).method) == {"ddpm"}
     # the fix as named: fine-tune the parent's final model (the failed cell computed nothing, so it takes the
     # corrected config), and the finished parent is reused
-    assert main(base + ["--methods", "cbdm-ft", "--set", "method.cbdm_ft_start=1"]) == 0
+    assert main(base + ["--methods", "cbdm-ft", "--set", "method.cbdm_ft.start=1"]) == 0
     assert "1 already finished" in capsys.readouterr().out
     assert set(read_results(out).method) == {"ddpm", "cbdm-ft"}
 
@@ -344,7 +341,7 @@ def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monk
     monkeypatch.setattr(trainer, "load", lambda path: (loaded.append(path), real_load(path))[1])
     out = tmp_path / "ft"
     argv = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--methods", "cbdm-ft",
-            "--set", "train.steps=3", "--set", "method.cbdm_ft_steps=2", "--set", "eval.downstream=false",
+            "--set", "train.steps=3", "--set", "method.cbdm_ft.steps=2", "--set", "eval.downstream=false",
             "--set", "eval.real_floor=false"]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -354,7 +351,6 @@ def test_cbdm_ft_runs_after_and_starts_from_its_ddpm_cell(tmp_path, capsys, monk
     assert ddpm_model.exists() and (runs / "ddpm" / "seed0" / "model.pt").exists()
     config = json.loads((runs / "cbdm-ft" / "seed0" / "config.json").read_text())["config"]
     assert config["train"]["init_from"] == str(ddpm_model) and config["train"]["steps"] == 2
-    assert config["method"]["cbdm_prior"] == "uniform"
     assert ddpm_model in [p.resolve() for p in loaded]  # the fine-tune really loaded the ddpm model
     info = json.loads(load(runs / "cbdm-ft" / "seed0" / "model.pt")["info"])
     assert info["method"] == "cbdm-ft" and info["steps"] == 2
@@ -378,7 +374,7 @@ def test_a_cell_folder_compares_only_the_options_its_method_reads(tmp_path):
     for method in ("ddpm", "cbdm"):
         check_or_write_config(tmp_path / method, cfg, Cell("digits", "exp", 0.1, method, 0))
         (tmp_path / method / "model.pt").write_bytes(b"")  # the folder now holds work
-    other = replace(cfg, method=MethodConfig(cbdm_tau=2.0, cbdm_ft_start=0.5))
+    other = replace(cfg, method=method_options(cbdm={"tau": 2.0}, cbdm_ft={"start": 0.5}))
     check_or_write_config(tmp_path / "ddpm", other, Cell("digits", "exp", 0.1, "ddpm", 0))  # ddpm reads neither
-    with pytest.raises(ConfigError, match="cbdm_tau"):
+    with pytest.raises(ConfigError, match=r"method\.cbdm\.tau"):
         check_or_write_config(tmp_path / "cbdm", other, Cell("digits", "exp", 0.1, "cbdm", 0))

@@ -9,6 +9,7 @@ from benchmark.core.errors import ConfigError
 from benchmark.engine.backbone import build_unet
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import (
+    SAMPLERS,
     balanced_labels,
     generate_eval_set,
     sample_images,
@@ -31,8 +32,9 @@ def test_labels_and_seeds():
     assert len(set(sample_seeds(0, 10).tolist()) | set(sample_seeds(1, 10).tolist())) == 20
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.7), ("ddpm", 0.0)])
+@pytest.mark.parametrize("sampler,eta", [(name, eta) for name in SAMPLERS.names() for eta in (0.0, 0.7)])
 def test_same_images_for_any_batch_size(model, sampler, eta):
+    """The contract of every registered sampler: an image depends on its label and seed only."""
     labels, seeds = balanced_labels(3, 2), sample_seeds(5, 6)
     kw = dict(labels=labels, seeds=seeds, sampler=sampler, steps=4, eta=eta, guidance=1.5)
     a = sample_images(model, DIFF, batch_size=6, **kw)
@@ -44,6 +46,7 @@ def test_same_images_for_any_batch_size(model, sampler, eta):
     perm = torch.tensor([5, 0, 3, 1, 4, 2])
     d = sample_images(model, DIFF, batch_size=3, **{**kw, "labels": labels[perm], "seeds": seeds[perm]})
     assert torch.equal(d, a[perm])
+    assert not torch.equal(sample_images(model, DIFF, batch_size=6, **{**kw, "seeds": sample_seeds(6, 6)}), a)
 
 
 def test_ddim_eta0_deterministic_and_seed_dependent(model):

@@ -122,7 +122,7 @@ def test_failing_cell_keeps_the_others_and_changed_config_is_refused(tmp_path, c
             "ddpm,reweight", "--set", "train.steps=3", "--set", "eval.downstream=false",
             "--set", "eval.real_floor=false"]  # fmt: skip
     # a value the config can refuse fails up front, before any cell
-    assert main(base + ["--set", "method.reweight_scheme=nonsense"]) == 2
+    assert main(base + ["--set", "method.reweight.scheme=nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err and not out.exists()
     # what only a cell can find out (here its own model.pt is unreadable) fails that cell alone
     broken = out / "runs" / "digits" / "exp-0.1" / "reweight" / "seed0" / "model.pt"
@@ -152,7 +152,7 @@ def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
     check_or_write_config(folder, cell_config(cfg, cell), cell)
     (folder / "done.json").write_text("{}")  # a finished cell (a folder without work takes a new config)
     record = json.loads((folder / "config.json").read_text())
-    del record["config"]["method"]["cbdm_tau"]  # as if written before the field existed
+    del record["config"]["method"]["cbdm"]["tau"]  # as if written before the field existed
     (folder / "config.json").write_text(json.dumps(record))
     check_or_write_config(folder, cell_config(cfg, cell), cell)  # accepted
     record["config"]["train"]["steps"] = 999

@@ -29,10 +29,10 @@ def _init_weights(seed=0):
 def test_exact_resume(tmp_path, name, train_kw):
     from dataclasses import replace
 
-    from benchmark.core.config import MethodConfig
+    from methods import method_options
 
     cfg = tiny_config(**train_kw)
-    cfg = replace(cfg, method=MethodConfig(resample_schedule="progressive"))
+    cfg = replace(cfg, method=method_options(resample={"schedule": "progressive"}))
     full = _train(tmp_path / "full", name, cfg)
     method = get_method(name, class_counts=DATA.counts, options=cfg.method)
     with pytest.raises(KeyboardInterrupt):

@@ -209,51 +209,68 @@ class TrainConfig(_Checked):
                 raise ConfigError(f"train.method_batch_size entries are method=batch, e.g. cbdm=48; got {pair!r}")
 
 
-@dataclass(frozen=True)
-class MethodConfig(_Checked):
-    """Options of every registered method; a method reads only its own."""
+class Options(_Checked):
+    """The base of a method's options: a frozen dataclass in the method's own module (``Options`` of
+    :class:`methods.base.Method`), addressed as ``method.<name>.<option>``; :func:`choice` and
+    :func:`bounded` fields are checked whenever it is built.  Core knows no method's options: each
+    registered method adds its section (:func:`register_method_options`)."""
 
-    cbdm_tau: float = 1.0
-    cbdm_gamma: float = 0.25
-    cbdm_prior: str = choice("train", {
-        "train": "y' from the training prior (official, from scratch)",
-        "uniform": "y' uniform over the classes present (fine-tuning)",
-    })  # fmt: skip
-    reweight_scheme: str = choice("inverse", {
-        "inverse": "inverse class frequency",
-        "effective": "inverse effective number, method.reweight_beta",
-    })  # fmt: skip
-    reweight_beta: float = 0.999
-    resample_q: float = 0.0  # class drawn with prob ~ n_c ** q
-    resample_schedule: str = choice("fixed", {
-        "fixed": "q = method.resample_q throughout",
-        "progressive": "Kang et al.: p = (1 - s) p_instance + s p_class, s = step / steps",
-        "progressive-exponent": "q from 1 to 0 over training",
-    })  # fmt: skip
-    # cbdm-ft (official: the ddpm EMA at 200k of 300k, fine-tuned ~50k steps): the fraction of the ddpm
-    # parent's train.steps whose EMA weights it starts from (1 = the final model), and its steps
-    # (None = a sixth of the parent's train.steps)
-    cbdm_ft_start: float = 2 / 3
-    cbdm_ft_steps: int | None = None
-    t2h_gate: str = choice("t2h", {  # oriented calibration
-        "t2h": "swap a target only towards a class at least as frequent",
-        "h2t": "swap only towards a class at most as frequent",
-        "full": "every swap the posterior draws",
-    })  # fmt: skip
-    # w of lambda = w * mean_batch(exp((1 - t/T) / coral_time_scale)); 0.05 = the official code's effective
-    # weight (the paper's w = 0.5 times the 0.1 its script rescales the term by; see methods/coral.py)
-    coral_weight: float = 0.05
-    coral_temperature: float = 0.1  # supervised contrastive temperature
-    coral_dim: int = 128  # width of the projection head on the UNet bottleneck
-    coral_time_scale: float = 0.3
-    # CM: W = W_g + cm_scale * (B @ A).view(W.shape) on these UNet blocks' 3x3 convs (down | mid | up),
-    # rank = max(int(cm_rank_ratio * min(c_in, c_out)), 1)
-    cm_parts: tuple[str, ...] = ("up",)
-    cm_rank_ratio: float = 0.1
-    cm_scale: float = 1.0  # the released forward adds B @ A unscaled (its config's lora_scaling 0.5 is never read)
-    cm_con: float = 1.0  # weight of the consolidation part (a_con w_con[y]); the released config's w_con
-    cm_div: float = 0.2  # weight of the diversity part (a_div w_div[y]); the released config's w_div
-    cm_calibration: str = "none"  # none | t2h (T2H's targets inside CM's loss: the released recipe, cm+t2h)
+
+# section key (the method's name, '-' written '_') -> its options class, in registration order
+_METHOD_OPTIONS: dict[str, type] = {}
+_OPTION_PREFIX: dict[type, str] = {}
+_METHOD_CONFIG: dict[tuple, type] = {}
+
+
+def method_section(name: str) -> str:
+    """The key of method ``name``'s options section under ``method.`` ('my-method' -> 'my_method')."""
+    return name.replace("-", "_")
+
+
+def register_method_options(name: str, cls: type) -> None:
+    """Give method ``name`` the section ``method.<name>.`` holding ``cls`` (a frozen :class:`Options`
+    dataclass); called by the methods registry, before any config that holds it is built."""
+    if not (isinstance(cls, type) and is_dataclass(cls) and issubclass(cls, Options)
+            and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]  # fmt: skip
+        raise TypeError(f"the options of method {name!r} must be a @dataclass(frozen=True) subclass of "
+                        f"benchmark.core.config.Options; got {cls!r}")  # fmt: skip
+    key = method_section(name)
+    if not key.isidentifier():
+        raise ValueError(f"method name {name!r} cannot name an options section; use letters, digits, '_' and '-'")
+    _METHOD_OPTIONS[key] = cls
+    _OPTION_PREFIX.setdefault(cls, f"method.{key}.")
+
+
+# how a method section travels to another process (a --jobs worker, a submitit job): set by the methods
+# package, which knows which plugin files the receiving process must load before it can rebuild it
+_REDUCER: list[Callable[[Any], tuple]] = []
+
+
+def set_method_config_reducer(reduce: Callable[[Any], tuple]) -> None:
+    _REDUCER[:] = [reduce]
+
+
+def _reduce_method_config(self: Any) -> tuple:
+    if not _REDUCER:
+        raise TypeError("a method section is pickled before the methods package is imported")
+    return _REDUCER[0](self)
+
+
+def method_config_class() -> type:
+    """The ``method`` section: a frozen dataclass with one field per registered method that has
+    options (the same class for the same registered set, so configs built alike compare equal)."""
+    sig = tuple(_METHOD_OPTIONS.items())
+    if sig not in _METHOD_CONFIG:
+        spec = [(key, cls, field(default_factory=cls)) for key, cls in sig]
+        _METHOD_CONFIG[sig] = dataclasses.make_dataclass(
+            "MethodConfig", spec, frozen=True, bases=(_Checked,), namespace={"__reduce__": _reduce_method_config},
+        )
+    return _METHOD_CONFIG[sig]
+
+
+def MethodConfig(**sections: Any) -> Any:  # noqa: N802  (built like the other sections)
+    """The ``method`` section with every registered method's defaults, ``sections`` replacing some."""
+    return method_config_class()(**sections)
 
 
 DDIM_LAST = {
@@ -335,7 +352,10 @@ class Config(_Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: Any = field(default_factory=MethodConfig)  # method_config_class(): one section per method
+    # what the cell's method is made of outside the package: 'file.py sha256:...' per plugin part
+    # ('' for built-in methods), so an edited plugin is a changed training setting
+    method_code: str = ""
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     grid: GridConfig = field(default_factory=GridConfig)
@@ -345,7 +365,7 @@ _SECTIONS = {f.type: f"{f.name}." for f in fields(Config) if is_dataclass(f.defa
 
 
 def _section_of(cls: type) -> str:
-    return _SECTIONS.get(cls.__name__, "")
+    return _OPTION_PREFIX.get(cls) or _SECTIONS.get(cls.__name__, "")
 
 
 def choice_fields(cls: type = Config, prefix: str = "") -> dict[str, dict[str, str]]:
@@ -415,6 +435,7 @@ _KEY_STAGE = {  # the exceptions to their section, and the top-level keys
     "preset": None,
     "device": None,
     "protocol": EVALUATE,  # the name the rows carry
+    "method_code": TRAIN,
     "train.ckpt_every": None,
     "train.log_every": None,
     "train.compile": None,
@@ -456,11 +477,25 @@ def from_dict(cls: type, data: dict) -> Any:
         if key not in known:
             raise ConfigError(f"unknown key {key!r} in {cls.__name__}")
         ftype = _resolved_types(cls)[key]
+        if cls is Config and key == "method":  # a record of the first layout: flat method.<name>_<option> keys
+            value = _nest_method_section(value)
         if is_dataclass(ftype):
             kwargs[key] = from_dict(ftype, value)
         else:
             kwargs[key] = _coerce(value, ftype, key)
     return cls(**kwargs)
+
+
+def _nest_method_section(section: dict) -> dict:
+    """A ``method`` section of the first layout (flat <name>_<option> keys) as per-method sections."""
+    if all(isinstance(v, dict) for v in section.values()):
+        return section
+    flat = upgrade_flat_record({f"method.{k}": v for k, v in section.items() if not isinstance(v, dict)})
+    nested: dict[str, dict] = {k: dict(v) for k, v in section.items() if isinstance(v, dict)}
+    for key, value in flat.items():
+        _, name, option = key.split(".")
+        nested.setdefault(name, {})[option] = value
+    return nested
 
 
 # ---------------------------------------------------------------- overrides
@@ -480,7 +515,12 @@ def all_keys(cfg: Any, prefix: str = "") -> list[str]:
 def override(cfg: Config, key: str, raw: Any) -> Config:
     """Return ``cfg`` with dotted ``key`` set to ``raw`` parsed to the field's type."""
     parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "method":  # method.<name>.<option>; a name's '-' is written '_'
+        parts[1] = method_section(parts[1])
+        key = ".".join(parts)
     valid = all_keys(cfg)
+    if key not in valid and key.startswith("method."):
+        raise ConfigError(_unknown_method_option(key, valid))
     if key not in valid:
         close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -489,6 +529,52 @@ def override(cfg: Config, key: str, raw: Any) -> Config:
             "or `list` for the valid names of datasets, methods and presets."
         )
     return _set(cfg, parts, raw, key)
+
+
+def _unknown_method_option(key: str, valid: list[str]) -> str:
+    """Which method does have that option, or which options the named method has."""
+    valid = [k for k in valid if k.startswith("method.")]
+    parts = key.split(".")
+    if len(parts) != 3:
+        renamed = legacy_method_keys().get(key)
+        if renamed:
+            return f"{key!r} is now {' and '.join(renamed)} (options are per method: method.<name>.<option>)"
+        example = f", e.g. --set {valid[0]}=..." if valid else ""
+        return f"{key!r} is not a method option: write method.<name>.<option>{example}"
+    _, section, option = parts
+    own = [k for k in valid if k.startswith(f"method.{section}.")]
+    others = [k for k in valid if k.endswith(f".{option}") and k not in own]
+    elsewhere = f" {', '.join(others)} belong{'s' if len(others) == 1 else ''} to another method." if others else ""
+    if not own:
+        sections = sorted({k.split(".")[1] for k in valid})
+        return (f"unknown config key {key!r}: method {section!r} has no options (or is not registered; a plugin "
+                f"method needs --plugin FILE).{elsewhere} Methods with options: {', '.join(sections)}")
+    close = difflib.get_close_matches(key, own, n=2, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return (f"unknown config key {key!r}: method {section!r} has no option {option!r}.{elsewhere}{hint} "
+            f"Its options: {', '.join(k.split('.')[2] for k in own)} (`list` shows them)")
+
+
+def legacy_method_keys() -> dict[str, list[str]]:
+    """The flat keys of the first layout (``method.<name>_<option>``) -> the per-method keys they became, from
+    each options class's ``legacy`` map (old field name -> its option)."""
+    out: dict[str, list[str]] = {}
+    for section, cls in _METHOD_OPTIONS.items():
+        for old, new in getattr(cls, "legacy", {}).items():
+            out.setdefault(f"method.{old}", []).append(f"method.{section}.{new}")
+    return out
+
+
+def upgrade_flat_record(flat: dict[str, Any]) -> dict[str, Any]:
+    """A flattened config record with its first-layout method keys (``method.<name>_<option>``) mapped to the
+    per-method keys they became; keys of that layout no registered method claims are dropped."""
+    if not any(k.startswith("method.") and k.count(".") == 1 for k in flat):
+        return flat
+    out = {k: v for k, v in flat.items() if not (k.startswith("method.") and k.count(".") == 1)}
+    for old, news in legacy_method_keys().items():
+        if old in flat:
+            out.update({new: flat[old] for new in news})
+    return out
 
 
 def _set(node: Any, parts: list[str], raw: Any, full: str) -> Any:
@@ -509,7 +595,10 @@ def apply_overrides(cfg: Config, pairs: list[str]) -> Config:
 
 
 def _resolved_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
+    if cls is Config:  # the method section's class is made from the registered methods
+        hints["method"] = method_config_class()
+    return hints
 
 
 _NONE_WORDS = {"none", "null", ""}

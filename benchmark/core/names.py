@@ -64,3 +64,19 @@ def at_floor_n(metric: str) -> str:
 NO_FEATURES = "none"  # rows that use no feature space (downstream accuracy, class counts)
 PIXEL = "pixel"  # rows measured on raw pixels (pixel-space memorisation)
 FEATURE_FREE = (NO_FEATURES, PIXEL)  # rows the report shows in every feature space's table
+
+UNTRUSTED_NOTE = "untrusted-evaluator"  # in the note of every row scored by an evaluator that failed its trust gate
+
+
+def dataset_slug(spec: str) -> str:
+    """The dataset's name in folders and rows ('imagefolder:/data/x' -> 'imagefolder-x')."""
+    if spec.startswith("imagefolder:"):
+        return "imagefolder-" + spec.split(":", 1)[1].rstrip("/").rpartition("/")[2]
+    return spec
+
+
+def cell_folder(out, dataset: str, profile: str, imbalance: float, method: str, seed: int):
+    """Where a grid cell's files live under the results folder ``out`` (the report finds samples here)."""
+    from pathlib import Path
+
+    return Path(out) / "runs" / dataset_slug(dataset) / f"{profile}-{imbalance:g}" / method.replace("+", "_") / f"seed{seed}"

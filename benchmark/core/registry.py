@@ -23,8 +23,10 @@ class UnknownNameError(ConfigError, KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, base: type | None = None) -> None:
+        """``base``: the entries are subclasses of it, and each gets its ``name`` from its key."""
         self.kind = kind
+        self.base = base
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None):
@@ -33,12 +35,21 @@ class Registry(Generic[T]):
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered; pick another name")
+            if self.base is not None:
+                if not (isinstance(item, type) and issubclass(item, self.base)):
+                    raise TypeError(f"{self.kind} {name!r} must be a subclass of {self.base.__module__}."
+                                    f"{self.base.__qualname__}; got {item!r}")  # fmt: skip
+                item.name = name  # type: ignore[attr-defined]  # the key is the name: stated once
+            self._check(name, item)
             self._items[name] = item
             return item
 
         if obj is not None:
             return add(obj)
         return add
+
+    def _check(self, name: str, item: T) -> None:
+        """A further check of an entry before it is added (subclasses); raise to refuse it."""
 
     def get(self, name: str) -> T:
         try:

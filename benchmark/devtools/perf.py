@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.core.config import MODEL_SIZES, Config, MethodConfig, TrainConfig
+from benchmark.core.config import MODEL_SIZES, Config, TrainConfig
 from benchmark.core.device import bf16_support, resolve_device, resolve_precision
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.names import ALL, GROUPS
@@ -306,7 +306,7 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
         args.channels, args.classes = real.channels, real.num_classes
     tc = TrainConfig(batch_size=args.batch, warmup=10, label_drop=args.label_drop, compile=args.compile,
                      channels_last=channels_last if args.channels_last == "default" else args.channels_last == "on")
-    cfg = Config(model=model_cfg, train=tc, method=MethodConfig())
+    cfg = Config(model=model_cfg, train=tc)
     data = fake_dataset(channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     model = build_unet(cfg.model, channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     print("$ python -m benchmark.devtools.perf " + shlex.join(sys.argv[1:] if argv is None else argv))

@@ -159,7 +159,7 @@ class ReferenceLoop:
         if self.name == "cbdm" and cond:
             y_prime = torch.multinomial(self.prior, x0.shape[0], replacement=True)
         loss = reference_loss(self.model, x0, t, y, noise, y_prime, sqrt_ab=self.sqrt_ab, sqrt_1m_ab=self.sqrt_1m_ab,
-                              T=self.T, tau=o.cbdm_tau, gamma=o.cbdm_gamma)
+                              T=self.T, tau=o.cbdm.tau, gamma=o.cbdm.gamma)
         self.opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,9 +22,8 @@ from benchmark.core.distributed import barrier, current
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import save_npz_atomic
 from benchmark.core.progress import progress as progress_bar
+from benchmark.core.registry import Registry
 from benchmark.engine.diffusion import GaussianDiffusion, guided_eps
-
-SAMPLERS = ("ddim", "ddpm")
 
 
 def images_per_class(cfg, num_classes: int) -> int:
@@ -86,6 +86,52 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return sorted({i * T // steps for i in range(steps)})
 
 
+# a sampler: (model, diffusion, x_T, labels, noise, steps=, eta=, guidance=, ddim_last=) -> x_0 in model space;
+# its randomness only from ``noise`` (per-image streams), so a set does not depend on the batch size
+SAMPLERS: Registry[Callable[..., torch.Tensor]] = Registry("sampler")
+
+
+@SAMPLERS.register("ddpm")
+def ddpm_ancestral(model, diffusion: GaussianDiffusion, x, y, noise: _Noise, *, steps, eta, guidance,
+                   ddim_last: str = "x0") -> torch.Tensor:
+    """Ancestral sampling over all T steps with the large variance (beta_t), as the DDPM paper's CIFAR runs
+    (``steps``, ``eta`` and ``ddim_last`` are DDIM's and unused here)."""
+    tab, n = diffusion.table(y.device), x.shape[0]
+    for i in reversed(range(diffusion.T)):
+        t = torch.full((n,), i, dtype=torch.int64, device=y.device)
+        eps = guided_eps(model, x, t, y, guidance)
+        mean = tab["sqrt_recip_alpha"][i] * (x - tab["eps_coef"][i] * eps)
+        x = mean + tab["sigma_large"][i] * noise.draw() if i > 0 else mean
+    return x
+
+
+@SAMPLERS.register("ddim")
+def ddim(model, diffusion: GaussianDiffusion, x, y, noise: _Noise, *, steps, eta, guidance,
+         ddim_last: str = "x0") -> torch.Tensor:
+    """DDIM over ``steps`` uniformly spaced timesteps; ``eta`` 0 is deterministic given x_T.  ``ddim_last``
+    ``clamp`` is OC's / CM's loop: the next time is clamp(t - skip, 0), so the step from t = 0 is the identity."""
+    seq = ddim_timesteps(diffusion.T, steps)
+    ab, n = diffusion.table(y.device)["alphas_bar"], x.shape[0]
+    for j in reversed(range(len(seq))):
+        i = seq[j]
+        if j == 0 and ddim_last == "clamp" and i == 0:
+            break  # OC_LT / CM: the step from t = 0 goes to clamp(0 - skip, 0) = 0, the identity
+        t = torch.full((n,), i, dtype=torch.int64, device=y.device)
+        eps = guided_eps(model, x, t, y, guidance)
+        a_t = ab[i]
+        a_prev = ab[seq[j - 1]] if j > 0 else torch.ones_like(a_t)
+        if ddim_last == "clamp" and eta == 0:  # OC's / CM's update, in their arithmetic (the same map)
+            c1, c2, c3, c4 = a_t.sqrt(), (1 - a_t).sqrt(), a_prev.sqrt(), (1 - a_prev).sqrt()
+            x = c3 / c1 * x + (c4 - c3 * c2 / c1) * eps
+            continue
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and j > 0:
+            x = x + sigma * noise.draw()
+    return x
+
+
 @torch.no_grad()
 def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, sampler, steps, eta, guidance,
                   ddim_last: str = "x0"):
@@ -98,38 +144,8 @@ def _sample_batch(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, samp
 def denoise(model, diffusion: GaussianDiffusion, y, noise: _Noise, *, sampler, steps, eta, guidance,
             ddim_last: str = "x0") -> torch.Tensor:
     """The sampler's float output before clipping and quantisation (see ``sample_images``)."""
-    tab = diffusion.table(y.device)
-    x = noise.draw()
-    n = x.shape[0]
-    if sampler == "ddpm":
-        for i in reversed(range(diffusion.T)):
-            t = torch.full((n,), i, dtype=torch.int64, device=y.device)
-            eps = guided_eps(model, x, t, y, guidance)
-            mean = tab["sqrt_recip_alpha"][i] * (x - tab["eps_coef"][i] * eps)
-            x = mean + tab["sigma_large"][i] * noise.draw() if i > 0 else mean
-    elif sampler == "ddim":
-        seq = ddim_timesteps(diffusion.T, steps)
-        ab = tab["alphas_bar"]
-        for j in reversed(range(len(seq))):
-            i = seq[j]
-            if j == 0 and ddim_last == "clamp" and i == 0:
-                break  # OC_LT / CM: the step from t = 0 goes to clamp(0 - skip, 0) = 0, the identity
-            t = torch.full((n,), i, dtype=torch.int64, device=y.device)
-            eps = guided_eps(model, x, t, y, guidance)
-            a_t = ab[i]
-            a_prev = ab[seq[j - 1]] if j > 0 else torch.ones_like(a_t)
-            if ddim_last == "clamp" and eta == 0:  # OC's / CM's update, in their arithmetic (the same map)
-                c1, c2, c3, c4 = a_t.sqrt(), (1 - a_t).sqrt(), a_prev.sqrt(), (1 - a_prev).sqrt()
-                x = c3 / c1 * x + (c4 - c3 * c2 / c1) * eps
-                continue
-            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-            sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
-            if eta > 0 and j > 0:
-                x = x + sigma * noise.draw()
-    else:
-        raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
-    return x
+    return SAMPLERS.get(sampler)(model, diffusion, noise.draw(), y, noise, steps=steps, eta=eta, guidance=guidance,
+                                 ddim_last=ddim_last)
 
 
 def sample_images(
@@ -156,8 +172,7 @@ def sample_images(
     OC's / CM's sampler, whose next time is clamp(t - skip, 0): at t = 0 the step is the identity."""
     if labels.shape != seeds.shape or labels.ndim != 1:
         raise ConfigError("labels and seeds must be 1-D tensors of equal length (one seed per image)")
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}; valid samplers: {', '.join(SAMPLERS)}")
+    SAMPLERS.get(sampler)  # an unknown name: a ConfigError listing the valid ones, before any work
     if ddim_last not in DDIM_LAST:
         raise ConfigError(f"unknown ddim_last {ddim_last!r}; valid: {', '.join(DDIM_LAST)}")
     device = torch.device(device)

@@ -36,9 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchmark.core.errors import DataError
+from benchmark.core.files import write_atomic
 from benchmark.core.progress import progress as progress_bar
 from benchmark.data.reference import EVALUATOR_VAL_FRACTION, validation_split
-from benchmark.engine.checkpoint import atomic_save
 from benchmark.eval.trust import evaluator_trust
 
 RECIPE = dict(optimizer="adam", lr=1e-3, weight_decay=5e-4, batch_size=128, schedule="cosine", version=2)
@@ -334,5 +334,6 @@ def load_or_train_evaluator(source, *, seed: int, epochs: int, cache_dir: Path, 
                 test_per_class=test_n.tolist(), test_correct_per_class=test_correct.tolist(),
                 trust=verdict.as_dict(), **trained)
     # a half-written file never counts as a trained evaluator
-    atomic_save(dict(state_dict={k: v.cpu() for k, v in net.state_dict().items()}, info=json.dumps(info)), path)
+    state = dict(state_dict={k: v.cpu() for k, v in net.state_dict().items()}, info=json.dumps(info))
+    write_atomic(path, lambda tmp: torch.save(state, tmp))  # (eval loads nothing of the training engine)
     return net, info

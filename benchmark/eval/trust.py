@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from benchmark.core.names import UNTRUSTED_NOTE  # noqa: F401  (the note's home: the report reads it too)
+
 ALPHA = 0.01
 MIN_RATIO = 2.0
 PERMUTATIONS = 2000
-UNTRUSTED_NOTE = "untrusted-evaluator"
 RULE = (f"balanced accuracy on held-out real images above chance by a one-sided permutation test "
         f"(p < {ALPHA:g}, {PERMUTATIONS} label shuffles) and at least min({MIN_RATIO:g} x chance, (1 + chance) / 2)")
 

@@ -9,14 +9,15 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from benchmark.core.config import EVALUATE, SAMPLE, TRAIN, Config, GridConfig, stage_of, to_dict
+from benchmark.core.config import EVALUATE, SAMPLE, TRAIN, Config, GridConfig, stage_of, to_dict, upgrade_flat_record
 from benchmark.core.device import bf16_support, resolve_precision
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
-from benchmark.core.names import REAL
+from benchmark.core.names import REAL, cell_folder, dataset_slug  # noqa: F401  (dataset_slug: imported from here too)
 from benchmark.core.presets import protocol_guidance
 from benchmark.engine.checkpoint import ema_checkpoint_name
-from methods import METHODS, fine_tuner, objective_class, options_read
+from methods import METHODS, MethodSpec, resolve
+from methods.registry import method_source
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,16 @@ class Cell:
     seed: int
 
     @property
+    def spec(self) -> MethodSpec:
+        """The cell's method resolved (cached by name); not for the real-data cell."""
+        return resolve(self.method)
+
+    @property
     def name(self) -> str:
         return f"{dataset_slug(self.dataset)} {self.profile}-{self.imbalance:g} {self.method} seed{self.seed}"
 
     def folder(self, out: Path) -> Path:
-        return (
-            Path(out) / "runs" / dataset_slug(self.dataset) / f"{self.profile}-{self.imbalance:g}"
-            / self.method.replace("+", "_") / f"seed{self.seed}"
-        )  # fmt: skip
-
-
-def dataset_slug(spec: str) -> str:
-    if spec.startswith("imagefolder:"):
-        return "imagefolder-" + Path(spec.split(":", 1)[1].rstrip("/")).name
-    return spec
+        return cell_folder(out, self.dataset, self.profile, self.imbalance, self.method, self.seed)
 
 
 def method_order(methods: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -55,7 +52,7 @@ def method_order(methods: tuple[str, ...]) -> tuple[list[str], list[str]]:
             return
         if name in chain:
             raise ConfigError(f"methods {' -> '.join((*chain, name))} fine-tune each other in a circle")
-        tuner = fine_tuner(name)
+        tuner = resolve(name).fine_tuner
         if tuner is not None:
             if tuner.init_from_method not in methods and tuner.init_from_method not in added:
                 added.append(tuner.init_from_method)
@@ -87,7 +84,7 @@ def parent_cell(cell: Cell) -> Cell | None:
     Launchers that run cells in parallel must finish it first."""
     if cell.method == REAL:
         return None
-    tuner = fine_tuner(cell.method)
+    tuner = cell.spec.fine_tuner
     return None if tuner is None else replace(cell, method=tuner.init_from_method)
 
 
@@ -98,7 +95,7 @@ def method_batch(cfg: Config, method: str) -> int:
     batch = cfg.train.batch_size
     if method == REAL:  # the real-data cells train nothing
         return batch
-    objective = objective_class(method)
+    objective = resolve(method).objective
     for item in cfg.train.method_batch_size:
         name, sep, value = item.partition("=")
         name = name.strip()
@@ -113,7 +110,7 @@ def _keep_ema_steps(cfg: Config, cell: Cell) -> tuple[int, ...]:
     """Steps of ``cell``'s training whose EMA weights a fine-tuning cell of the grid starts from."""
     steps = set()
     for name in cfg.grid.methods:
-        tuner = fine_tuner(name)
+        tuner = resolve(name).fine_tuner
         if tuner is not None and tuner.init_from_method == cell.method:
             step = tuner.init_step(cfg)
             if step is not None:
@@ -130,6 +127,7 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
         data=replace(cfg.data, dataset=cell.dataset, profile=cell.profile, imbalance=cell.imbalance),
         train=replace(cfg.train, batch_size=method_batch(cfg, cell.method), keep_ema_at=_keep_ema_steps(cfg, cell)),
         grid=GridConfig(methods=(cell.method,), imbalances=(cell.imbalance,), seeds=(cell.seed,)),
+        method_code="" if cell.method == REAL else method_source(cell.spec),
     )
     omega = protocol_guidance(cfg.protocol, dataset=dataset_slug(cell.dataset), imbalance=cell.imbalance,
                               method=cell.method)
@@ -140,7 +138,7 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
         return ccfg
     if out is None:
         raise ValueError(f"cell_config needs the results folder for {cell.name}, which fine-tunes {parent.name}")
-    tuner = fine_tuner(cell.method)
+    tuner = cell.spec.fine_tuner
     step = tuner.init_step(ccfg)
     ccfg = tuner.fine_tune_config(ccfg)
     folder = parent.folder(Path(out).resolve())
@@ -195,7 +193,7 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> Change | Non
     if not path.exists() or not _holds_work(folder):  # a folder that computed nothing takes the new config
         write_config(folder, cfg, cell)
         return None
-    old = _flatten(json.loads(path.read_text())["config"])
+    old = upgrade_flat_record(_flatten(json.loads(path.read_text())["config"]))  # a first-layout record too
     new = _flatten(to_dict(cfg))
     if parent_cell(cell) is not None:  # the grid's own init_from: where the parent cell is inside OUT
         for rec in (old, new):
@@ -232,11 +230,11 @@ def row_key(cell: Cell) -> dict:
 
 
 def _reads(cell: Cell, key: str) -> bool:
-    """Whether ``key`` can change what ``cell`` computes: a method.* option only when its method reads it."""
+    """Whether ``key`` can change what ``cell`` computes: a method.<name>.* option only when the cell's method
+    has that part (each part reads its own section)."""
     if not key.startswith("method.") or cell.method == REAL:
         return not key.startswith("method.")  # the real-data cells read no method option
-    read = options_read(cell.method)
-    return read is None or any(key[len("method."):].startswith(prefix) for prefix in read)
+    return key.split(".")[1] in cell.spec.sections
 
 
 def _holds_work(folder: Path) -> bool:

@@ -28,7 +28,6 @@ from benchmark.eval.evaluate import evaluate_set, real_floor_rows, reference_lab
 from benchmark.eval.features import resolve_feature_space_name
 from benchmark.harness.cells import dataset_slug
 from benchmark.harness.results import RESULT_COLUMNS
-from methods import get_method
 
 log = logging.getLogger("ltgen")
 
@@ -105,7 +104,7 @@ def missing_start(cell, path: Path) -> TrainingError:
             f"{cell.method} starts from the EMA weights its parent cell had at step {step} ({path}), but that "
             f"cell finished without keeping them (it was trained before a fine-tuning cell asked for them). "
             f"Fix: retrain the parent so it keeps them (rerun with --force on that cell's method, e.g. "
-            f"--methods ddpm --force), or fine-tune its final model with --set method.cbdm_ft_start=1"
+            f"--methods ddpm --force), or fine-tune its final model with --set method.cbdm_ft.start=1"
         )
     return TrainingError(
         f"{cell.method} starts from {path}, which does not exist: the cell that writes it must finish training "
@@ -133,7 +132,7 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
             parts.append(real)
         return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
 
-    method = get_method(cell.method, class_counts=dataset.counts, options=cfg.method)
+    method = cell.spec.build(class_counts=dataset.counts, options=cfg.method)
     guidance = cfg.sample.guidance if cfg.sample.guidance is not None else method.official_guidance
     ident = identity_columns(cfg, cell, dataset, guidance=guidance)
 

@@ -46,6 +46,7 @@ from benchmark.core.names import (
     REAL,
     REAL_ACC,
     RECALL,
+    UNTRUSTED_NOTE,
     VENDI,
     VENDI_INLIER,
     VENDI_INLIER_RATIO,
@@ -54,7 +55,6 @@ from benchmark.core.names import (
     VENDI_REAL,
     at_floor_n,
 )
-from benchmark.eval.trust import UNTRUSTED_NOTE
 from benchmark.report.main_table import LEGEND_MAIN, main_view
 from benchmark.report.published import describe, published_for
 from benchmark.report.seeds import ALPHA, LEVEL, Comparison, compare_best

@@ -36,8 +36,8 @@ from benchmark.core.names import (  # noqa: E402
     TRAIN_COUNT,
     VENDI_INLIER_RATIO,
     VENDI_RATIO,
+    cell_folder,
 )
-from benchmark.harness.cells import Cell  # noqa: E402
 from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows, class_info, class_label  # noqa: E402
 
 
@@ -216,8 +216,7 @@ def _cell_files(table: pd.DataFrame, out: Path, name: str):
     """(cell row, path) for every method cell of the table whose folder holds the file ``name``."""
     cells = table[table["method"] != REAL][["dataset", "profile", "imbalance", "method", "seed"]].drop_duplicates()
     for _, c in cells.iterrows():
-        cell = Cell(c["dataset"], c["profile"], float(c["imbalance"]), c["method"], int(c["seed"]))
-        path = cell.folder(out) / name
+        path = cell_folder(out, c["dataset"], c["profile"], float(c["imbalance"]), c["method"], int(c["seed"])) / name
         if path.exists():
             yield c, path
 

@@ -161,6 +161,7 @@ def generate_eval_set(
     progress: bool = True,
     guidance: float | None = None,
     chunk_size: int | None = None,
+    paired_with: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write ``n_per_class`` images of every class to ``out_path`` (.npz: images, labels).
 
@@ -168,6 +169,10 @@ def generate_eval_set(
     official strength when ``cfg.guidance`` is None.  Finished chunks are kept in
     ``<out_path>.parts/`` and reused when the same command runs again; a chunk written by a
     different configuration (sampler, steps, seeds, ...) is recomputed, never mixed in.
+
+    ``paired_with`` (>= ``n_per_class``): image j of class c takes the seed it has in a set of
+    ``paired_with`` per class, so a smaller set (an intermediate budget point) holds the first
+    ``n_per_class`` images of every class of the larger one's seeds: paired across the points.
 
     Under torchrun the chunks are dealt out to the ranks (rank r takes every world-th one);
     rank 0 joins the chunk files into ``out_path``.  Images depend on their seeds alone, so the
@@ -179,14 +184,23 @@ def generate_eval_set(
         with np.load(out_path) as data:
             return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
     w = guidance if guidance is not None else cfg.guidance
+    if isinstance(w, tuple):  # sample.guidance is a list: a caller sampling one set names its scale
+        if len(w) != 1:
+            raise ConfigError(f"one evaluation set is drawn at one guidance scale, not {w}; pass guidance=")
+        w = w[0]
     if w is None:
         raise ConfigError("no guidance strength: set sample.guidance or pass the method's official_guidance")
     labels = balanced_labels(num_classes, n_per_class)
     seeds = sample_seeds(seed, len(labels))
+    if paired_with is not None and paired_with != n_per_class:
+        if paired_with < n_per_class:
+            raise ValueError(f"paired_with={paired_with} must be at least n_per_class={n_per_class}")
+        seeds = sample_seeds(seed, num_classes * paired_with).view(num_classes, paired_with)[:, :n_per_class].reshape(-1)
     precision = resolve_precision(cfg.precision, device, key="sample.precision")
     cfg = replace(cfg, precision=precision)
     key = hashlib.sha256(
-        repr((cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class, precision)).encode()
+        repr((cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class, precision)
+             + ((paired_with,) if paired_with not in (None, n_per_class) else ())).encode()
     ).hexdigest()[:16]
     parts = out_path.with_name(out_path.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
@@ -204,7 +218,8 @@ def generate_eval_set(
         if not d.main:
             barrier()  # rank 0 writes out_path
             return generate_eval_set(model, diffusion, num_classes=num_classes, n_per_class=n_per_class, cfg=cfg,
-                                     seed=seed, out_path=out_path, device=device, progress=False, guidance=guidance)  # fmt: skip
+                                     seed=seed, out_path=out_path, device=device, progress=False, guidance=guidance,
+                                     paired_with=paired_with)  # fmt: skip
     for s in tqdm(starts, desc=f"generating {out_path.name}", disable=not progress):
         part = parts / f"chunk_{s:08d}.npz"
         if part.exists():

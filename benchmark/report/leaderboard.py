@@ -445,7 +445,8 @@ def _statement(display: pd.DataFrame) -> str:
     return ONE_SEED if display.attrs.get("one_seed") else ""
 
 
-def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
+def write_leaderboards(table: pd.DataFrame, out: Path, *, under=None) -> list[Path]:
+    """``under(key)``: lines written under the Markdown table of ``key`` (e.g. report/robustness.py's)."""
     out = Path(out)
     boards = leaderboards(table)
     md, tex, flat = ["# Leaderboards", "", LEGEND, ""], [], []
@@ -456,6 +457,8 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
         md += [_markdown(display, marks), ""]
         if display.attrs.get("sizes"):
             md += [display.attrs["sizes"], ""]
+        for line in under(key) if under is not None else []:
+            md += [line, ""]
         tex += [_latex(key, display, marks), ""]
         frame = display.copy()
         frame.attrs = {}

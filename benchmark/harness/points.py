@@ -62,14 +62,22 @@ def checkpoint_steps(cfg: Config) -> tuple[int, ...]:
     for frac in cfg.eval.checkpoints:
         exact = Fraction(frac).limit_denominator(10_000) * steps
         if exact.denominator != 1:
-            whole = max(1, round(float(exact)))
+            near = _near_whole(frac, steps)
             raise ConfigError(
                 f"eval.checkpoints={frac:g} is step {float(exact):g} of train.steps={steps}, not a whole step: "
-                f"use a fraction whose step is whole (e.g. {whole / steps:g} = step {whole}) or a train.steps that "
-                f"{frac:g} divides (e.g. --set train.steps={steps * exact.denominator})"
+                f"use a fraction whose step is whole (e.g. {near:g} = step {round(near * steps)}) or a train.steps "
+                f"whose {frac:g} is whole (e.g. --set train.steps={steps * exact.denominator})"
             )
         out.add(int(exact))
     return tuple(sorted(out))
+
+
+def _near_whole(frac: float, steps: int) -> float:
+    """The fraction of at most two decimals nearest ``frac`` whose step of ``steps`` is whole (else step/steps)."""
+    whole = [k / 100 for k in range(1, 101) if (k * steps) % 100 == 0]
+    if whole:
+        return min(whole, key=lambda f: (abs(f - frac), f))
+    return max(1, round(frac * steps)) / steps
 
 
 def kept_steps(cfg: Config) -> tuple[int, ...]:

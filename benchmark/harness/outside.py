@@ -23,6 +23,7 @@ from benchmark.data import build_dataset
 from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
+from benchmark.harness.points import MAIN
 from benchmark.harness.preflight import preflight
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import finish_rows
@@ -62,6 +63,7 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         "protocol": cfg.protocol, "sampler": "external", "sampler_steps": 0, "guidance": math.nan,
         "train_precision": "external", "sample_precision": "external",
         "reference": reference_label(cfg.eval.reference, dataset), "feature_space_default": cfg.eval.feature_space,
+        "point": MAIN,
     }  # fmt: skip
     table = finish_rows(rows, ident, dataset)
     table = table[RESULT_COLUMNS]

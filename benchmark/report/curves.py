@@ -82,7 +82,8 @@ def budget_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
             ax.axhline(floor, color="black", linestyle="--", linewidth=1, label="real data (floor)")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
-    axes.flat[0].legend(fontsize=7)
+    if axes.flat[0].get_legend_handles_labels()[0]:
+        axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"budget curves: {_slug(key)} (each method at its main guidance scale; band: seeds)", fontsize=10)
     fig.tight_layout()
     return _save(fig, folder / f"budget_{_slug(key)}")
@@ -90,6 +91,9 @@ def budget_curves(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
 
 def fronts(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
     rows = block[block["method"] != REAL]
+    if rows.empty:
+        return []
+    rows = rows[rows["guidance"].notna() & rows["train_steps"].notna()]  # outside samples state neither, unless given
     if rows.empty:
         return []
     rows = rows[rows["train_steps"] == rows.groupby("method")["train_steps"].transform("max")]
@@ -117,7 +121,8 @@ def fronts(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
         ax.set_xlabel(f"{metric} ({group}), higher is better")
         ax.set_ylabel(f"FID ({group}), lower is better")
         ax.set_title(f"{metric} vs FID, {group}", fontsize=9)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
     fig.suptitle(f"guidance fronts of the final models: {_slug(key)} (labels: guidance scale)", fontsize=10)
     fig.tight_layout()
     return _save(fig, folder / f"front_{_slug(key)}")

@@ -110,7 +110,7 @@ def test_points_resume_add_only_their_work_and_extract_the_reference_once(tmp_pa
     assert sizes.count(40) == 4  # each point's 4 x 10 generated images
     folder = CELL.folder(out)
     assert sorted(p.name for p in (folder / "points").iterdir()) == ["step20_g0", "step20_g1", "step40_g1"]
-    stamp = {p: (p / "metrics.csv").stat().st_mtime_ns for p in (folder / "points").iterdir()}
+    stamp = {p: (p / "metrics.csv").stat().st_mtime_ns for p in [folder, *(folder / "points").iterdir()]}
     rows = len(table)
 
     calls = []

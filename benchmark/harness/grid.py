@@ -42,7 +42,7 @@ from benchmark.harness.cells import (
     row_key,
     write_config,
 )
-from benchmark.harness.points import MAIN, cell_points, forget_points, pending
+from benchmark.harness.points import cell_points, forget_points, pending
 from benchmark.harness.preflight import preflight
 from benchmark.harness.results import RESULT_COLUMNS, append_cell, drop_cell, put_cell
 from benchmark.harness.stages import read_point_rows, run_stages
@@ -134,9 +134,11 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         announce("run")
         rows = run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=progress)
         rows = rows[RESULT_COLUMNS]
-        write_csv_atomic(folder / "metrics.csv", rows[rows["point"] == MAIN])  # the other points keep their own
+        if cell.method == REAL:  # a method cell's points wrote their own files as each finished (stages.write_point)
+            write_csv_atomic(folder / "metrics.csv", rows)
         put_cell(out / "results.csv", rows)  # replaces the rows of an earlier run of this cell, if any
-        write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
+        if cell.method == REAL:
+            write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
         return CellOutcome(cell, folder, "done", time.time() - start)
     except KeyboardInterrupt:
         raise

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmark.cli import main
@@ -146,3 +147,21 @@ def test_a_fraction_off_the_steps_exits_2_naming_the_fix(tmp_path, capsys):
 def test_config_record_round_trips_a_list():
     cfg = apply_overrides(Config(), ["sample.guidance=0,2"])
     assert from_dict(Config, to_dict(cfg)).sample.guidance == (0.0, 2.0)
+
+
+def test_outside_samples_record_a_step_and_scale(tmp_path, capsys):
+    from benchmark.core.config import DataConfig
+    from benchmark.data import build_dataset
+
+    test = build_dataset(DataConfig(dataset="digits", imbalance=0.1)).source.test
+    keep = np.concatenate([np.flatnonzero(test.labels.numpy() == c)[:6] for c in range(10)])
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, images=test.images[keep].numpy(), labels=test.labels[keep].numpy())
+    argv = ["evaluate", "--preset", "smoke", "--name", "mine", "--no-progress", "--samples", str(samples),
+            "--set", "eval.downstream=false", "--set", "eval.real_floor=false", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--guidance", "-1"]) == 2
+    assert "--guidance -1.0 must be a scale of at least 0" in capsys.readouterr().err
+    assert main([*argv, "--train-steps", "20000", "--guidance", "1.5"]) == 0
+    table = read_results(tmp_path / "out")
+    mine = table[table.method == "mine"]
+    assert set(mine.train_steps) == {20000} and set(mine.guidance) == {1.5} and set(mine.point) == {"main"}

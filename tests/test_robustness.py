@@ -118,3 +118,10 @@ def test_report_writes_lines_under_the_table_curves_and_ranks_main_points(tmp_pa
 def test_curves_skip_a_table_of_one_point(tmp_path):
     table = planted({m: {(40, 1.0): v[(40, 1.0)]} for m, v in BUDGETS.items()})
     assert write_curves(table, tmp_path) == []
+
+
+def test_under_a_paper_protocol_published_rows_compare_with_its_own_scale_only():
+    table = planted(SCALES, main_scale=0.0).assign(protocol="ddim")
+    (line,) = robustness_lines(table, {**KEY, "protocol": "ddim"})[-1:]
+    assert "guidance 1.5" in line and "not cbdm, ddpm" in line
+    assert all("Published" not in x for x in robustness_lines(planted(SCALES), KEY))

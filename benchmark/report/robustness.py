@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.core.names import ALL, FID, FID_HALF_A, FID_HALF_B, REAL
+from benchmark.core.presets import PROTOCOL_SETTINGS
 from benchmark.report.tables import TABLE_KEY
 
 MAIN = "main"  # the ``point`` column's value of a cell's main point (harness/points.py writes it)
@@ -172,4 +173,20 @@ def robustness_lines(table: pd.DataFrame, key: dict) -> list[str]:
         else:
             mask &= (table[col].astype(str) == str(value)).to_numpy()
     rows = table[mask]
-    return budget_lines(rows) + scale_lines(rows)
+    return budget_lines(rows) + scale_lines(rows) + protocol_lines(rows, key)
+
+
+def protocol_lines(rows: pd.DataFrame, key: dict) -> list[str]:
+    """Under a paper protocol with several scales: published rows are comparable with main points at the
+    protocol's own scale only; say which main points are not at it."""
+    protocol = PROTOCOL_SETTINGS.get(str(key["protocol"]))
+    methods = rows[rows["method"] != REAL]
+    if protocol is None or methods["guidance"].nunique() < 2:
+        return []
+    if protocol.guidance is None:
+        return [f"Published rows of protocol {key['protocol']} are at each method's official guidance scale: compare "
+                "them only with main points at that scale (sample.guidance=none)."]
+    off = sorted(m for m, w in _main_scale(rows).items() if not _same(w, protocol.guidance))
+    line = (f"Published rows of protocol {key['protocol']} are at guidance {protocol.guidance:g}: compare them only "
+            f"with main points at that scale")
+    return [line + (f"; not {', '.join(off)}, whose main points are at another scale." if off else ".")]

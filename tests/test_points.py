@@ -136,6 +136,15 @@ def test_points_resume_add_only_their_work_and_extract_the_reference_once(tmp_pa
     err = capsys.readouterr().err
     assert "step 30" in err and "--force --methods ddpm" in err and len(err.strip().splitlines()) == 1
 
+    # a new first scale resamples the main point alone; the other points keep their files
+    before = {p.name: (p / "metrics.csv").stat().st_mtime_ns for p in (folder / "points").iterdir()}
+    assert main([*base, "--set", "eval.checkpoints=0.25,0.5,1", "--set", "sample.guidance=1,0"]) == 0
+    after = {p.name: (p / "metrics.csv").stat().st_mtime_ns for p in (folder / "points").iterdir()}
+    assert set(after) - set(before) == {"step40_g0"}
+    assert all(after[name] == before[name] for name in ("step10_g0", "step10_g1", "step20_g0", "step20_g1"))
+    fid = read_results(out).query("metric == 'fid' and group == 'all'")
+    assert set(fid.loc[fid.point == "main", "guidance"]) == {1.0} and len(fid) == 6
+
 
 def test_a_fraction_off_the_steps_exits_2_naming_the_fix(tmp_path, capsys):
     code = main(["run", "--preset", "smoke", "--out", str(tmp_path), "--set", "eval.checkpoints=0.25,1"])

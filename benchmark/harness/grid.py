@@ -197,8 +197,8 @@ def _redo(change: Change, cfg: Config, cell: Cell, out: Path) -> None:
     for name in gone:
         path = folder / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if change.redo in (SAMPLE, EVALUATE):
-        forget_points(folder, samples=change.redo == SAMPLE)
+    if change.redo in (SAMPLE, EVALUATE) and {k for k, _, _ in change.keys} != {"sample.guidance"}:
+        forget_points(folder, samples=change.redo == SAMPLE)  # a new first scale concerns the main point alone
     if change.redo == SAMPLE:  # rows of samples that no longer exist (any feature space) go now
         drop_cell(out / "results.csv", row_key(cell))
     write_config(folder, cfg, cell)

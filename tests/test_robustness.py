@@ -125,3 +125,12 @@ def test_under_a_paper_protocol_published_rows_compare_with_its_own_scale_only()
     (line,) = robustness_lines(table, {**KEY, "protocol": "ddim"})[-1:]
     assert "guidance 1.5" in line and "not cbdm, ddpm" in line
     assert all("Published" not in x for x in robustness_lines(planted(SCALES), KEY))
+
+
+def test_an_outside_model_scored_once_leaves_the_lines_of_the_others():
+    table = planted({m: {**BUDGETS[m], **SCALES.get(m, {})} for m in BUDGETS})
+    outside = table[(table.method == "t2h") & (table.train_steps == 40)].assign(method="mine", train_steps=np.nan,
+                                                                                 guidance=np.nan)
+    lines = robustness_lines(pd.concat([table, outside], ignore_index=True), KEY)
+    assert lines[0].startswith("Budgets") and "mine" not in lines[0]
+    assert any(x.startswith("Scales") for x in lines)

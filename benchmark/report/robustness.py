@@ -77,8 +77,11 @@ def budget_lines(rows: pd.DataFrame) -> list[str]:
     """The budget statement of one table's rows (every point), or nothing with fewer than two budgets."""
     fid = _overall(rows, FID)
     scale = _main_scale(rows)
-    fid = fid[[_same(g, scale.get(m)) for m, g in zip(fid["method"], fid["guidance"])]]
-    methods = sorted(fid["method"].unique())
+    at_main = np.array([_same(g, scale.get(m)) for m, g in zip(fid["method"], fid["guidance"])], dtype=bool)
+    fid = fid[at_main & fid["train_steps"].notna().to_numpy()]
+    per_method = fid.groupby("method")["train_steps"].nunique()
+    methods = sorted(per_method[per_method >= 2].index)  # an outside model scored once has no curve
+    fid = fid[fid["method"].isin(methods)]
     if len(methods) < 2:
         return []
     steps = sorted(set.intersection(*(set(fid.loc[fid["method"] == m, "train_steps"]) for m in methods)))
@@ -100,9 +103,11 @@ def scale_lines(rows: pd.DataFrame) -> list[str]:
     fid = _overall(rows, FID)
     if fid.empty:
         return []
-    final = fid.groupby("method")["train_steps"].transform("max")
-    fid = fid[fid["train_steps"] == final]
-    methods = sorted(fid["method"].unique())
+    fid = fid[fid["train_steps"].notna() & fid["guidance"].notna()]
+    fid = fid[fid["train_steps"] == fid.groupby("method")["train_steps"].transform("max")]
+    per_method = fid.groupby("method")["guidance"].nunique()
+    methods = sorted(per_method[per_method >= 2].index)
+    fid = fid[fid["method"].isin(methods)]
     if len(methods) < 2:
         return []
     common = sorted(set.intersection(*(set(fid.loc[fid["method"] == m, "guidance"].dropna()) for m in methods)))
@@ -133,7 +138,7 @@ def tuned_ranking(rows: pd.DataFrame) -> dict[str, tuple[float, float]] | None:
     if a.empty or b.empty:
         return None
     out = {}
-    for method in sorted(set(_overall(rows, FID)["method"])):
+    for method in sorted(set(a["method"]) | set(b["method"])):
         mine_a, mine_b = a[a["method"] == method], b[b["method"] == method]
         if mine_a.empty:
             return None

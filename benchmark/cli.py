@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--imbalance", type=float, default=None, help="the imbalance the model was trained at")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation (downstream classifiers, KID subsets)")
     ev.add_argument("--force", action="store_true", help="replace rows already written under this name and seed")
+    ev.add_argument("--train-steps", type=int, default=None, help="training steps of the model, recorded in the rows")
+    ev.add_argument("--guidance", type=float, default=None, help="guidance scale of the samples, recorded in the rows")
     ev.add_argument("--out", default=None, help="results folder (default results/<preset>)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -358,7 +360,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     d = init_from_env(cfg.device)  # under torchrun the processes split the feature extraction
     rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
-                             progress=not args.no_progress, force=args.force)  # fmt: skip
+                             progress=not args.no_progress, force=args.force, train_steps=args.train_steps,
+                             guidance=args.guidance)  # fmt: skip
     if not d.main:
         return 0
     print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")

@@ -74,7 +74,8 @@ def test_a_changed_training_key_is_refused_naming_the_fix(tmp_path, cell, pair):
 def _rows(method: str, space: str, value: float, n: int = 3, downstream: bool = True) -> pd.DataFrame:
     base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=0,
                 train_steps=30, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, reference="test",
-                group="all", n_gen=12, n_ref=30, note="", train_precision="fp32", sample_precision="fp32")  # fmt: skip
+                group="all", n_gen=12, n_ref=30, note="", train_precision="fp32", sample_precision="fp32",
+                point="main")  # fmt: skip
     rows = [dict(base, feature_space=space, metric="fid", **{"class": c}, value=value) for c in range(n)]
     if downstream:
         rows.append(dict(base, feature_space="none", metric="cas_acc", **{"class": None}, value=value / 10))

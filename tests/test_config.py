@@ -59,7 +59,7 @@ def test_protocols_are_distinct():
     b = get_preset("cifar10lt", "ddim")
     assert a.protocol == "ddpm1000" and a.sample.sampler == "ddpm" and a.sample.steps == 1000
     assert a.sample.guidance is None  # each method's official strength
-    assert b.protocol == "ddim" and b.sample.steps == 50 and b.sample.guidance == 1.5
+    assert b.protocol == "ddim" and b.sample.steps == 50 and b.sample.guidance == (1.5,)
 
 
 # What each published evaluation ran (REFERENCE.md sections 4 and 7, from the official score/ code): the CBDM
@@ -69,8 +69,8 @@ def test_protocols_are_distinct():
 _EVALUATOR = {"feature_space": "inception", "resize": "bilinear", "pr_k": 5, "reference": "train-balanced"}
 _SAMPLING = {
     "ddpm1000": {"sampler": "ddpm", "steps": 1000, "eta": 1.0, "guidance": None},
-    "ddim": {"sampler": "ddim", "steps": 50, "eta": 0.0, "guidance": 1.5},
-    "ddim100": {"sampler": "ddim", "steps": 100, "eta": 0.0, "guidance": 1.5},
+    "ddim": {"sampler": "ddim", "steps": 50, "eta": 0.0, "guidance": (1.5,)},
+    "ddim100": {"sampler": "ddim", "steps": 100, "eta": 0.0, "guidance": (1.5,)},
 }
 
 

@@ -155,7 +155,7 @@ def test_train_resume_and_sample_through_model_pt(tmp_path, name):
     assert info["method"] == name and not isinstance(model, CMUNet)
     cfg = tiny_config()
     generate_eval_set(model, GaussianDiffusion.from_config(cfg.diffusion), num_classes=3, n_per_class=2,
-                      cfg=replace(cfg.sample, guidance=1.5), seed=0, out_path=tmp_path / "samples.npz",
+                      cfg=replace(cfg.sample, guidance=(1.5,)), seed=0, out_path=tmp_path / "samples.npz",
                       device="cpu", progress=False)  # fmt: skip
     with np.load(tmp_path / "samples.npz") as s:
         assert s["images"].shape == (6, 1, 8, 8) and s["images"].dtype == np.uint8

@@ -145,7 +145,7 @@ def test_uniform_labels_are_iid_and_seeded():
 
 def test_generated_set_follows_the_label_rule(tmp_path):
     model, diffusion = _EpsModel(T=10), GaussianDiffusion(T=10)
-    cfg = SampleConfig(sampler="ddim", steps=2, guidance=0.0, batch_size=8, labels="uniform", ddim_last="clamp")
+    cfg = SampleConfig(sampler="ddim", steps=2, guidance=(0.0,), batch_size=8, labels="uniform", ddim_last="clamp")
     images, labels = generate_eval_set(model, diffusion, num_classes=3, n_per_class=6, cfg=cfg, seed=0,
                                        out_path=tmp_path / "s.npz", device="cpu", progress=False)
     assert len(images) == 18 and torch.equal(labels, eval_labels("uniform", 3, 6, seed=0))
@@ -159,12 +159,24 @@ def test_generated_set_follows_the_label_rule(tmp_path):
 def test_ddpm1000_uses_the_tables_omega_per_dataset(dataset, imbalance, method, omega):
     cfg = get_preset("cifar10lt", "ddpm1000")
     ccfg = cell_config(cfg, Cell(dataset, "exp", imbalance, method, 0))
-    assert ccfg.sample.guidance == omega  # None: the method's official strength
+    assert ccfg.sample.guidance == (None if omega is None else (omega,))  # None: the method's official strength
     fixed = cell_config(get_preset("cifar10lt", "ddim"), Cell(dataset, "exp", imbalance, method, 0))
-    assert fixed.sample.guidance == 1.5
+    assert fixed.sample.guidance == (1.5,)
 
 
 def test_rows_record_the_batch_and_the_label_rule():
     cfg = get_preset("cifar100lt", "ddim100")
     rows = with_run_note(pd.DataFrame({"note": ["", "pooled"]}), cfg)
     assert rows.note.tolist() == ["train_batch=128;eval_labels=uniform", "pooled;train_batch=128;eval_labels=uniform"]
+
+
+@pytest.mark.parametrize("rule", ["balanced", "uniform"])
+def test_a_smaller_point_set_is_a_subset_of_the_full_set_under_either_label_rule(rule):
+    from benchmark.engine.sampling import paired_subset
+
+    full_labels, full_seeds = eval_labels(rule, 3, 8, seed=5), sample_seeds(5, 24)
+    labels, seeds = paired_subset(rule, 3, 4, 8, seed=5)
+    assert len(labels) == 12 and (labels[1:] >= labels[:-1]).all()  # class blocks
+    assert set(zip(labels.tolist(), seeds.tolist())) <= set(zip(full_labels.tolist(), full_seeds.tolist()))
+    same_labels, same_seeds = paired_subset(rule, 3, 8, 8, seed=5)
+    assert torch.equal(same_labels, full_labels) and torch.equal(same_seeds, full_seeds)

@@ -14,7 +14,7 @@ def cell_rows(method, seed, fid, recall, *, dataset="digits", imbalance=0.1, pro
     precision = "none" if method == "real" else precision
     base = dict(dataset=dataset, profile="exp", imbalance=imbalance, split_fingerprint="abc", method=method,
                 seed=seed, train_steps=10, protocol=protocol, sampler="ddim", sampler_steps=10, guidance=1.0,
-                train_precision=precision, sample_precision=precision,
+                train_precision=precision, sample_precision=precision, point="main",
                 reference="test", feature_space="classifier", n_gen=10, n_ref=20, note="")  # fmt: skip
     for group, scale in [("all", 1.0), ("many", 0.8), ("medium", 1.0), ("few", 1.5)]:
         rows.append({**base, "metric": "fid", "group": group, "class": np.nan, "value": fid * scale})
@@ -172,7 +172,7 @@ def diversity_rows(method, seed, *, ratio, mem, counts=(100, 30, 10), names=("T-
                 train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, reference="test",
                 train_precision="none" if method == "real" else "bf16",
                 sample_precision="none" if method == "real" else "bf16",
-                feature_space="classifier", n_gen=10, n_ref=20)  # fmt: skip
+                feature_space="classifier", n_gen=10, n_ref=20, point="main")  # fmt: skip
     rows = []
     for k, (n, name) in enumerate(zip(counts, names)):
         group = ("many", "medium", "few")[k]

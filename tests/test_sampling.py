@@ -88,3 +88,16 @@ def test_generate_eval_set_is_atomic_and_resumes(model, tmp_path, monkeypatch):
     again, _ = generate_eval_set(model, DIFF, guidance=0.8, **{**kw, "out_path": out2})
     assert calls == [1]
     assert torch.equal(again, images)
+
+
+def test_a_smaller_set_paired_with_a_larger_one_holds_its_first_images_per_class(model, tmp_path):
+    """An intermediate budget point with fewer images per class draws them with the seeds the same
+    images have in the full set (the same model here, so the same images)."""
+    cfg = SampleConfig(steps=3, guidance=(0.8,), n_per_class=4, batch_size=5)
+    kw = dict(num_classes=3, cfg=cfg, seed=1, device="cpu", progress=False)
+    full, labels = generate_eval_set(model, DIFF, n_per_class=4, out_path=tmp_path / "full.npz", **kw)
+    small, _ = generate_eval_set(model, DIFF, n_per_class=2, out_path=tmp_path / "small.npz", paired_with=4, **kw)
+    first = torch.cat([torch.nonzero(labels == c).flatten()[:2] for c in range(3)])
+    assert torch.equal(small, full[first])
+    unpaired, _ = generate_eval_set(model, DIFF, n_per_class=2, out_path=tmp_path / "unpaired.npz", **kw)
+    assert not torch.equal(unpaired, full[first])

@@ -121,7 +121,7 @@ def rows(method, seed, fid, recall):
     base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
                 train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0,
                 train_precision=precision, sample_precision=precision, reference="test", feature_space="classifier",
-                n_gen=10, n_ref=20, note="", group="all", **{"class": np.nan})  # fmt: skip
+                n_gen=10, n_ref=20, note="", group="all", **{"class": np.nan}, point="main")  # fmt: skip
     return pd.DataFrame([{**base, "metric": "fid", "value": fid}, {**base, "metric": "recall", "value": recall}])[
         RESULT_COLUMNS
     ]

@@ -15,7 +15,8 @@ def _row(method="ddpm", metric="fid", group="all", cls=np.nan, value=1.0, note="
     return dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
                 train_steps=10, protocol="p", sampler=sampler, sampler_steps=10, guidance=1.0,
                 train_precision="fp32", sample_precision="fp32", reference="test", feature_space="classifier:x:w0123456789ab",
-                metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref, value=value, note=note)
+                metric=metric, group=group, **{"class": cls}, n_gen=n_gen, n_ref=n_ref, value=value, note=note,
+                point="main")
 
 
 def current_rows(method="ddpm", seed=0, sampler="ddim"):

@@ -79,7 +79,7 @@ def _cell(method, seed, fid, *, untrusted, space="classifier:abc"):
     note = UNTRUSTED_NOTE if untrusted else ""
     base = dict(dataset="imagefolder-my_data", profile="none", imbalance=1.0, split_fingerprint="f", method=method,
                 seed=seed, train_steps=10, protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0,
-                train_precision="fp32", sample_precision="fp32",
+                train_precision="fp32", sample_precision="fp32", point="main",
                 reference="test:holdout-0.2-min20", feature_space=space, n_gen=50, n_ref=60)
     rows = [{**base, "metric": "fid", "group": g, "class": np.nan, "value": fid, "note": note}
             for g in ("all", "many", "few")]

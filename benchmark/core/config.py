@@ -197,6 +197,9 @@ class TrainConfig(_Checked):
     # steps at which the EMA weights are also kept (checkpoints/ema_<step>.pt, model.pt's format): set by
     # the grid on a cell another one fine-tunes from a step of its budget (cbdm-ft)
     keep_ema_at: tuple[int, ...] = ()
+    # fractions of train.steps whose EMA weights are also kept whatever eval.checkpoints asks (set by the grid
+    # into keep_ema_at), so a budget point can be scored later without retraining; () keeps only those asked for
+    keep_ema_fractions: tuple[float, ...] = bounded((0.25, 0.5, 0.75), gt=0.0, lt=1.0)
     # per-method batch sizes, e.g. ("cbdm=48",) for the official CBDM runs; a rule covers every method
     # whose objective is that method's (cbdm=48: cbdm-ft, cbdm+resample, ...); others use batch_size
     method_batch_size: tuple[str, ...] = named((), "method", item=lambda pair: pair.partition("=")[0])
@@ -286,7 +289,9 @@ class SampleConfig(_Checked):
     steps: int = 50
     eta: float = 0.0
     ddim_last: str = choice("x0", DDIM_LAST)  # DDIM's step from the smallest timestep (set by the protocols)
-    guidance: float | None = 1.5  # omega; None = each method's official strength
+    # omega, one scale or a list (a guidance sweep: each scale is sampled and scored from the same model; the
+    # first is the cell's main point); None = each method's official strength
+    guidance: tuple[float, ...] | None = bounded((1.5,), ge=0.0)
     n_per_class: int = 5000
     # the evaluation set's size in all, split evenly over the classes (n_total // C each) when set;
     # the published protocols set 50k (their evaluators' sample size)
@@ -297,6 +302,12 @@ class SampleConfig(_Checked):
         "balanced": "exactly n per class (CM's rule)",
         "uniform": "i.i.d. uniform over the classes, n x C in all (CBDM's, OC's and CORAL's samplers)",
     })  # fmt: skip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.guidance is not None and not self.guidance:
+            raise ConfigError("sample.guidance is an empty list: give one scale or several, e.g. --set "
+                              "sample.guidance=0,1,2 (or none for each method's official strength)")
 
 
 @dataclass(frozen=True)
@@ -331,6 +342,16 @@ class EvalConfig(_Checked):
     classifier_patience: int = 3  # ... stopping after this many epochs without a held-out gain
     classifier_per_class: int | None = None  # cap on the evaluator's balanced training pool (None: all images)
     downstream_epochs: int = 10  # CAS / augmentation / real-LT classifiers
+    # budget points: fractions of train.steps scored from the EMA weights kept at those steps (1 = the final
+    # model, always scored); each point is its own sample + evaluate stage (docs/rankings.md)
+    checkpoints: tuple[float, ...] = bounded((1.0,), gt=0.0, le=1.0)
+    checkpoint_n_per_class: int | None = bounded(None, ge=2)  # images per class below the final step (None: same)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.checkpoints:
+            raise ConfigError("eval.checkpoints is empty: list fractions of train.steps in (0, 1], "
+                              "e.g. --set eval.checkpoints=0.5,1")
 
 
 PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")  # the grid's default, and the CPU presets'
@@ -442,6 +463,11 @@ _KEY_STAGE = {  # the exceptions to their section, and the top-level keys
     "train.channels_last": None,
     "train.logger": None,  # where the figures also go, not what is computed
     "train.keep_ema_at": None,  # which EMA weights are also kept on disk, not what is computed
+    "train.keep_ema_fractions": None,
+    # budget points live in their own folders, each recording what it was made with (harness/points.py):
+    # adding or dropping one never redoes the others
+    "eval.checkpoints": None,
+    "eval.checkpoint_n_per_class": None,
     "sample.batch_size": None,  # per-sample seeds: the same images for any batch
     "eval.batch_size": None,
 }
@@ -618,6 +644,8 @@ def _coerce(raw: Any, ftype: Any, key: str) -> Any:
         inner = args[0]
         if isinstance(raw, str):
             items = [s for s in raw.replace(" ", "").strip("()[]").split(",") if s]
+        elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            items = [raw]  # a record of an older version held one number where a list is now taken
         else:
             items = list(raw)
         return tuple(_coerce(i, inner, key) for i in items)

@@ -35,6 +35,9 @@ VENDI_INLIER_REAL = "vendi_inlier_real"  # the same of held-out real images of t
 VENDI_INLIER_RATIO = "vendi_inlier_ratio"  # vendi_inlier / vendi_inlier_real: 1 = as diverse as real, noise lowers it
 MEMORIZATION = "memorization"  # fraction of generated images with d1/d2 < 1/3 to their class's training images
 MEMORIZATION_PIXEL = "memorization_pixel"  # the same test on raw pixels (feature_space PIXEL)
+# FID of each half of a generated set (even / odd sample index within each class) against the whole
+# reference: a setting chosen on one half is reported on the other (report/robustness.py)
+FID_HALF_A, FID_HALF_B = "fid_half_a", "fid_half_b"
 
 
 def ci_low(metric: str) -> str:

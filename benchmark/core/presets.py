@@ -153,7 +153,8 @@ def apply_protocol(cfg: Config, name: str, *, budget: bool = False) -> Config:
         cfg,
         protocol=name,
         train=train,
-        sample=replace(cfg.sample, sampler=p.sampler, steps=steps, eta=p.eta, guidance=p.guidance, n_total=e.n_total,
+        sample=replace(cfg.sample, sampler=p.sampler, steps=steps, eta=p.eta,
+                       guidance=None if p.guidance is None else (p.guidance,), n_total=e.n_total,
                        labels=p.labels, ddim_last=p.ddim_last),
         eval=replace(cfg.eval, feature_space=e.feature_space, resize=e.resize, pr_k=e.pr_k,
                      reference="test" if cfg.data.profile == "none" else e.reference),
@@ -187,7 +188,7 @@ def _smoke() -> Config:
         train=TrainConfig(
             steps=30, batch_size=32, lr=1e-3, warmup=5, ema_decay=0.9, ckpt_every=10, log_every=5
         ),
-        sample=SampleConfig(sampler="ddim", steps=10, guidance=1.0, n_per_class=12, batch_size=64),
+        sample=SampleConfig(sampler="ddim", steps=10, guidance=(1.0,), n_per_class=12, batch_size=64),
         eval=EvalConfig(
             feature_space="classifier", reference="test", kid_subsets=10, classifier_epochs=2, batch_size=256
         ),
@@ -210,7 +211,7 @@ def _demo_config() -> Config:
             steps=1000, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, ckpt_every=100, log_every=25,
             channels_last=False,
         ),
-        sample=SampleConfig(sampler="ddim", steps=20, guidance=1.0, n_per_class=100, batch_size=500),
+        sample=SampleConfig(sampler="ddim", steps=20, guidance=(1.0,), n_per_class=100, batch_size=500),
         eval=EvalConfig(
             feature_space="classifier", reference="test", kid_subsets=50, classifier_epochs=3, downstream_epochs=5
         ),

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         labels = balanced_labels(dataset.num_classes, args.n_per_class)
         kw = dict(labels=labels, seeds=sample_seeds(0, len(labels)), sampler=cfg.sample.sampler, steps=cfg.sample.steps,
-                  eta=cfg.sample.eta, guidance=cfg.sample.guidance, batch_size=cfg.sample.batch_size, device=device)
+                  eta=cfg.sample.eta, guidance=cfg.sample.guidance[0], batch_size=cfg.sample.batch_size, device=device)
         images = {p: sample_images(model, diffusion, precision=p, **kw) for p in ("fp32", "bf16")}
         space = get_feature_space(cfg.eval.feature_space, dataset=dataset, cfg=cfg.eval,
                                   cache_dir=Path(args.cache) if args.cache else tmp / "cache", device=device)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         grey = (images["bf16"].int() - images["fp32"].int()).abs().float().mean().item()
         same = float((images["bf16"] == images["fp32"]).all(dim=(1, 2, 3)).float().mean())
         print(f"sample: {len(labels)} images ({args.n_per_class} per class), {cfg.sample.sampler}-{cfg.sample.steps} "
-              f"guidance {cfg.sample.guidance}, fp32 model, same seeds: mean |bf16 - fp32| {grey:.3f} grey levels, "
+              f"guidance {cfg.sample.guidance[0]:g}, fp32 model, same seeds: mean |bf16 - fp32| {grey:.3f} grey levels, "
               f"{100 * same:.1f}% of images identical")
         print(f"  features ({space.identity}): mean ||f_bf16 - f_fp32|| {pair.mean():.4f} (max {pair.max():.4f}) vs "
               f"the real-data spread {floor:.4f} (mean distance of a real image to its nearest real neighbour of the "

@@ -55,6 +55,26 @@ def eval_labels(rule: str, num_classes: int, n_per_class: int, *, seed: int) -> 
     raise ConfigError(f"unknown sample.labels {rule!r}; valid: balanced, uniform")
 
 
+def paired_subset(rule: str, num_classes: int, n_per_class: int, n_full: int, *, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The labels and seeds of a set of ``n_per_class`` per class whose every image is an image of the
+    ``n_full`` set (same label, same seed): balanced labels take each class's first ``n_per_class``;
+    uniform labels take the first n_per_class x C draws of the full set's i.i.d. sequence (still i.i.d.
+    uniform), in class blocks."""
+    full_seeds = sample_seeds(seed, num_classes * n_full)
+    if rule == "balanced":
+        return (balanced_labels(num_classes, n_per_class),
+                full_seeds.view(num_classes, n_full)[:, :n_per_class].reshape(-1))  # fmt: skip
+    if rule != "uniform":
+        raise ConfigError(f"unknown sample.labels {rule!r}; valid: balanced, uniform")
+    drawn = np.random.RandomState(seed).randint(0, num_classes, size=num_classes * n_full)
+    order = np.argsort(drawn, kind="stable")  # the full set's class blocks (eval_labels' sort)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    subset = np.argsort(drawn[: num_classes * n_per_class], kind="stable")
+    return torch.from_numpy(drawn[subset].astype(np.int64)), full_seeds[torch.from_numpy(position[subset])]
+
+
 def sample_seeds(base_seed: int, n: int) -> torch.Tensor:
     """One distinct seed per image.
 
@@ -211,6 +231,7 @@ def generate_eval_set(
     progress: bool = True,
     guidance: float | None = None,
     chunk_size: int | None = None,
+    paired_with: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write ``n_per_class`` images of every class to ``out_path`` (.npz: images, labels); under
     ``cfg.labels=uniform`` n_per_class x C images with i.i.d. uniform labels (``eval_labels``).
@@ -219,6 +240,10 @@ def generate_eval_set(
     official strength when ``cfg.guidance`` is None.  Finished chunks are kept in
     ``<out_path>.parts/`` and reused when the same command runs again; a chunk written by a
     different configuration (sampler, steps, seeds, ...) is recomputed, never mixed in.
+
+    ``paired_with`` (>= ``n_per_class``): image j of class c takes the seed it has in a set of
+    ``paired_with`` per class, so a smaller set (an intermediate budget point) holds the first
+    ``n_per_class`` images of every class of the larger one's seeds: paired across the points.
 
     Under torchrun the chunks are dealt out to the ranks (rank r takes every world-th one);
     rank 0 joins the chunk files into ``out_path``.  Images depend on their seeds alone, so the
@@ -230,13 +255,23 @@ def generate_eval_set(
         with np.load(out_path) as data:
             return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"])
     w = guidance if guidance is not None else cfg.guidance
+    if isinstance(w, tuple):  # sample.guidance is a list: a caller sampling one set names its scale
+        if len(w) != 1:
+            raise ConfigError(f"one evaluation set is drawn at one guidance scale, not {w}; pass guidance=")
+        w = w[0]
     if w is None:
         raise ConfigError("no guidance strength: set sample.guidance or pass the method's official_guidance")
     labels = eval_labels(cfg.labels, num_classes, n_per_class, seed=seed)
     seeds = sample_seeds(seed, len(labels))
+    if paired_with is not None and paired_with != n_per_class:
+        if paired_with < n_per_class:
+            raise ValueError(f"paired_with={paired_with} must be at least n_per_class={n_per_class}")
+        labels, seeds = paired_subset(cfg.labels, num_classes, n_per_class, paired_with, seed=seed)
     precision = resolve_precision(cfg.precision, device, key="sample.precision")
     cfg = replace(cfg, precision=precision)
     what = (cfg.sampler, cfg.steps, cfg.eta, float(w), seed, num_classes, n_per_class, precision)
+    if paired_with not in (None, n_per_class):
+        what += (paired_with,)
     if cfg.sampler == "ddim" and cfg.ddim_last != "x0":  # the defaults' key stays what it was
         what += (cfg.ddim_last,)
     if cfg.labels != "balanced":
@@ -258,7 +293,8 @@ def generate_eval_set(
         if not d.main:
             barrier()  # rank 0 writes out_path
             return generate_eval_set(model, diffusion, num_classes=num_classes, n_per_class=n_per_class, cfg=cfg,
-                                     seed=seed, out_path=out_path, device=device, progress=False, guidance=guidance)  # fmt: skip
+                                     seed=seed, out_path=out_path, device=device, progress=False, guidance=guidance,
+                                     paired_with=paired_with)  # fmt: skip
     for s in progress_bar(starts, desc=f"generating {out_path.name}", enabled=progress, unit="chunk"):
         part = parts / f"chunk_{s:08d}.npz"
         if part.exists():

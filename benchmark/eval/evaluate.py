@@ -42,6 +42,8 @@ from benchmark.core.names import (
     EVALUATOR_ACC,
     EVALUATOR_BALANCED_ACC,
     FID,
+    FID_HALF_A,
+    FID_HALF_B,
     GROUPS,
     KID,
     MEMORIZATION,
@@ -298,7 +300,7 @@ def _warn_untrusted(space, dataset) -> None:
 def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: EvalConfig, cache_dir: Path,
                  device: torch.device, seed: int = 0, downstream: bool = True, progress: bool = True,
                  together: bool = False, neighbours_path: Path | None = None,
-                 floor_n: int | None = None) -> pd.DataFrame | None:
+                 floor_n: int | None = None, halves: bool = False) -> pd.DataFrame | None:
     """All rows for one generated set (see module docstring); features cached under ``cache_dir``.
 
     ``together=True``: a collective call of every torchrun rank.  Rank 0 prepares the feature
@@ -307,7 +309,8 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
     (None on the other ranks).  ``neighbours_path``: where to store the few-shot classes'
     generated images beside their nearest training images (``write_neighbours``), for the report.
     ``floor_n``: the real floor's images per class (``real_floor_rows``' ``n_per_class``); the rows
-    then also hold FID / KID at the floor's sample size (``floor_n_rows``).
+    then also hold FID / KID at the floor's sample size (``floor_n_rows``).  ``halves``: also the FID
+    of each half of the set (``half_rows``), for choosing a setting on one half and reporting the other.
     """
     labels = torch.as_tensor(labels, dtype=torch.int64)
     _check_images(images, labels, dataset)
@@ -329,6 +332,9 @@ def evaluate_set(images: torch.Tensor, labels: torch.Tensor, *, dataset, cfg: Ev
         parts.append(floor_n_rows(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg,
                                   n_per_class=floor_n, seed=seed, space_id=space.identity, device=device,
                                   outside=floor_outside(ref_member, cfg.reference)))
+    if halves:
+        parts.append(half_rows(gen, labels.numpy(), ref, ref_labels.numpy(), dataset=dataset, cfg=cfg, seed=seed,
+                               space_id=space.identity, device=device))
     if cfg.diversity:
         train_labels = dataset.train_labels.numpy()
         div, ratios, near = _diversity_rows(
@@ -407,6 +413,28 @@ def floor_n_rows(gen: dict, gen_labels: np.ndarray, ref: dict, ref_labels: np.nd
                                 seed=seed, space_id=space_id, extra_note=note, device=device, only=AT_FLOOR_METRICS)
     frame["metric"] = frame["metric"].map(at_floor_n)
     return frame
+
+
+def half_rows(gen: dict, gen_labels: np.ndarray, ref: dict, ref_labels: np.ndarray, *, dataset, cfg: EvalConfig,
+              seed: int, space_id: str, device: torch.device | None = None) -> pd.DataFrame:
+    """FID of each half of the generated set against the whole reference, overall and per group:
+    ``fid_half_a`` the images at even positions within their class, ``fid_half_b`` the odd ones.
+    The halves share nothing, so a choice made on one is an honest estimate when read on the other."""
+    position = np.zeros(len(gen_labels), dtype=np.int64)
+    for c in np.unique(gen_labels):
+        idx = np.flatnonzero(gen_labels == c)
+        position[idx] = np.arange(len(idx))
+    frames = []
+    for metric, parity in ((FID_HALF_A, 0), (FID_HALF_B, 1)):
+        pick = np.flatnonzero(position % 2 == parity)
+        sub = {k: v[pick] for k, v in gen.items()}
+        frame = _rows_from_features(sub, gen_labels[pick], ref, ref_labels, dataset=dataset, cfg=cfg, seed=seed,
+                                    space_id=space_id, extra_note=f"reference={cfg.reference};half={metric[-1]}",
+                                    device=device, only=frozenset({FID}))
+        frame = frame[(frame["metric"] == FID) & (frame["group"] != CLASS)].copy()
+        frame["metric"] = metric
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def _floor_at_own_n(frame: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL, cell_folder, dataset_slug  # noqa: F401  (dataset_slug: imported from here too)
 from benchmark.core.presets import protocol_guidance
 from benchmark.engine.checkpoint import ema_checkpoint_name
+from benchmark.harness.points import kept_steps
 from methods import METHODS, MethodSpec, resolve
 from methods.registry import method_source
 
@@ -132,10 +133,10 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
     omega = protocol_guidance(cfg.protocol, dataset=dataset_slug(cell.dataset), imbalance=cell.imbalance,
                               method=cell.method)
     if cfg.sample.guidance is None and omega is not None:  # the table's omega for this method and data, recorded
-        ccfg = replace(ccfg, sample=replace(ccfg.sample, guidance=omega))
+        ccfg = replace(ccfg, sample=replace(ccfg.sample, guidance=(omega,)))
     parent = parent_cell(cell)
     if parent is None:
-        return ccfg
+        return _keeping_points(ccfg, cell)
     if out is None:
         raise ValueError(f"cell_config needs the results folder for {cell.name}, which fine-tunes {parent.name}")
     tuner = cell.spec.fine_tuner
@@ -143,7 +144,16 @@ def cell_config(cfg: Config, cell: Cell, out: Path | None = None) -> Config:
     ccfg = tuner.fine_tune_config(ccfg)
     folder = parent.folder(Path(out).resolve())
     init = folder / "model.pt" if step is None else folder / "checkpoints" / ema_checkpoint_name(step)
-    return replace(ccfg, train=replace(ccfg.train, init_from=str(init)))
+    return _keeping_points(replace(ccfg, train=replace(ccfg.train, init_from=str(init))), cell)
+
+
+def _keeping_points(ccfg: Config, cell: Cell) -> Config:
+    """The cell's config keeping, besides what fine-tuning cells start from, the EMA weights of its own
+    budget points (eval.checkpoints and train.keep_ema_fractions of its own train.steps)."""
+    if cell.method == REAL:
+        return ccfg
+    keep = tuple(sorted({*ccfg.train.keep_ema_at, *kept_steps(ccfg)}))
+    return replace(ccfg, train=replace(ccfg.train, keep_ema_at=keep))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -200,6 +210,9 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> Change | Non
             rec["train.init_from"] = _inside_out(rec.get("train.init_from"))
     # Only keys both records know are compared: a field added in a later version (with a default
     # that keeps the old behaviour) must not orphan every finished cell of an older results folder.
+    for rec in (old, new):  # the main point's scale; the others are points with their own folders
+        if "sample.guidance" in rec:
+            rec["sample.guidance"] = main_scale(rec["sample.guidance"])
     changed = [(k, old[k], new[k]) for k in sorted(set(old) & set(new)) if old[k] != new[k]
                and stage_of(k) is not None and _reads(cell, k)]
     if not changed:
@@ -215,6 +228,14 @@ def check_or_write_config(folder: Path, cfg: Config, cell: Cell) -> Change | Non
     stages = {cell_stage_of(cell, k) for k, _, _ in changed}
     redo = SAMPLE if SAMPLE in stages else EVALUATE if EVALUATE in stages else None
     return Change(redo, tuple(changed))
+
+
+def main_scale(recorded):
+    """The first guidance scale of a config record's ``sample.guidance`` (a number in records written
+    before it took a list; None for each method's official one)."""
+    if isinstance(recorded, list):
+        return float(recorded[0]) if recorded else None
+    return None if recorded is None else float(recorded)
 
 
 def write_config(folder: Path, cfg: Config, cell: Cell) -> None:

@@ -42,9 +42,10 @@ from benchmark.harness.cells import (
     row_key,
     write_config,
 )
+from benchmark.harness.points import cell_points, forget_points, pending
 from benchmark.harness.preflight import preflight
 from benchmark.harness.results import RESULT_COLUMNS, append_cell, drop_cell, put_cell
-from benchmark.harness.stages import run_stages
+from benchmark.harness.stages import read_point_rows, run_stages
 
 log = logging.getLogger("ltgen")
 
@@ -122,9 +123,10 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         change = check_or_write_config(folder, ccfg, cell)
         if change is not None:
             _redo(change, ccfg, cell, out)
-        if (folder / "done.json").exists():
+        if (folder / "done.json").exists() and (cell.method == REAL or not pending(ccfg, folder)):
             announce("skip")
-            rows = pd.read_csv(folder / "metrics.csv", dtype={"split_fingerprint": str, "note": str})
+            rows = pd.concat([read_point_rows(p.folder(folder)) for p in cell_points(ccfg)] if cell.method != REAL
+                             else [pd.read_csv(folder / "metrics.csv", dtype={"split_fingerprint": str, "note": str})])
             append_cell(out / "results.csv", rows)  # no-op when present; heals a table lost or deleted
             return CellOutcome(cell, folder, "skipped", time.time() - start)
         handler = _attach_log(folder / "cell.log")
@@ -132,9 +134,11 @@ def run_cell(cfg: Config, cell: Cell, out: Path, *, device, force: bool = False,
         announce("run")
         rows = run_stages(ccfg, cell, folder, device=device, cache_dir=out / "cache", progress=progress)
         rows = rows[RESULT_COLUMNS]
-        write_csv_atomic(folder / "metrics.csv", rows)
+        if cell.method == REAL:  # a method cell's points wrote their own files as each finished (stages.write_point)
+            write_csv_atomic(folder / "metrics.csv", rows)
         put_cell(out / "results.csv", rows)  # replaces the rows of an earlier run of this cell, if any
-        write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
+        if cell.method == REAL:
+            write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
         return CellOutcome(cell, folder, "done", time.time() - start)
     except KeyboardInterrupt:
         raise
@@ -172,6 +176,7 @@ def prepare_rescore(cfg: Config, out: Path) -> list[str]:
             continue
         for name in ("done.json", "metrics.csv"):
             (folder / name).unlink(missing_ok=True)
+        forget_points(folder, samples=False)
         with open(folder / "cell.log", "a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} --rescore: re-evaluating from the stored samples\n")
         lines.append(f"  {cell.name}: re-evaluating from the stored samples")
@@ -192,6 +197,8 @@ def _redo(change: Change, cfg: Config, cell: Cell, out: Path) -> None:
     for name in gone:
         path = folder / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if change.redo in (SAMPLE, EVALUATE) and {k for k, _, _ in change.keys} != {"sample.guidance"}:
+        forget_points(folder, samples=change.redo == SAMPLE)  # a new first scale concerns the main point alone
     if change.redo == SAMPLE:  # rows of samples that no longer exist (any feature space) go now
         drop_cell(out / "results.csv", row_key(cell))
     write_config(folder, cfg, cell)

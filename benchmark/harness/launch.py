@@ -27,6 +27,7 @@ from benchmark.core.device import resolve_device
 from benchmark.core.distributed import init_from_env, shutdown
 from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
+from benchmark.core.names import REAL
 from benchmark.core.registry import Registry
 from benchmark.harness.cells import (
     Cell,
@@ -37,6 +38,7 @@ from benchmark.harness.cells import (
     resolve_precisions,
 )
 from benchmark.harness.grid import CellOutcome, run_cell, run_grid
+from benchmark.harness.points import pending
 from benchmark.harness.preflight import preflight
 
 INSTALL_HINT = "pip install 'ltgen-bench[slurm]'  (or: pip install submitit)"
@@ -255,7 +257,7 @@ def submit(
                     outcomes[cell] = CellOutcome(cell, folder, "failed", 0.0, str(exc))
                     print(f"{cell.name}: not submitted: {exc}", flush=True)
                     continue
-                if change is None or change.redo is None:
+                if (change is None or change.redo is None) and (cell.method == REAL or not pending(ccfg, folder)):
                     outcomes[cell] = CellOutcome(cell, folder, "skipped", 0.0)
                     print(f"{cell.name}: finished, not submitted", flush=True)
                     continue

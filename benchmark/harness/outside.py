@@ -17,21 +17,28 @@ import pandas as pd
 from benchmark.core.config import Config, to_dict
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import current, main_first
-from benchmark.core.errors import DataError
+from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.data import build_dataset
 from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
+from benchmark.harness.points import MAIN
 from benchmark.harness.preflight import preflight
 from benchmark.harness.results import RESULT_COLUMNS, append_cell
 from benchmark.harness.stages import finish_rows
 
 
 def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: Path, progress: bool = True,
-                      force: bool = False) -> pd.DataFrame | None:  # fmt: skip
+                      force: bool = False, train_steps: int | None = None,
+                      guidance: float | None = None) -> pd.DataFrame | None:  # fmt: skip
     """Score the samples and append their rows; under torchrun the ranks split the feature
-    extraction and rank 0 alone scores and writes (the others return None)."""
+    extraction and rank 0 alone scores and writes (the others return None).  ``train_steps`` and
+    ``guidance``, when given, are recorded in the rows (else they are unknown: NaN)."""
+    if train_steps is not None and train_steps < 1:
+        raise ConfigError(f"--train-steps {train_steps} must be a positive step count (the model's training steps)")
+    if guidance is not None and not guidance >= 0:
+        raise ConfigError(f"--guidance {guidance} must be a scale of at least 0 (the samples' guidance strength)")
     device = resolve_device(cfg.device)
     preflight(cfg, out, grid=False)  # data, weights and the results folder, before the samples are read
     main = current().main
@@ -58,10 +65,13 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         return None
     ident = {
         "dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
-        "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "train_steps": math.nan,
-        "protocol": cfg.protocol, "sampler": "external", "sampler_steps": 0, "guidance": math.nan,
+        "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed,
+        "train_steps": math.nan if train_steps is None else train_steps,
+        "protocol": cfg.protocol, "sampler": "external", "sampler_steps": 0,
+        "guidance": math.nan if guidance is None else float(guidance),
         "train_precision": "external", "sample_precision": "external",
         "reference": reference_label(cfg.eval.reference, dataset), "feature_space_default": cfg.eval.feature_space,
+        "point": MAIN,
     }  # fmt: skip
     table = finish_rows(rows, ident, dataset)
     table = table[RESULT_COLUMNS]

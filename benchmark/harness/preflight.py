@@ -22,12 +22,14 @@ from pathlib import Path
 from benchmark.core.config import Config, DataConfig, check_names
 from benchmark.core.distributed import main_first
 from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.names import REAL
 from benchmark.core.registry import UnknownNameError
 from benchmark.data import DATASETS, RESIZE_METHODS, build_dataset
 from benchmark.data.sources import parse_spec
 from benchmark.engine.sampling import SAMPLERS
 from benchmark.eval.features import FEATURE_SPACES, resolve_feature_space_name
 from benchmark.harness.cells import cell_config, expand_grid, parent_cell
+from benchmark.harness.points import checkpoint_steps, missing_weights, pending
 from methods import get_method_class
 
 
@@ -93,6 +95,19 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("sample.n_per_class must be at least 2 (metrics need two or more images per class)")
     if cfg.train.steps < 1 or cfg.train.batch_size < 1:
         raise ConfigError("train.steps and train.batch_size must be positive")
+    checkpoint_steps(cfg)  # every budget point a whole step of the budget
+
+
+def points_kept(cfg: Config, out: Path, cell, *, force: bool) -> str | None:
+    """Why a cell that finished training cannot score a budget point it is asked for (its EMA weights at
+    that step were not kept), or None."""
+    folder = cell.folder(out)
+    if force or cell.method == REAL or not (folder / "model.pt").exists():
+        return None
+    for point in pending(cfg, folder):
+        if not point.weights(folder).exists():
+            return f"{cell.name}: {missing_weights(point, folder, cell.method)}"
+    return None
 
 
 # ---------------------------------------------------------------- what every cell needs
@@ -154,7 +169,7 @@ def preflight(cfg: Config, out: Path, *, grid: bool = True, force: bool = False)
         check_config(cfg)
     else:
         check_names(cfg, REGISTRIES)
-    data, init_from = [cfg.data], []
+    data, init_from, unkept_points = [cfg.data], [], []
     if grid:
         data = []
         for cell in expand_grid(cfg):
@@ -164,8 +179,11 @@ def preflight(cfg: Config, out: Path, *, grid: bool = True, force: bool = False)
             done = (cell.folder(out) / "model.pt").exists() and not force
             if ccfg.train.init_from and parent_cell(cell) is None and not done:
                 init_from.append(ccfg.train.init_from)
+            unkept = points_kept(ccfg, out, cell, force=force)
+            if unkept:
+                unkept_points.append(unkept)
     needs = Needs(cfg=cfg, out=out, data=data, init_from=sorted(set(init_from)))
-    problems: list[str] = []
+    problems: list[str] = unkept_points[:1]  # one is enough to say the fix
     for fn in CHECKS:
         try:
             fn(needs)

@@ -28,11 +28,12 @@ RESULT_COLUMNS = [  # the columns of results.csv, in order
     "reference", "feature_space",
     "metric", "group", "class",
     "n_gen", "n_ref", "value", "note",
+    "point",  # main: the cell's main point (final model, first scale); extra: a budget point or another scale
 ]  # fmt: skip
 
 # columns added after the first tables were written: older tables and metrics.csv files get this
 # value on reading, and a table is rewritten with the full header when a new cell joins it
-LATER_COLUMNS = {"train_precision": "unrecorded", "sample_precision": "unrecorded"}
+LATER_COLUMNS = {"train_precision": "unrecorded", "sample_precision": "unrecorded", "point": "main"}
 
 # the columns that identify one cell's block of rows
 CELL_KEY = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol"]
@@ -133,7 +134,7 @@ def put_cell(path: Path, rows: pd.DataFrame) -> int:
     """
     if rows.empty:
         raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
-    rows = rows[RESULT_COLUMNS]
+    rows = with_later_columns(rows)[RESULT_COLUMNS]
     key = {c: rows.iloc[0][c] for c in FOLDER_KEY}
     spaces = {*rows["feature_space"].astype(str), NO_FEATURES}
     path = Path(path)

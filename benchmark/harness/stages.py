@@ -8,16 +8,18 @@ downstream classifier trained on the real long-tailed set alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import replace
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.core.config import Config
-from benchmark.core.distributed import current, main_first
+from benchmark.core.distributed import barrier, broadcast, current, main_first
 from benchmark.core.errors import TrainingError
+from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.core.names import CLASS, NO_FEATURES, REAL, TRAIN_COUNT
 from benchmark.data import build_dataset
 from benchmark.engine.diffusion import GaussianDiffusion
@@ -27,7 +29,8 @@ from benchmark.eval.downstream import real_rows
 from benchmark.eval.evaluate import evaluate_set, real_floor_rows, reference_label
 from benchmark.eval.features import resolve_feature_space_name
 from benchmark.harness.cells import dataset_slug
-from benchmark.harness.results import RESULT_COLUMNS
+from benchmark.harness.points import EXTRA, MAIN, cell_points, claim, missing_weights, pending, scales
+from benchmark.harness.results import RESULT_COLUMNS, with_later_columns
 
 log = logging.getLogger("ltgen")
 
@@ -51,6 +54,7 @@ def identity_columns(cfg: Config, cell, dataset, *, guidance: float | None) -> d
         "sample_precision": "none" if is_real else cfg.sample.precision,
         "reference": reference_label(cfg.eval.reference, dataset),
         "feature_space_default": resolve_feature_space_name(cfg.eval.feature_space, dataset, cfg.eval),
+        "point": MAIN,  # run_stages names each point's own
     }
 
 
@@ -133,35 +137,75 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
         return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
 
     method = cell.spec.build(class_counts=dataset.counts, options=cfg.method)
-    guidance = cfg.sample.guidance if cfg.sample.guidance is not None else method.official_guidance
-    ident = identity_columns(cfg, cell, dataset, guidance=guidance)
-
     if cfg.train.init_from and not Path(cfg.train.init_from).exists() and not (folder / "model.pt").exists():
         raise missing_start(cell, Path(cfg.train.init_from))
-    log.info("stage train (%d steps%s)", cfg.train.steps, f", from {cfg.train.init_from}" if cfg.train.init_from else "")
-    model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
-                       progress=progress)  # fmt: skip
-    model, _info = load_model(model_path, device)
+    # every rank runs the points rank 0 found unfinished (decided once, before any point writes its files)
+    todo = broadcast([p.name for p in pending(cfg, folder)])
+    if (folder / "model.pt").exists():
+        log.info("stage train: done (model.pt)")
+    else:
+        log.info("stage train (%d steps%s)", cfg.train.steps,
+                 f", from {cfg.train.init_from}" if cfg.train.init_from else "")  # fmt: skip
+    train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device, progress=progress)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-
-    n_per_class = images_per_class(cfg.sample, dataset.num_classes)
-    log.info("stage sample (%d per class, %s %d steps, guidance %s)", n_per_class, cfg.sample.sampler,
-             cfg.sample.steps, guidance)  # fmt: skip
-    # every method of a cell seed draws from the same initial noise: a paired comparison
-    images, labels = generate_eval_set(
-        model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class,
-        cfg=replace(cfg.sample, guidance=guidance), seed=cell.seed, out_path=folder / "samples.npz",
-        device=device, progress=progress,
-    )  # fmt: skip
-    del model
-
-    log.info("stage evaluate")
-    # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows
-    rows = evaluate_set(
-        images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
-        downstream=cfg.eval.downstream, progress=progress, together=True, neighbours_path=folder / "neighbours.npz",
-        floor_n=n_per_class if cfg.eval.real_floor else None,
-    )  # fmt: skip
+    n_final = images_per_class(cfg.sample, dataset.num_classes)
+    parts = []
+    for point in cell_points(cfg):
+        guidance = point.guidance if point.guidance is not None else method.official_guidance
+        ident = identity_columns(cfg, cell, dataset, guidance=guidance)
+        ident.update(train_steps=point.step, point=MAIN if point.main else EXTRA)
+        if point.name not in todo:
+            if current().main:
+                parts.append(read_point_rows(point.folder(folder)))
+            continue
+        rows = run_point(point, cfg=cfg, cell=cell, folder=folder, dataset=dataset, diffusion=diffusion,
+                         guidance=guidance, n_final=n_final, device=device, cache_dir=cache_dir, progress=progress)
+        if rows is not None:
+            rows = with_run_note(finish_rows(rows, ident, dataset), cfg)
+            write_point(point.folder(folder), rows)
+            parts.append(rows)
     if not current().main:
         return None
-    return with_run_note(finish_rows(rows, ident, dataset), cfg)
+    return pd.concat(parts, ignore_index=True)[RESULT_COLUMNS]
+
+
+def run_point(point, *, cfg: Config, cell, folder: Path, dataset, diffusion, guidance: float, n_final: int, device,
+              cache_dir: Path, progress: bool) -> pd.DataFrame | None:
+    """Sample and score one point (harness/points.py); its evaluation rows on rank 0, None on the others."""
+    weights = point.weights(folder)
+    if not weights.exists():
+        raise missing_weights(point, folder, cell.method)
+    where = claim(point, folder) if current().main else point.folder(folder)
+    barrier()  # the point's folder is ready before any rank writes into it
+    model, _info = load_model(weights, device)
+    n_per_class = point.n_per_class(n_final)
+    log.info("stage sample, step %d (%d per class, %s %d steps, guidance %s)", point.step, n_per_class,
+             cfg.sample.sampler, cfg.sample.steps, guidance)  # fmt: skip
+    # every method and every point of a cell seed draws from the same initial noise: a paired comparison
+    images, labels = generate_eval_set(
+        model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class, cfg=cfg.sample,
+        guidance=guidance, seed=cell.seed, out_path=where / "samples.npz", device=device, progress=progress,
+        paired_with=n_final,
+    )  # fmt: skip
+    del model
+    log.info("stage evaluate, step %d guidance %s", point.step, guidance)
+    # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows.  The reference
+    # and training images' features come from the cache after the first point: extracted once per cell.
+    return evaluate_set(
+        images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
+        downstream=cfg.eval.downstream and point.main, progress=progress, together=True,
+        neighbours_path=where / "neighbours.npz", floor_n=n_final if cfg.eval.real_floor else None,
+        halves=len(scales(cfg)) > 1,  # a guidance sweep: each method's scale is chosen on one half
+    )  # fmt: skip
+
+
+def write_point(folder: Path, rows: pd.DataFrame) -> None:
+    """A finished point's rows and marker (the main point's are the cell's own metrics.csv / done.json)."""
+    write_csv_atomic(folder / "metrics.csv", rows)
+    write_text_atomic(folder / "done.json", json.dumps({"rows": len(rows), "finished": time.ctime()}))
+
+
+def read_point_rows(folder: Path) -> pd.DataFrame:
+    rows = pd.read_csv(folder / "metrics.csv", dtype={"split_fingerprint": str, "note": str})
+    rows["note"] = rows["note"].fillna("")
+    return with_later_columns(rows)[RESULT_COLUMNS]

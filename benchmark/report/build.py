@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.harness.results import read_results
+from benchmark.report.curves import write_curves
 from benchmark.report.html import write_html
 from benchmark.report.leaderboard import no_ranking_lines, one_seed_lines, write_leaderboards
 from benchmark.report.plots import write_plots
+from benchmark.report.robustness import main_points, robustness_lines
 from benchmark.report.stale import write_stale
 
 
@@ -17,7 +19,8 @@ def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
     line per table that ranks nothing (its classifier evaluator failed the trust gate), one per
     table that claims no ranking because its methods have one seed, and one per kind of stale row
     (written by an earlier version that computed it differently, listed in ``stale_rows.csv``)."""
-    table = read_results(out)
+    every = read_results(out)
+    table = main_points(every)  # the cells' main points; the budget points and other scales are curves
     for line in no_ranking_lines(table):
         say(f"WARNING: {line}")
     for line in one_seed_lines(table):
@@ -25,8 +28,9 @@ def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
     paths, stale = write_stale(table, Path(out))
     for line in stale:
         say(f"WARNING: {line}")
-    paths += write_leaderboards(table, out)
+    paths += write_leaderboards(table, out, under=lambda key: robustness_lines(every, key))
     if plots:
         paths += write_plots(table, Path(out))
+        paths += write_curves(every, Path(out))
     paths.append(write_html(Path(out)))  # last: it shows what the steps above wrote
     return paths

@@ -446,7 +446,8 @@ def _statement(display: pd.DataFrame) -> str:
     return ONE_SEED if display.attrs.get("one_seed") else ""
 
 
-def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
+def write_leaderboards(table: pd.DataFrame, out: Path, *, under=None) -> list[Path]:
+    """``under(key)``: lines written under the Markdown table of ``key`` (e.g. report/robustness.py's)."""
     out = Path(out)
     boards = leaderboards(table)
     # leaderboard.md: the main view (main_table.py); leaderboard_full.md and the CSV: every column
@@ -465,6 +466,9 @@ def write_leaderboards(table: pd.DataFrame, out: Path) -> list[Path]:
         if display.attrs.get("sizes"):
             md += [display.attrs["sizes"], ""]
             full += [display.attrs["sizes"], ""]
+        for line in under(key) if under is not None else []:
+            md += [line, ""]
+            full += [line, ""]
         tex += [_latex(key, view, view_marks, title=title), ""]
         frame = display.copy()
         frame.attrs = {}

@@ -122,7 +122,8 @@ class DataConfig(_Checked):
     imbalance: float = bounded(0.01, gt=0.0, le=1.0)  # n_min / n_max; 0.01 is "IR 100"
     counts_file: str | None = None  # per-class counts (profile "file")
     split_seed: int = bounded(0, ge=0)  # seed of the LDAM selection (0 in all papers)
-    n_max: int | None = bounded(None, ge=1)  # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
+    # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
+    n_max: int | None = bounded(None, ge=1)
     groups: str = choice("auto", {
         "auto": "the dataset's own rule",
         "thresholds": "many > data.many_threshold, few < data.few_threshold",
@@ -133,7 +134,8 @@ class DataConfig(_Checked):
     reference_folder: str | None = None  # imagefolder: separate balanced evaluation folder
     # folders without a reference split: auto | holdout | holdout-only | balanced | folder (benchmark/data/reference.py)
     reference_protocol: str = "auto"
-    reference_fraction: float = bounded(0.2, gt=0.0, lt=1.0)  # holdout: fraction of every class held out (reference + evaluator test)
+    # holdout: fraction of every class held out (reference + evaluator test)
+    reference_fraction: float = bounded(0.2, gt=0.0, lt=1.0)
     reference_min: int = bounded(20, ge=1)  # holdout: a class with fewer held out is scored against all its images (flagged)
     # listfile:LIST (one "relative/path label" line per image, the OLTR convention)
     list_root: str | None = None  # folder the list's paths are relative to (None: the list file's folder)

@@ -221,10 +221,23 @@ def validate(cfg: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} must be at least 1")
+    keys = {pair.split("=", 1)[0].strip() for pair in args.overrides}
+    if "data.imbalance" in keys:  # each cell's imbalance comes from the grid
+        raise ConfigError("data.imbalance has no effect on `run`: each cell takes its imbalance from grid.imbalances; "
+                          "pass --imbalance 0.01,0.1 (or --set grid.imbalances=0.01,0.1) instead")
+    cfg = resolve_config(args)
+    if cfg.data.profile not in ("exp", "step") and (args.imbalance or "grid.imbalances" in keys):
+        raise ConfigError(f"--imbalance has no effect under data.profile={cfg.data.profile}: the data is used with "
+                          "its own class counts; drop --imbalance, or make a long tail with --set data.profile=exp")
+    for name, values in (("--seeds", cfg.grid.seeds), ("--imbalance", cfg.grid.imbalances)):
+        if len(set(values)) < len(values):
+            print(f"note: {name} lists a value more than once; each runs once: "
+                  + ",".join(f"{v:g}" for v in dict.fromkeys(values)), flush=True)
     from benchmark.harness.cells import expand_grid
     from benchmark.harness.grid import summarize
 
-    cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("results") / cfg.preset
     cells = expand_grid(cfg)
     if args.dry_run:
@@ -237,8 +250,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.harness.launch import LAUNCHERS, SlurmOptions
 
     launch = LAUNCHERS.get(args.launcher)
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} must be at least 1")
     d = init_from_env(cfg.device)
     if d.world > 1 and (args.launcher != "local" or args.jobs > 1):
         raise ConfigError("under torchrun every process runs the same cells: drop --launcher/--jobs, "
@@ -286,14 +297,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from benchmark.data import build_dataset, computable_lines, data_table
-
     data = DataConfig(
         dataset=args.dataset, imbalance=args.imbalance, profile=args.profile, counts_file=args.counts_file,
         n_max=args.n_max, split_seed=args.split_seed, groups=args.groups, resolution=args.resolution,
         data_root=args.data_root, reference_folder=args.reference_folder, reference_protocol=args.reference_protocol,
     )  # fmt: skip
     cfg = apply_overrides(Config(data=data), args.overrides)
+    from benchmark.data import build_dataset, computable_lines, data_table
+
     ds = build_dataset(cfg.data)
     table = data_table(ds, reference=cfg.eval.reference)
     if args.format == "csv":
@@ -317,9 +328,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed} must be 0 or more (it seeds the downstream classifiers and KID subsets)")
+    cfg = resolve_config(args)
     from benchmark.harness.outside import evaluate_external
 
-    cfg = resolve_config(args)
     if args.imbalance is not None:
         cfg = replace(cfg, data=replace(cfg.data, imbalance=args.imbalance))
     out = Path(args.out) if args.out else Path("results") / cfg.preset
@@ -381,19 +394,26 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv = ["run", *argv]
     args = parser.parse_args(argv)
-    from benchmark.core.distributed import shutdown
-
     try:
         rc = COMMANDS[args.command](args)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        from benchmark.harness.grid import RankFailure
-
-        if not isinstance(exc, RankFailure):  # a rank that failed inside a cell exits with the group up, so
-            shutdown()  # torchrun stops the others for its reason, not for a peer's closed connection
+        grid = sys.modules.get("benchmark.harness.grid")  # not imported: no cell ran
+        # a rank that failed inside a cell exits with the group up, so torchrun stops the others for its
+        # reason, not for a peer's closed connection
+        if grid is None or not isinstance(exc, grid.RankFailure):
+            shutdown()
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
     shutdown()  # under torchrun: leave the process group before exit, not at interpreter teardown
     return rc
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process ever imported the module that joins one: bad input is
+    answered before torch is imported (a second, not the several it takes to load torch)."""
+    distributed = sys.modules.get("benchmark.core.distributed")
+    if distributed is not None:
+        distributed.shutdown()

@@ -37,7 +37,7 @@ def test_dry_run_prints_config_and_grid(capsys, tmp_path):
         (["run", "--preset", "smoke", "--set", "train.steps=many", "--dry-run"], "expects int"),
         (["run", "--preset", "nosuch", "--dry-run"], "Valid presets"),
         (["run", "--preset", "smoke", "--methods", "ddpmm", "--dry-run"], "ddpm"),
-        (["run", "--preset", "smoke", "--imbalance", "1.5", "--dry-run"], "outside (0, 1]"),
+        (["run", "--preset", "smoke", "--imbalance", "1.5", "--dry-run"], "must be in (0, 1]"),
         (["run", "--preset", "smoke", "--set", "sample.sampler=dpm", "--dry-run"], "--set sample.sampler=ddim"),
         (["run", "--preset", "smoke", "--set", "train.precision=fp16", "--dry-run"],
          "train.precision='fp16' is not a valid value"),

@@ -262,17 +262,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = dict(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus, cpus=args.slurm_cpus,
                  mem=args.slurm_mem)  # fmt: skip
     opts = SlurmOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(args.slurm_extra), wait=args.wait)
-    if args.rescore:
-        if args.force:
-            raise ConfigError("--rescore re-evaluates from the stored samples and --force retrains everything: pick one")
-        if d.main:
+    if args.rescore and args.force:
+        raise ConfigError("--rescore re-evaluates from the stored samples and --force retrains everything: pick one")
+    from benchmark.harness.writer import one_writer
+
+    with one_writer(out, main=d.main):  # one run per results folder: its workers (--jobs, ranks, jobs) share it
+        if args.rescore and d.main:
             from benchmark.harness.grid import prepare_rescore
 
             lines = prepare_rescore(cfg, out)
             print(f"rescore: {len(lines)} finished cell(s)" + (":" if lines else " (nothing to rescore yet)"), flush=True)
             for line in lines:
                 print(line, flush=True)
-    outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
+        outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
     if outcomes is None:
         print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "
               "redraws the tables from what has finished; rerun this command to resubmit unfinished cells.")  # fmt: skip
@@ -337,16 +339,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = replace(cfg, data=replace(cfg.data, imbalance=args.imbalance))
     out = Path(args.out) if args.out else Path("results") / cfg.preset
     from benchmark.core.distributed import init_from_env
+    from benchmark.harness.writer import one_writer
 
     d = init_from_env(cfg.device)  # under torchrun the processes split the feature extraction
-    rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
-                             progress=not args.no_progress, force=args.force)  # fmt: skip
-    if not d.main:
-        return 0
-    print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
-    from benchmark.report.build import make_report
+    with one_writer(out, main=d.main):
+        rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
+                                 progress=not args.no_progress, force=args.force)  # fmt: skip
+        if not d.main:
+            return 0
+        print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
+        from benchmark.report.build import make_report
 
-    make_report(out, plots=True)
+        make_report(out, plots=True)
     return 0
 
 

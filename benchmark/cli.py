@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmark import __version__
 from benchmark.core.config import Config, DataConfig, apply_overrides, choice_fields, choices, to_json
-from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.errors import BenchmarkError, ConfigError, DiskFullError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import (
     DEFAULT_PRESET,
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="redraw leaderboards and plots from DIR/results.csv alone")
     rep.add_argument("dir", help="a results folder holding results.csv")
     rep.add_argument("--no-plots", action="store_true", help="tables only")
+    rep.add_argument("--repair", action="store_true",
+                     help="rebuild a damaged results.csv: keep its sound rows, put back each cell's rows from its "
+                          "metrics.csv (the damaged table is kept as results.csv.damaged)")  # fmt: skip
 
     data = sub.add_parser("data", help="show a long-tailed split: per-class counts, groups, fingerprint")
     dc = DataConfig()  # the defaults of the `data` command are DataConfig's
@@ -292,7 +295,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.report.build import make_report
 
-    paths = make_report(Path(args.dir), plots=not args.no_plots)
+    if args.repair:
+        from benchmark.harness.results import repair_results
+        from benchmark.harness.writer import one_writer
+
+        with one_writer(Path(args.dir)):
+            for line in repair_results(Path(args.dir)):
+                print(f"repair: {line}")
+    try:
+        paths = make_report(Path(args.dir), plots=not args.no_plots)
+    except PermissionError as exc:
+        raise ConfigError(f"cannot write the report into {args.dir} ({exc.strerror}: {exc.filename}); make the folder "
+                          "writable, or copy its results.csv into a folder you can write and run `report` there") from None
     for p in paths:
         print(p)
     return 0
@@ -400,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = COMMANDS[args.command](args)
+    except DiskFullError as exc:  # good input, a full disk: every file written before it is intact
+        print(f"error: {exc}", file=sys.stderr)
+        shutdown()
+        return 1
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         grid = sys.modules.get("benchmark.harness.grid")  # not imported: no cell ran

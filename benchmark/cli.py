@@ -361,7 +361,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  progress=not args.no_progress, force=args.force)  # fmt: skip
         if not d.main:
             return 0
-        print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
+        if len(rows):  # else it said why nothing was written
+            print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
         from benchmark.report.build import make_report
 
         make_report(out, plots=True)

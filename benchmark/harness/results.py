@@ -187,6 +187,12 @@ def _same_cell(table: pd.DataFrame, key: dict, columns: list[str] = CELL_KEY) ->
     return mask
 
 
+def rows_of_cell(path: Path, key: dict) -> int:
+    """How many rows of the cell ``key`` (its :data:`CELL_KEY` values) the table holds (0 without a table)."""
+    path = Path(path)
+    return int(_same_cell(read_results(path), key).sum()) if path.exists() else 0
+
+
 def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> bool:
     """Append one finished cell's rows; returns False when the cell was already present."""
     if rows.empty:

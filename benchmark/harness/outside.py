@@ -55,7 +55,7 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
             print(f"rows for {name!r} (seed {seed}) were already in {Path(out) / 'results.csv'} ({present} rows, scored "
                   f"from {was}); kept the existing ones: pass --force to replace them")
         return None if not main else pd.DataFrame(columns=RESULT_COLUMNS)
-    images, labels = load_samples(samples)
+    images, labels = load_samples(samples, class_names=list(dataset.class_names))  # folders by index or class name
     _check_samples(images, labels, dataset)
     counts = np.bincount(np.asarray(labels), minlength=dataset.num_classes)
     per_class = images_per_class(cfg.sample, dataset.num_classes)

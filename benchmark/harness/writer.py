@@ -57,9 +57,13 @@ def one_writer(out: Path, *, main: bool = True, say=print) -> Iterator[None]:
         yield
         return
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot write into the results folder {out} ({exc.strerror}); pass --out with a folder you "
+                          "can write to") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark import __version__
-from benchmark.core.config import Config, DataConfig, apply_overrides, choice_fields, choices, to_json
+from benchmark.core.config import Config, DataConfig, apply_overrides, bounded_fields, choice_fields, choices, to_json
 from benchmark.core.errors import BenchmarkError, ConfigError, DiskFullError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import (
@@ -401,6 +401,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {key}")
         for value, doc in values.items():
             print(f"      {value:<16} {doc}")
+    print("numeric options and their ranges (a value outside is refused before any work):")
+    for key, bounds in bounded_fields().items():
+        print(f"  {key:<32} {bounds.describe()}")
     return 0
 
 

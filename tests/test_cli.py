@@ -98,6 +98,8 @@ def test_list_names_every_registered_name_in_its_own_section(capsys):
     expected = {"presets": PRESETS, "protocols": PROTOCOLS, "methods": METHODS, "datasets": DATASETS,
                 "feature spaces": FEATURE_SPACES, "launchers": LAUNCHERS}  # fmt: skip
     options = sections.pop("options with a fixed set of values")
+    ranges = sections.pop("numeric options and their ranges")
+    assert {"train.ema_decay", "eval.pr_k", "sample.steps", "grid.seeds"} <= set(ranges)
     assert sorted(sections) == sorted(expected)
     assert {"train.label_drop_mode", "train.precision", "eval.fid_backend", "bf16", "clean-fid"} <= set(options)
     for section, registry in expected.items():

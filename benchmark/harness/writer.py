@@ -58,12 +58,16 @@ def one_writer(out: Path, *, main: bool = True, say=print) -> Iterator[None]:
         return
     out = Path(out)
     path = out / LOCK_NAME
+    made = out  # the topmost folder this call makes: removed again when the run leaves nothing in it
+    while not made.parent.exists() and made.parent != made:
+        made = made.parent
+    made = None if made.exists() else made
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise ConfigError(f"cannot write into the results folder {out} ({exc.strerror}); pass --out with a folder you "
-                          "can write to") from None
+    except OSError:  # a folder that cannot be made holds nothing to guard: the preflight names the problem
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,4 +95,13 @@ def one_writer(out: Path, *, main: bool = True, say=print) -> Iterator[None]:
         finally:
             os.ftruncate(fd, 0)  # an empty file: the run ended cleanly, nothing to take over
     finally:
+        empty = made is not None and [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing was run: no trace
+        if empty:
+            path.unlink()  # while still holding it: no other process can hold the removed file
         os.close(fd)  # closing the descriptor drops the flock
+        if empty:
+            with contextlib.suppress(OSError):  # another run may have made it again meanwhile
+                for folder in (out, *out.parents):
+                    folder.rmdir()
+                    if folder == made:
+                        break

@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmark import __version__
-from benchmark.core.config import Config, DataConfig, apply_overrides, choice_fields, choices, to_json
-from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.config import Config, DataConfig, apply_overrides, bounded_fields, choice_fields, choices, to_json
+from benchmark.core.errors import BenchmarkError, ConfigError, DiskFullError
 from benchmark.core.names import GROUPS
 from benchmark.core.presets import (
     DEFAULT_PRESET,
@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="redraw leaderboards and plots from DIR/results.csv alone")
     rep.add_argument("dir", help="a results folder holding results.csv")
     rep.add_argument("--no-plots", action="store_true", help="tables only")
+    rep.add_argument("--repair", action="store_true",
+                     help="rebuild a damaged results.csv: keep its sound rows, put back each cell's rows from its "
+                          "metrics.csv (the damaged table is kept as results.csv.damaged)")  # fmt: skip
 
     data = sub.add_parser("data", help="show a long-tailed split: per-class counts, groups, fingerprint")
     dc = DataConfig()  # the defaults of the `data` command are DataConfig's
@@ -230,6 +233,17 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def early_checks(args: argparse.Namespace) -> None:
+    """The checks that need neither the methods nor torch: the preset and protocol names, and every ``--set``
+    key and value outside ``method.`` (a method's options are known once the methods, plugins included,
+    are loaded), so a misspelt name answers in a tenth of a second."""
+    if not hasattr(args, "preset"):
+        return
+    cfg = get_preset(args.preset, getattr(args, "protocol", None))
+    apply_overrides(cfg, [pair for pair in getattr(args, "overrides", None) or []
+                          if not pair.strip().startswith("method.")])  # fmt: skip
+
+
 def validate(cfg: Config) -> None:
     """Check names and ranges up front, before any cell starts."""
     from benchmark.harness.preflight import check_config
@@ -243,10 +257,23 @@ def validate(cfg: Config) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs} must be at least 1")
+    keys = {pair.split("=", 1)[0].strip() for pair in args.overrides}
+    if "data.imbalance" in keys:  # each cell's imbalance comes from the grid
+        raise ConfigError("data.imbalance has no effect on `run`: each cell takes its imbalance from grid.imbalances; "
+                          "pass --imbalance 0.01,0.1 (or --set grid.imbalances=0.01,0.1) instead")
+    cfg = resolve_config(args)
+    if cfg.data.profile not in ("exp", "step") and (args.imbalance or "grid.imbalances" in keys):
+        raise ConfigError(f"--imbalance has no effect under data.profile={cfg.data.profile}: the data is used with "
+                          "its own class counts; drop --imbalance, or make a long tail with --set data.profile=exp")
+    for name, values in (("--seeds", cfg.grid.seeds), ("--imbalance", cfg.grid.imbalances)):
+        if len(set(values)) < len(values):
+            print(f"note: {name} lists a value more than once; each runs once: "
+                  + ",".join(f"{v:g}" for v in dict.fromkeys(values)), flush=True)
     from benchmark.harness.cells import expand_grid
     from benchmark.harness.grid import summarize
 
-    cfg = resolve_config(args)
     out = Path(args.out) if args.out else Path("results") / cfg.preset
     cells = expand_grid(cfg)
     if args.dry_run:
@@ -259,8 +286,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.harness.launch import LAUNCHERS, SlurmOptions
 
     launch = LAUNCHERS.get(args.launcher)
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs {args.jobs} must be at least 1")
     d = init_from_env(cfg.device)
     if d.world > 1 and (args.launcher != "local" or args.jobs > 1):
         raise ConfigError("under torchrun every process runs the same cells: drop --launcher/--jobs, "
@@ -273,17 +298,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     given = dict(partition=args.slurm_partition, time=args.slurm_time, gpus=args.slurm_gpus, cpus=args.slurm_cpus,
                  mem=args.slurm_mem)  # fmt: skip
     opts = SlurmOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(args.slurm_extra), wait=args.wait)
-    if args.rescore:
-        if args.force:
-            raise ConfigError("--rescore re-evaluates from the stored samples and --force retrains everything: pick one")
-        if d.main:
+    if args.rescore and args.force:
+        raise ConfigError("--rescore re-evaluates from the stored samples and --force retrains everything: pick one")
+    from benchmark.harness.writer import one_writer
+
+    with one_writer(out, main=d.main):  # one run per results folder: its workers (--jobs, ranks, jobs) share it
+        if args.rescore and d.main:
             from benchmark.harness.grid import prepare_rescore
 
             lines = prepare_rescore(cfg, out)
             print(f"rescore: {len(lines)} finished cell(s)" + (":" if lines else " (nothing to rescore yet)"), flush=True)
             for line in lines:
                 print(line, flush=True)
-    outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
+        outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
     if outcomes is None:
         print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "
               "redraws the tables from what has finished; rerun this command to resubmit unfinished cells.")  # fmt: skip
@@ -301,7 +328,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmark.report.build import make_report
 
-    paths = make_report(Path(args.dir), plots=not args.no_plots)
+    if args.repair:
+        from benchmark.harness.results import repair_results
+        from benchmark.harness.writer import one_writer
+
+        with one_writer(Path(args.dir)):
+            for line in repair_results(Path(args.dir)):
+                print(f"repair: {line}")
+    try:
+        paths = make_report(Path(args.dir), plots=not args.no_plots)
+    except PermissionError as exc:
+        raise ConfigError(f"cannot write the report into {args.dir} ({exc.strerror}: {exc.filename}); make the folder "
+                          "writable, or copy its results.csv into a folder you can write and run `report` there") from None
     for p in paths:
         print(p)
     return 0
@@ -319,14 +357,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from benchmark.data import build_dataset, computable_lines, data_table
-
     data = DataConfig(
         dataset=args.dataset, imbalance=args.imbalance, profile=args.profile, counts_file=args.counts_file,
         n_max=args.n_max, split_seed=args.split_seed, groups=args.groups, resolution=args.resolution,
         data_root=args.data_root, reference_folder=args.reference_folder, reference_protocol=args.reference_protocol,
     )  # fmt: skip
     cfg = apply_overrides(Config(data=data), args.overrides)
+    from benchmark.data import build_dataset, computable_lines, data_table
+
     ds = build_dataset(cfg.data)
     table = data_table(ds, reference=cfg.eval.reference)
     if args.format == "csv":
@@ -350,24 +388,29 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed} must be 0 or more (it seeds the downstream classifiers and KID subsets)")
+    cfg = resolve_config(args)
     from benchmark.harness.outside import evaluate_external
 
-    cfg = resolve_config(args)
     if args.imbalance is not None:
         cfg = replace(cfg, data=replace(cfg.data, imbalance=args.imbalance))
     out = Path(args.out) if args.out else Path("results") / cfg.preset
     from benchmark.core.distributed import init_from_env
+    from benchmark.harness.writer import one_writer
 
     d = init_from_env(cfg.device)  # under torchrun the processes split the feature extraction
-    rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
-                             progress=not args.no_progress, force=args.force, train_steps=args.train_steps,
-                             guidance=args.guidance)  # fmt: skip
-    if not d.main:
-        return 0
-    print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
-    from benchmark.report.build import make_report
+    with one_writer(out, main=d.main):
+        rows = evaluate_external(cfg, samples=Path(args.samples), name=args.name, seed=args.seed, out=out,
+                                 progress=not args.no_progress, force=args.force, train_steps=args.train_steps,
+                                 guidance=args.guidance)  # fmt: skip
+        if not d.main:
+            return 0
+        if len(rows):  # else it said why nothing was written
+            print(f"{len(rows)} rows for {args.name!r} written to {out / 'results.csv'}")
+        from benchmark.report.build import make_report
 
-    make_report(out, plots=True)
+        make_report(out, plots=True)
     return 0
 
 
@@ -406,6 +449,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"  {key}")
         for value, doc in values.items():
             print(f"      {value:<16} {doc}")
+    print("numeric options and their ranges (a value outside is refused before any work):")
+    for key, bounds in bounded_fields().items():
+        print(f"  {key:<32} {bounds.describe()}")
     return 0
 
 
@@ -461,23 +507,35 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("--") and argv[0] not in ("--help", "-h", "--version"):
         argv = ["run", *argv]
     args = parser.parse_args(argv)
-    from benchmark.core.distributed import shutdown
-
     try:
+        early_checks(args)  # before the methods (and torch) are imported
         if hasattr(args, "plugins"):  # before any config is built: a plugin's options are a section of it
             from methods.plugins import load_plugins
 
             load_plugins(args.plugins)
         rc = COMMANDS[args.command](args)
+    except DiskFullError as exc:  # good input, a full disk: every file written before it is intact
+        print(f"error: {exc}", file=sys.stderr)
+        shutdown()
+        return 1
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        from benchmark.harness.grid import RankFailure
-
-        if not isinstance(exc, RankFailure):  # a rank that failed inside a cell exits with the group up, so
-            shutdown()  # torchrun stops the others for its reason, not for a peer's closed connection
+        grid = sys.modules.get("benchmark.harness.grid")  # not imported: no cell ran
+        # a rank that failed inside a cell exits with the group up, so torchrun stops the others for its
+        # reason, not for a peer's closed connection
+        if grid is None or not isinstance(exc, grid.RankFailure):
+            shutdown()
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
     shutdown()  # under torchrun: leave the process group before exit, not at interpreter teardown
     return rc
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process ever imported the module that joins one: bad input is
+    answered before torch is imported (a second, not the several it takes to load torch)."""
+    distributed = sys.modules.get("benchmark.core.distributed")
+    if distributed is not None:
+        distributed.shutdown()

@@ -37,7 +37,7 @@ def test_dry_run_prints_config_and_grid(capsys, tmp_path):
         (["run", "--preset", "smoke", "--set", "train.steps=many", "--dry-run"], "expects int"),
         (["run", "--preset", "nosuch", "--dry-run"], "Valid presets"),
         (["run", "--preset", "smoke", "--methods", "ddpmm", "--dry-run"], "ddpm"),
-        (["run", "--preset", "smoke", "--imbalance", "1.5", "--dry-run"], "outside (0, 1]"),
+        (["run", "--preset", "smoke", "--imbalance", "1.5", "--dry-run"], "must be in (0, 1]"),
         (["run", "--preset", "smoke", "--set", "sample.sampler=dpm", "--dry-run"], "--set sample.sampler=ddim"),
         (["run", "--preset", "smoke", "--set", "train.precision=fp16", "--dry-run"],
          "train.precision='fp16' is not a valid value"),
@@ -99,6 +99,8 @@ def test_list_names_every_registered_name_in_its_own_section(capsys):
                 "feature spaces": FEATURE_SPACES, "launchers": LAUNCHERS}  # fmt: skip
     options = sections.pop("options with a fixed set of values")
     method_options = sections.pop("method options")
+    ranges = sections.pop("numeric options and their ranges")
+    assert {"train.ema_decay", "eval.pr_k", "sample.steps", "grid.seeds"} <= set(ranges)
     assert sorted(sections) == sorted(expected)
     assert {"method.cbdm.tau", "method.resample.schedule", "method.cbdm_ft.start"} <= set(method_options)
     assert {"train.label_drop_mode", "train.precision", "eval.fid_backend", "bf16", "clean-fid"} <= set(options)

@@ -195,8 +195,6 @@ def test_empty_groups_are_reported():
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        ({"imbalance": 0.0}, r"imbalance must be in \(0, 1\]"),
-        ({"imbalance": 1.5}, r"imbalance must be in \(0, 1\]"),
         ({"imbalance": 0.001}, r"9 \('9'\) would get 0 images.*smallest valid imbalance here is 0\.00695"),
         ({"n_max": 1000}, r"class 0 \('0'\) has only 148 images.*set data.n_max to at most 144"),
         ({"profile": "file"}, "profile 'file' needs data.counts_file"),
@@ -205,6 +203,12 @@ def test_empty_groups_are_reported():
 def test_build_dataset_errors(overrides, match):
     with pytest.raises(DataError, match=match):
         build_dataset(DataConfig(dataset="digits", **overrides))
+
+
+@pytest.mark.parametrize("imbalance", [0.0, 1.5])
+def test_an_imbalance_outside_0_1_is_refused_when_the_config_is_built(imbalance):
+    with pytest.raises(ConfigError, match=rf"data.imbalance={imbalance} is out of range: must be in \(0, 1\]"):
+        DataConfig(dataset="digits", imbalance=imbalance)
 
 
 def test_profile_and_group_rule_are_refused_when_the_config_is_built():

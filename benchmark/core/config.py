@@ -111,7 +111,7 @@ PRECISIONS = tuple(PRECISION_CHOICES)  # numeric precision of a stage (benchmark
 class DataConfig(_Checked):
     dataset: str = named("fashion-mnist", "dataset", also={"imagefolder:PATH": "one subfolder per class"})
     data_root: str | None = None  # where dataset files live / are downloaded to
-    resolution: int | None = None  # None keeps the source's native size
+    resolution: int | None = bounded(None, ge=1)  # None keeps the source's native size
     resize: str = named("bicubic-antialias", "resize method")  # recorded with the data
     profile: str = choice("exp", {
         "exp": "n_i = n_max * imbalance ** (i / (C - 1)), the LDAM profile",
@@ -119,35 +119,48 @@ class DataConfig(_Checked):
         "none": "the data as it is",
         "file": "per-class counts from data.counts_file",
     })  # fmt: skip
-    imbalance: float = 0.01  # n_min / n_max; 0.01 is "IR 100"
+    imbalance: float = bounded(0.01, gt=0.0, le=1.0)  # n_min / n_max; 0.01 is "IR 100"
     counts_file: str | None = None  # per-class counts (profile "file")
-    split_seed: int = 0  # seed of the LDAM selection (0 in all papers)
-    n_max: int | None = None  # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
+    split_seed: int = bounded(0, ge=0)  # seed of the LDAM selection (0 in all papers)
+    # head-class size; None = the smallest class of the pool (LDAM: the balanced class size)
+    n_max: int | None = bounded(None, ge=1)
     groups: str = choice("auto", {
         "auto": "the dataset's own rule",
         "thresholds": "many > data.many_threshold, few < data.few_threshold",
         "thirds": "class-index thirds",
     })  # fmt: skip
-    many_threshold: int = 100  # many: count > this
-    few_threshold: int = 20  # few: count < this
+    many_threshold: int = bounded(100, ge=0)  # many: count > this
+    few_threshold: int = bounded(20, ge=0)  # few: count < this
     reference_folder: str | None = None  # imagefolder: separate balanced evaluation folder
     # folders without a reference split: auto | holdout | holdout-only | balanced | folder (benchmark/data/reference.py)
     reference_protocol: str = "auto"
-    reference_fraction: float = 0.2  # holdout: fraction of every class held out (reference + evaluator test)
-    reference_min: int = 20  # holdout: a class with fewer held out is scored against all its images (flagged)
+    # holdout: fraction of every class held out (reference + evaluator test)
+    reference_fraction: float = bounded(0.2, gt=0.0, lt=1.0)
+    reference_min: int = bounded(20, ge=1)  # holdout: a class with fewer held out is scored against all its images (flagged)
     # listfile:LIST (one "relative/path label" line per image, the OLTR convention)
     list_root: str | None = None  # folder the list's paths are relative to (None: the list file's folder)
     reference_list: str | None = None  # evaluation list (e.g. ImageNet_LT_test.txt), same root
     class_names: str | None = None  # a file with one name per line (line i = class i), or "folders"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.few_threshold > self.many_threshold:
+            raise ConfigError(f"data.few_threshold={self.few_threshold} is above data.many_threshold={self.many_threshold}: "
+                              "a class would be both many and few; keep few_threshold <= many_threshold")
+
 
 @dataclass(frozen=True)
 class ModelConfig(_Checked):
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    attn_resolutions: tuple[int, ...] = (16,)
-    num_res_blocks: int = 2
-    dropout: float = 0.1
+    ch: int = bounded(128, ge=1)
+    ch_mult: tuple[int, ...] = bounded((1, 2, 2, 2), ge=1)
+    attn_resolutions: tuple[int, ...] = bounded((16,), ge=1)
+    num_res_blocks: int = bounded(2, ge=1)
+    dropout: float = bounded(0.1, ge=0.0, lt=1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.ch_mult:
+            raise ConfigError("model.ch_mult needs at least one level, e.g. --set model.ch_mult=1,2,2")
 
 
 MODEL_SIZES: dict[str, ModelConfig] = {
@@ -161,27 +174,33 @@ MODEL_SIZES: dict[str, ModelConfig] = {
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Checked):
-    T: int = 1000
-    beta_1: float = 1e-4
-    beta_T: float = 0.02
+    T: int = bounded(1000, ge=1)
+    beta_1: float = bounded(1e-4, gt=0.0, lt=1.0)
+    beta_T: float = bounded(0.02, gt=0.0, lt=1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beta_1 > self.beta_T:
+            raise ConfigError(f"diffusion.beta_1={self.beta_1} is above diffusion.beta_T={self.beta_T}: the noise "
+                              "schedule rises from beta_1 to beta_T (e.g. 1e-4 to 0.02)")
 
 
 @dataclass(frozen=True)
 class TrainConfig(_Checked):
-    steps: int = 300_000
-    batch_size: int = 64
-    lr: float = 2e-4
-    warmup: int = 5000
-    grad_clip: float = 1.0
+    steps: int = bounded(300_000, ge=1)
+    batch_size: int = bounded(64, ge=1)
+    lr: float = bounded(2e-4, gt=0.0)
+    warmup: int = bounded(5000, ge=0)  # 0: no warm-up
+    grad_clip: float = bounded(1.0, ge=0.0)  # 0: no clipping
     ema_decay: float = bounded(0.9999, ge=0.0, lt=1.0)
-    label_drop: float = 0.1  # probability of an unconditional (null-label) draw
+    label_drop: float = bounded(0.1, ge=0.0, lt=1.0)  # probability of an unconditional (null-label) draw
     label_drop_mode: str = choice("batch", {
         "batch": "one coin per step drops the labels of the whole batch, as the official code does",
         "sample": "each sample drops its label on its own",
     })  # fmt: skip
     hflip: bool | None = None  # None: the dataset decides (no flips for digits / text-like data)
-    ckpt_every: int = 5000
-    log_every: int = 100
+    ckpt_every: int = bounded(5000, ge=1)
+    log_every: int = bounded(100, ge=1)
     precision: str = choice("auto", PRECISION_CHOICES)
     tf32: bool = True  # TF32 on CUDA: cuDNN convolutions, and matmuls unless tf32_matmul is false
     # false: matmuls (linear layers, attention) stay full fp32, PyTorch's default and the official code's
@@ -196,7 +215,7 @@ class TrainConfig(_Checked):
     init_from: str | None = None  # model.pt whose EMA weights start training (CBDM fine-tune protocol)
     # steps at which the EMA weights are also kept (checkpoints/ema_<step>.pt, model.pt's format): set by
     # the grid on a cell another one fine-tunes from a step of its budget (cbdm-ft)
-    keep_ema_at: tuple[int, ...] = ()
+    keep_ema_at: tuple[int, ...] = bounded((), ge=1)
     # fractions of train.steps whose EMA weights are also kept whatever eval.checkpoints asks (set by the grid
     # into keep_ema_at), so a budget point can be scored later without retraining; () keeps only those asked for
     keep_ema_fractions: tuple[float, ...] = bounded((0.25, 0.5, 0.75), gt=0.0, lt=1.0)
@@ -286,17 +305,17 @@ DDIM_LAST = {
 @dataclass(frozen=True)
 class SampleConfig(_Checked):
     sampler: str = named("ddim", "sampler")  # ddim | ddpm (ancestral, all T steps)
-    steps: int = 50
-    eta: float = 0.0
+    steps: int = bounded(50, ge=1)
+    eta: float = bounded(0.0, ge=0.0, le=1.0)
     ddim_last: str = choice("x0", DDIM_LAST)  # DDIM's step from the smallest timestep (set by the protocols)
     # omega, one scale or a list (a guidance sweep: each scale is sampled and scored from the same model; the
     # first is the cell's main point); None = each method's official strength
     guidance: tuple[float, ...] | None = bounded((1.5,), ge=0.0)
-    n_per_class: int = 5000
+    n_per_class: int = bounded(5000, ge=2)  # metrics need two or more images per class
     # the evaluation set's size in all, split evenly over the classes (n_total // C each) when set;
     # the published protocols set 50k (their evaluators' sample size)
-    n_total: int | None = None
-    batch_size: int = 256
+    n_total: int | None = bounded(None, ge=2)  # at least 2 per class: checked with the data (preflight)
+    batch_size: int = bounded(256, ge=1)
     precision: str = choice("auto", PRECISION_CHOICES)
     labels: str = choice("balanced", {  # the evaluation set's labels (set by the protocols)
         "balanced": "exactly n per class (CM's rule)",
@@ -328,20 +347,20 @@ class EvalConfig(_Checked):
         "clean-fid": "clean-fid's",
     })  # fmt: skip
     inception_weights: str | None = None  # path; else $LTGEN_INCEPTION_WEIGHTS or the torch hub cache
-    pr_k: int = 3
-    dc_k: int = 5
-    min_ref_fid: int = 20  # FID / KID of a slice (overall, group, class) need this many reference images, else NaN
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000  # shrunk to the smaller set when n is small (recorded)
-    bootstrap: int = 0  # bootstrap resamples for confidence intervals (0 = off)
+    pr_k: int = bounded(3, ge=1)
+    dc_k: int = bounded(5, ge=1)
+    min_ref_fid: int = bounded(20, ge=2)  # FID / KID of a slice (overall, group, class) need this many reference images, else NaN
+    kid_subsets: int = bounded(100, ge=1)
+    kid_subset_size: int = bounded(1000, ge=2)  # shrunk to the smaller set when n is small (recorded)
+    bootstrap: int = bounded(0, ge=0)  # bootstrap resamples for confidence intervals (0 = off)
     real_floor: bool = True
     downstream: bool = True
     diversity: bool = True  # Vendi (generated vs real at the same n) and memorisation rows
-    batch_size: int = 256
-    classifier_epochs: int = 10  # the domain evaluator (classifier feature space): at most this many epochs
-    classifier_patience: int = 3  # ... stopping after this many epochs without a held-out gain
-    classifier_per_class: int | None = None  # cap on the evaluator's balanced training pool (None: all images)
-    downstream_epochs: int = 10  # CAS / augmentation / real-LT classifiers
+    batch_size: int = bounded(256, ge=1)
+    classifier_epochs: int = bounded(10, ge=1)  # the domain evaluator (classifier feature space): at most this many epochs
+    classifier_patience: int = bounded(3, ge=1)  # ... stopping after this many epochs without a held-out gain
+    classifier_per_class: int | None = bounded(None, ge=1)  # cap on the evaluator's balanced training pool (None: all images)
+    downstream_epochs: int = bounded(10, ge=1)  # CAS / augmentation / real-LT classifiers
     # budget points: fractions of train.steps scored from the EMA weights kept at those steps (1 = the final
     # model, always scored); each point is its own sample + evaluate stage (docs/rankings.md)
     checkpoints: tuple[float, ...] = bounded((1.0,), gt=0.0, le=1.0)
@@ -360,8 +379,8 @@ PAPER_METHODS = ("ddpm", "cbdm", "reweight", "resample")  # the grid's default, 
 @dataclass(frozen=True)
 class GridConfig(_Checked):
     methods: tuple[str, ...] = named(PAPER_METHODS, "method")  # compose with '+', e.g. cbdm+resample
-    imbalances: tuple[float, ...] = (0.01,)
-    seeds: tuple[int, ...] = (0,)
+    imbalances: tuple[float, ...] = bounded((0.01,), gt=0.0, le=1.0)  # n_min / n_max each
+    seeds: tuple[int, ...] = bounded((0,), ge=0)
 
 
 @dataclass(frozen=True)

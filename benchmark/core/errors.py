@@ -18,6 +18,11 @@ class DataError(BenchmarkError):
     """A dataset that cannot be found, read or split as asked."""
 
 
+class DiskFullError(BenchmarkError):
+    """A write found the disk full; the message is "no space left on device: <path>" (exit status 1:
+    the input was good, the machine was not)."""
+
+
 class MetricError(BenchmarkError):
     """A metric that cannot be computed on the given samples (it says why)."""
 

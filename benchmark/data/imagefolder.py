@@ -57,12 +57,21 @@ def _class_files(root: Path) -> dict[str, list[Path]]:
     return files
 
 
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.is_file() and not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder`` (by extension, hidden files skipped), sorted."""
-    return sorted(
-        Path(e.path) for e in os.scandir(folder)
-        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
-    )  # fmt: skip
+    """The image files directly in ``folder`` (by extension, hidden files skipped), sorted.  A subfolder
+    holding images is refused, not skipped: its images would be silently missing from the class."""
+    entries = list(os.scandir(folder))
+    for sub in sorted(e.path for e in entries if e.is_dir() and not e.name.startswith(".")):
+        nested = next((Path(d) / f for d, _, files in os.walk(sub) for f in sorted(files)
+                       if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)), None)  # fmt: skip
+        if nested is not None:
+            raise DataError(f"{folder} holds images in a subfolder ({nested}); a class's images are read from its own "
+                            "folder only, so these would be left out: move them up into the class folder, or out of it")
+    return sorted(Path(e.path) for e in entries if _is_image(e))
 
 
 def read_image(path: Path) -> np.ndarray:

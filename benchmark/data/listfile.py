@@ -177,7 +177,8 @@ def _decode_all(entries: ListEntries, resolution: int | None, resize: str) -> np
     if resolution is None and first.shape[1] != first.shape[2]:
         raise DataError(f"{entries.where(0)}: image is {first.shape[1]}x{first.shape[2]}, not square; set data.resolution")
     out = np.empty((n, 3, side, side), dtype=np.uint8)
-    bar = progress_bar(total=n, desc=f"decoding {entries.list_path.name}", unit="img")
+    # a step of building the data: a line in a log file only when it runs past a minute
+    bar = progress_bar(total=n, desc=f"decoding {entries.list_path.name}", unit="img", transient=True)
     try:
         with ThreadPoolExecutor(_WORKERS) as pool:
             for start in range(0, n, _CHUNK):

@@ -89,7 +89,7 @@ def protocol_label(protocol: str, *, fraction: float, minimum: int, n_balanced: 
 
 
 def split_reference(labels: np.ndarray, protocol: str, *, fraction: float, minimum: int, class_names: list[str],
-                    where: str) -> ReferenceSplit:
+                    where: str, listed: bool = False) -> ReferenceSplit:
     """Hold a reference out of a labelled pool by a resolved protocol (not 'auto' / 'folder')."""
     if protocol not in ("holdout", "holdout-only", "balanced"):
         raise DataError(f"split_reference takes holdout, holdout-only or balanced, got {protocol!r}")
@@ -98,6 +98,12 @@ def split_reference(labels: np.ndarray, protocol: str, *, fraction: float, minim
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=len(class_names))
     tiny = [class_names[c] for c in range(len(class_names)) if counts[c] < 2]
+    if tiny and listed:  # a list file: a class without a line is a gap in its labels
+        gap = [str(c) for c in range(len(class_names)) if counts[c] == 0]
+        why = (f"label(s) {', '.join(gap[:5])} have no line, so the labels skip a number: number the classes 0..C-1 "
+               "without gaps; ") if gap else "add lines, "  # fmt: skip
+        raise DataError(f"class(es) {', '.join(tiny[:5])} have fewer than 2 lines in {where}, too few to hold one out "
+                        f"for evaluation; {why}or pass an evaluation list (data.reference_list)")
     if tiny:
         raise DataError(
             f"class folder(s) {', '.join(tiny)} in {where} hold {int(counts.min())} image(s), too few to hold "

@@ -301,7 +301,7 @@ def _apply_reference_protocol(name: str, arg: str | None, raw: RawSource, protoc
     resolved = resolve_protocol(protocol, has_folder=False)
     where = arg if arg is not None else name
     cut = split_reference(raw.train.labels.numpy(), resolved, fraction=fraction, minimum=minimum,
-                          class_names=list(raw.class_names), where=where)
+                          class_names=list(raw.class_names), where=where, listed=name == "listfile")
 
     def part(idx: np.ndarray) -> ImageSet:
         index = torch.from_numpy(idx)

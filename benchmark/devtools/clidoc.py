@@ -26,7 +26,7 @@ def render() -> str:
             "",
             "`python run_benchmark.py ...` and the installed `ltgen-bench ...` are the same program. Without a "
             "command it runs `run` with the default preset (`demo`). Exit status: 0 success, 1 a grid cell failed "
-            "(the others finished), 2 bad input.",
+            "(the others finished) or the disk is full, 2 bad input (see docs/bad-input.md).",
             "",
             "```text", parser.format_help().rstrip(), "```", "",
         ]  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -234,6 +235,10 @@ def _restore(run: _Run) -> dict | None:
     if run.cuda and state["rng_cuda"].numel():
         torch.cuda.set_rng_state(state["rng_cuda"], run.device)
     run.step = int(state["step"])
+    if run.dist.main:  # said on the console and in the cell's log (cell.log), so a resume is never silent
+        message = f"resuming from step {run.step} of {run.cfg.train.steps} ({path})"
+        logging.getLogger("ltgen").info(message)
+        print(f"  {message}", flush=True)
     return state
 
 

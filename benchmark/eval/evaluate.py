@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -518,11 +520,18 @@ def load_samples(path: str | Path, *, class_names: list[str] | None = None) -> t
         return _load_folder(path, class_names)
     if path.suffix != ".npz":
         raise DataError(f"samples file {path} is not .npz; save np.savez(path, images=uint8 array, labels=int array)")
-    with np.load(path) as z:
-        missing = {"images", "labels"} - set(z.files)
-        if missing:
-            raise DataError(f"{path} lacks {sorted(missing)} (has {z.files}); save with np.savez(path, images=..., labels=...)")
-        images, labels = z["images"], z["labels"]
+    how = "save it with np.savez(path, images=uint8 array, labels=int array) of plain numeric arrays"
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz (an .npz is a zip archive of arrays); {how}")
+    try:
+        with np.load(path) as z:
+            missing = {"images", "labels"} - set(z.files)
+            if missing:
+                raise DataError(f"{path} lacks {sorted(missing)} (has {z.files}); {how}")
+            images, labels = z["images"], z["labels"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        # not a zip of arrays, or one holding pickled objects (never unpickled: that runs code from the file)
+        raise DataError(f"cannot read {path} as an .npz of arrays ({type(exc).__name__}: {exc}); {how}") from None
     return _to_nchw(images, str(path)), _labels(labels, len(images), str(path))
 
 

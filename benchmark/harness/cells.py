@@ -70,13 +70,15 @@ def expand_grid(cfg: Config) -> list[Cell]:
     fine-tunes another's model runs after that method's cell, which is added when not asked for."""
     grid = cfg.grid
     cells = []
-    imbalances = grid.imbalances if cfg.data.profile in ("exp", "step") else (1.0,)
+    # a value given twice (--seeds 0,0) is one cell: two workers must never run the same folder
+    imbalances = tuple(dict.fromkeys(grid.imbalances)) if cfg.data.profile in ("exp", "step") else (1.0,)
+    seeds = tuple(dict.fromkeys(grid.seeds))
     methods, _added = method_order(grid.methods)
     for imbalance in imbalances:
         if cfg.eval.real_floor or cfg.eval.downstream:
-            cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, REAL, s) for s in grid.seeds]
+            cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, REAL, s) for s in seeds]
         for method in methods:
-            cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, method, s) for s in grid.seeds]
+            cells += [Cell(cfg.data.dataset, cfg.data.profile, imbalance, method, s) for s in seeds]
     return cells
 
 

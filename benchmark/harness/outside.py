@@ -2,13 +2,17 @@
 
 The samples (an ``.npz`` with ``images`` and ``labels``, or one folder per class) are scored
 exactly like a grid cell's samples and their rows enter the same results table under the
-name the user gives, so an outside model sits on the leaderboard next to the built-in ones.
+name the user gives, so an outside model sits on the leaderboard next to the built-in ones.  That
+name is a plain one (it names a folder under ``OUT/runs``) and never one of a method's: the rows and
+the folder of a trained cell are never touched.  Scoring the same name again keeps the earlier rows
+unless ``--force`` replaces them, and says which.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +23,18 @@ from benchmark.core.device import resolve_device
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
+from benchmark.core.names import REAL
 from benchmark.data import build_dataset
 from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
 from benchmark.harness.points import MAIN
 from benchmark.harness.preflight import preflight
-from benchmark.harness.results import RESULT_COLUMNS, append_cell
+from benchmark.harness.results import CELL_KEY, RESULT_COLUMNS, append_cell, rows_of_cell
 from benchmark.harness.stages import finish_rows
+from methods import METHODS, get_method_class
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: Path, progress: bool = True,
@@ -39,20 +47,28 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         raise ConfigError(f"--train-steps {train_steps} must be a positive step count (the model's training steps)")
     if guidance is not None and not guidance >= 0:
         raise ConfigError(f"--guidance {guidance} must be a scale of at least 0 (the samples' guidance strength)")
+    cell = Cell(cfg.data.dataset, cfg.data.profile, cfg.data.imbalance, name, seed)
+    folder = cell.folder(out)
+    earlier = check_outside_name(cfg, name, folder)  # before anything is read or written
     device = resolve_device(cfg.device)
     preflight(cfg, out, grid=False)  # data, weights and the results folder, before the samples are read
     main = current().main
     with main_first():  # rank 0 fetches / caches the data before the others read it
         dataset = build_dataset(cfg.data)
-    images, labels = load_samples(samples)
+    present = _present_rows(Path(out) / "results.csv", cfg, name, seed, dataset)
+    if present and not force:  # the same cell scored before: nothing to compute
+        if main:
+            was = earlier or "samples not recorded"
+            print(f"rows for {name!r} (seed {seed}) were already in {Path(out) / 'results.csv'} ({present} rows, scored "
+                  f"from {was}); kept the existing ones: pass --force to replace them")
+        return None if not main else pd.DataFrame(columns=RESULT_COLUMNS)
+    images, labels = load_samples(samples, class_names=list(dataset.class_names))  # folders by index or class name
     _check_samples(images, labels, dataset)
     counts = np.bincount(np.asarray(labels), minlength=dataset.num_classes)
     per_class = images_per_class(cfg.sample, dataset.num_classes)
     if main and (len(set(counts.tolist())) > 1 or counts[0] != per_class):
         print(f"note: the samples hold {counts.min()}..{counts.max()} images per class, the preset uses "
               f"{per_class}; FID depends on n, so compare with runs of the same n (n_gen is recorded)")  # fmt: skip
-    cell = Cell(cfg.data.dataset, cfg.data.profile, cfg.data.imbalance, name, seed)
-    folder = cell.folder(out)
     if main:
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / "config.json",
@@ -76,15 +92,62 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
     table = finish_rows(rows, ident, dataset)
     table = table[RESULT_COLUMNS]
     write_csv_atomic(folder / "metrics.csv", table)
-    if not append_cell(Path(out) / "results.csv", table, replace=force):
-        print(f"rows for {name!r} (seed {seed}) were already in {Path(out) / 'results.csv'}; kept the existing ones")
+    append_cell(Path(out) / "results.csv", table, replace=force)
+    if present:
+        was = earlier or "samples not recorded"
+        print(f"replaced the {present} earlier rows of {name!r} (seed {seed}), scored from {was}, with these from {samples}")
     return table
+
+
+def check_outside_name(cfg: Config, name: str, folder: Path) -> str | None:
+    """Refuse a ``--name`` that is not a plain name, that a method goes by (a grid cell's rows would mix
+    with these), or whose folder holds a cell that ``run`` made; return the samples an earlier
+    ``evaluate`` of the same name scored (None when there was none)."""
+    if not PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"--name {name!r} is not a plain name: use letters, digits, '.', '_' and '-' (at most 64, "
+                          "no path separators), e.g. --name my-model")  # fmt: skip
+    taken = {*cfg.grid.methods, *METHODS.names(), REAL}
+    slug = name.replace("+", "_")
+    clash = next((m for m in sorted(taken) if m.replace("+", "_") == slug), None)
+    if clash is None and "_" in name:  # the folder of a composition, e.g. cbdm_resample of cbdm+resample
+        try:
+            get_method_class(name.replace("_", "+"))
+            clash = name.replace("_", "+")
+        except ConfigError:
+            pass
+    if clash is not None:
+        raise ConfigError(f"--name {name!r} is the name of the method {clash!r}: the rows of outside samples must "
+                          f"never mix with a trained cell's; pick another, e.g. --name {name}-outside")  # fmt: skip
+    record = folder / "config.json"
+    if not folder.exists():
+        return None
+    try:
+        earlier = json.loads(record.read_text()).get("external_samples") if record.is_file() else None
+    except (OSError, ValueError):
+        earlier = None
+    if earlier is None:
+        raise ConfigError(f"--name {name!r}: {folder} holds a cell that `run` made, not outside samples; pick another "
+                          "name (its files are left as they are)")  # fmt: skip
+    return str(earlier)
+
+
+def _present_rows(path: Path, cfg: Config, name: str, seed: int, dataset) -> int:
+    key = {"dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
+           "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "protocol": cfg.protocol}  # fmt: skip
+    return rows_of_cell(path, {c: key[c] for c in CELL_KEY})
 
 
 def _check_samples(images, labels, dataset) -> None:
     if images.ndim != 4:
         raise DataError(f"samples must be a batch of images [N, C, H, W]; got shape {tuple(images.shape)}")
     c, h, w = images.shape[1:]
+    if c != dataset.channels and (h, w) == (dataset.resolution, dataset.resolution):
+        kind = {1: "grayscale", 3: "RGB"}
+        raise DataError(
+            f"samples have {c} channel(s) ({kind.get(c, 'other')}) but the benchmark data has {dataset.channels} "
+            f"({kind.get(dataset.channels, 'other')}); convert the samples to {dataset.channels} channel(s) "
+            "(the resolution already matches)"
+        )
     if c != dataset.channels or h != dataset.resolution or w != dataset.resolution:
         raise DataError(
             f"samples are {c}x{h}x{w} but the benchmark data is {dataset.channels}x{dataset.resolution}x"

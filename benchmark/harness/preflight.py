@@ -26,7 +26,7 @@ from benchmark.core.names import REAL
 from benchmark.core.registry import UnknownNameError
 from benchmark.data import DATASETS, RESIZE_METHODS, build_dataset
 from benchmark.data.sources import parse_spec
-from benchmark.engine.sampling import SAMPLERS
+from benchmark.engine.sampling import SAMPLERS, images_per_class
 from benchmark.eval.features import FEATURE_SPACES, resolve_feature_space_name
 from benchmark.harness.cells import cell_config, expand_grid, parent_cell
 from benchmark.harness.points import checkpoint_steps, missing_weights, pending
@@ -139,6 +139,13 @@ def data_available(needs: Needs) -> None:
     for data in needs.data:
         with main_first():  # under torchrun rank 0 fetches the files before the others read them
             needs.datasets[data] = build_dataset(data)
+
+
+@check
+def sample_size(needs: Needs) -> None:
+    """sample.n_total leaves at least two images for every class of every split (it is split evenly)."""
+    for dataset in needs.datasets.values():
+        images_per_class(needs.cfg.sample, dataset.num_classes)
 
 
 @check

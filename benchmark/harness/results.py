@@ -1,6 +1,10 @@
 """The tidy results table: one row per measured number, one block per finished cell.
 
-Leaderboards and plots read this table alone.  Rows are written under a file lock.  A cell
+Leaderboards and plots read this table alone.  Rows are written under a file lock, and every change
+rewrites the table whole into a new file that replaces the old one (benchmark.core.files), so a
+reader, a killed writer or a full disk can never leave half a row.  A table damaged otherwise (an
+older version's append, an edit) is named with its first bad line by :func:`read_results`, and
+:func:`repair_results` (``report DIR --repair``) rebuilds it.  A cell
 that ran writes its rows with :func:`put_cell`, replacing what an earlier run of the same cell
 folder wrote in the same feature spaces (other feature spaces' blocks stay beside them); a
 cell found finished re-appends its stored rows only when none of that cell are present
@@ -10,14 +14,17 @@ cell found finished re-appends its stored rows only when none of that cell are p
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
+import io
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.files import write_csv_atomic
+from benchmark.core.files import write_bytes_atomic, write_csv_atomic
 from benchmark.core.names import NO_FEATURES
 
 RESULT_COLUMNS = [  # the columns of results.csv, in order
@@ -34,6 +41,9 @@ RESULT_COLUMNS = [  # the columns of results.csv, in order
 # columns added after the first tables were written: older tables and metrics.csv files get this
 # value on reading, and a table is rewritten with the full header when a new cell joins it
 LATER_COLUMNS = {"train_precision": "unrecorded", "sample_precision": "unrecorded", "point": "main"}
+
+# columns that hold numbers (empty: NaN); anything else in them is damage
+NUMERIC_COLUMNS = ["imbalance", "seed", "train_steps", "sampler_steps", "guidance", "n_gen", "n_ref", "value"]
 
 # the columns that identify one cell's block of rows
 CELL_KEY = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol"]
@@ -61,12 +71,103 @@ def read_results(path: Path) -> pd.DataFrame:
             f"no results table at {path}; run a benchmark into that folder first "
             "(python run_benchmark.py run --out DIR) or point `report` at a folder that has results.csv"
         )
+    damage = first_damage(path)
+    if damage:
+        raise BenchmarkError(f"{path} is damaged: {damage}. Repair it with `ltgen-bench report {path.parent} --repair` "
+                             "(keeps every sound row, puts back each cell's rows from its metrics.csv, and keeps "
+                             "the damaged table beside it as results.csv.damaged)")  # fmt: skip
     table = with_later_columns(pd.read_csv(path, dtype={"split_fingerprint": str, "note": str, "method": str}))
     missing = [c for c in RESULT_COLUMNS if c not in table.columns]
     if missing:
         raise BenchmarkError(f"{path} is not an LTGen-Bench results table (missing columns: {', '.join(missing)})")
     table["note"] = table["note"].fillna("")
     return table
+
+
+def _bad_number(text: str) -> bool:
+    if text == "":
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return True
+    return False
+
+
+def _sound(header: list[str], fields: list[str]) -> str:
+    """What is wrong with one line of the table ('' when nothing)."""
+    if len(fields) != len(header):
+        return f"{len(fields)} fields where the header has {len(header)} (a row cut short or run together)"
+    for name, text in zip(header, fields):
+        if name in NUMERIC_COLUMNS and _bad_number(text):
+            return f"{name} holds {text!r}, not a number"
+    return ""
+
+
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of every record; a quoted field over several lines counts from its first."""
+    with open(path, newline="", errors="replace") as fh:
+        reader = csv.reader(fh)
+        start = 1
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
+
+
+def first_damage(path: Path) -> str:
+    """'line N: what is wrong' of the first damaged line of a results table, or '' when it is sound."""
+    records = _lines(path)
+    first = next(records, None)
+    if first is None:
+        return "line 1: the file is empty (no header)"
+    header = first[1]
+    for number, fields in records:
+        problem = _sound(header, fields)
+        if problem:
+            return f"line {number}: {problem}"
+    return ""
+
+
+def repair_results(out: Path) -> list[str]:
+    """Rebuild ``out/results.csv``: keep its sound rows, then put back every cell's rows from the cell's
+    own metrics.csv (:func:`put_cell`: they replace that cell's rows in those feature spaces).  The damaged
+    table stays beside it as results.csv.damaged.  Returns what it did, one line each."""
+    out = Path(out)
+    path = out / "results.csv"
+    said = []
+    with locked(path):
+        if path.exists():
+            records = list(_lines(path))
+            header = records[0][1] if records else RESULT_COLUMNS
+            bad = [n for n, fields in records[1:] if _sound(header, fields)]
+            if bad:
+                shutil.copyfile(path, path.with_name("results.csv.damaged"))
+                dropped = set(bad)
+                keep = [records[0][1]] + [f for n, f in records[1:] if n not in dropped]
+                write_bytes_atomic(path, _csv_bytes(keep))
+                said.append(f"dropped {len(bad)} damaged line(s) ({', '.join(map(str, bad[:10]))}"
+                            f"{', ...' if len(bad) > 10 else ''}); the damaged table is {path}.damaged")  # fmt: skip
+    cells = sorted((out / "runs").glob("**/metrics.csv"))
+    for metrics in cells:
+        rows = with_later_columns(pd.read_csv(metrics, dtype={"split_fingerprint": str, "note": str, "method": str}))
+        if not rows.empty:
+            put_cell(path, rows)
+    said.append(f"put back the rows of {len(cells)} cell(s) from their metrics.csv")
+    return said
+
+
+def _csv_bytes(records: list[list[str]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(records)
+    return buffer.getvalue().encode()
+
+
+def _append_atomic(path: Path, rows: pd.DataFrame) -> None:
+    """The table with ``rows`` added at its end, written whole and swapped in: the old rows byte for byte."""
+    old = path.read_bytes()
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    write_bytes_atomic(path, old + rows.to_csv(header=False, index=False).encode())
 
 
 def with_later_columns(rows: pd.DataFrame) -> pd.DataFrame:
@@ -85,6 +186,12 @@ def _same_cell(table: pd.DataFrame, key: dict, columns: list[str] = CELL_KEY) ->
         else:
             mask &= left.astype(str) == str(value)
     return mask
+
+
+def rows_of_cell(path: Path, key: dict) -> int:
+    """How many rows of the cell ``key`` (its :data:`CELL_KEY` values) the table holds (0 without a table)."""
+    path = Path(path)
+    return int(_same_cell(read_results(path), key).sum()) if path.exists() else 0
 
 
 def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> bool:
@@ -111,7 +218,7 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
             if list(pd.read_csv(path, nrows=0).columns) != RESULT_COLUMNS:  # an older header: rewrite it whole
                 write_csv_atomic(path, pd.concat([table[RESULT_COLUMNS], rows], ignore_index=True))
             else:
-                rows.to_csv(path, mode="a", header=False, index=False)
+                _append_atomic(path, rows)
         else:
             write_csv_atomic(path, rows)
     return True
@@ -148,7 +255,7 @@ def put_cell(path: Path, rows: pd.DataFrame) -> int:
         if stale.any():
             write_csv_atomic(path, pd.concat([table[~stale], rows], ignore_index=True))
         else:
-            rows.to_csv(path, mode="a", header=False, index=False)
+            _append_atomic(path, rows)
         return int(stale.sum())
 
 

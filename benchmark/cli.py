@@ -256,6 +256,16 @@ def validate(cfg: Config) -> None:
             tuner.fine_tune_config(cfg)
 
 
+def unread_method_options(cfg: Config, keys: set[str]) -> list[str]:
+    """The ``method.<name>.<option>`` keys among ``keys`` that no method of the grid reads (a cbdm option on a
+    grid without cbdm would be silently ignored)."""
+    from benchmark.core.config import method_section
+    from methods import resolve
+
+    read = {section for name in cfg.grid.methods for section in resolve(name).sections}
+    return sorted(k for k in keys if k.startswith("method.") and method_section(k.split(".")[1]) not in read)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs} must be at least 1")
@@ -267,6 +277,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.data.profile not in ("exp", "step") and (args.imbalance or "grid.imbalances" in keys):
         raise ConfigError(f"--imbalance has no effect under data.profile={cfg.data.profile}: the data is used with "
                           "its own class counts; drop --imbalance, or make a long tail with --set data.profile=exp")
+    unread = unread_method_options(cfg, keys)
+    if unread:
+        raise ConfigError(f"{', '.join(unread)} set, but no method of the grid ({', '.join(cfg.grid.methods)}) reads "
+                          "it: add its method to --methods, or drop the --set")
     for name, values in (("--seeds", cfg.grid.seeds), ("--imbalance", cfg.grid.imbalances)):
         if len(set(values)) < len(values):
             print(f"note: {name} lists a value more than once; each runs once: "

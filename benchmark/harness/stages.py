@@ -19,6 +19,7 @@ from benchmark.core.config import Config
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import TrainingError
 from benchmark.core.names import CLASS, NO_FEATURES, REAL, TRAIN_COUNT
+from benchmark.core.threads import stage_threads
 from benchmark.data import build_dataset
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set, images_per_class
@@ -110,19 +111,24 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     with main_first(together=cell.method != REAL):
         dataset = build_dataset(cfg.data)
     log.info("data %s: %d images, fingerprint %s", cell.dataset, int(dataset.counts.sum()), dataset.fingerprint)
+    # each stage runs on the CPU threads free at its start (cfg.threads; benchmark.core.threads)
+    def threads(stage: str):
+        return stage_threads(cfg.threads, device, stage, say=print if current().main else None)
+
     if cell.method == REAL:
         ident = identity_columns(cfg, cell, dataset, guidance=None)
         parts = []
-        if cfg.eval.real_floor:
-            parts.append(real_floor_rows(
-                dataset, cfg=cfg.eval, n_per_class=images_per_class(cfg.sample, dataset.num_classes),
-                cache_dir=cache_dir, device=device, seed=cell.seed, progress=progress,
-            ))  # fmt: skip
-        if cfg.eval.downstream:
-            real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
-                                          device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
-            real.insert(0, "feature_space", NO_FEATURES)
-            parts.append(real)
+        with threads("evaluate"):
+            if cfg.eval.real_floor:
+                parts.append(real_floor_rows(
+                    dataset, cfg=cfg.eval, n_per_class=images_per_class(cfg.sample, dataset.num_classes),
+                    cache_dir=cache_dir, device=device, seed=cell.seed, progress=progress,
+                ))  # fmt: skip
+            if cfg.eval.downstream:
+                real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
+                                              device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
+                real.insert(0, "feature_space", NO_FEATURES)
+                parts.append(real)
         return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
 
     method = get_method(cell.method, class_counts=dataset.counts, options=cfg.method)
@@ -132,8 +138,9 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     if cfg.train.init_from and not Path(cfg.train.init_from).exists() and not (folder / "model.pt").exists():
         raise missing_start(cell, Path(cfg.train.init_from))
     log.info("stage train (%d steps%s)", cfg.train.steps, f", from {cfg.train.init_from}" if cfg.train.init_from else "")
-    model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
-                       progress=progress)  # fmt: skip
+    with threads("train"):
+        model_path = train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device,
+                           progress=progress)  # fmt: skip
     model, _info = load_model(model_path, device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
 
@@ -141,20 +148,22 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     log.info("stage sample (%d per class, %s %d steps, guidance %s)", n_per_class, cfg.sample.sampler,
              cfg.sample.steps, guidance)  # fmt: skip
     # every method of a cell seed draws from the same initial noise: a paired comparison
-    images, labels = generate_eval_set(
-        model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class,
-        cfg=replace(cfg.sample, guidance=guidance), seed=cell.seed, out_path=folder / "samples.npz",
-        device=device, progress=progress,
-    )  # fmt: skip
+    with threads("sample"):
+        images, labels = generate_eval_set(
+            model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class,
+            cfg=replace(cfg.sample, guidance=guidance), seed=cell.seed, out_path=folder / "samples.npz",
+            device=device, progress=progress,
+        )  # fmt: skip
     del model
 
     log.info("stage evaluate")
     # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows
-    rows = evaluate_set(
-        images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
-        downstream=cfg.eval.downstream, progress=progress, together=True, neighbours_path=folder / "neighbours.npz",
-        floor_n=n_per_class if cfg.eval.real_floor else None,
-    )  # fmt: skip
+    with threads("evaluate"):
+        rows = evaluate_set(
+            images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
+            downstream=cfg.eval.downstream, progress=progress, together=True,
+            neighbours_path=folder / "neighbours.npz", floor_n=n_per_class if cfg.eval.real_floor else None,
+        )  # fmt: skip
     if not current().main:
         return None
     return finish_rows(rows, ident, dataset)

@@ -62,6 +62,7 @@ class Decision:
     threads: int
     cores: int  # cores this process may use (affinity, quota, OMP_NUM_THREADS)
     busy: int  # of them, busy with other processes (0 when not measured)
+    auto: bool  # decided from the readings (threads=auto), not given
     how: str  # the readings behind it, for the cell's log
 
     def line(self) -> str:
@@ -90,9 +91,9 @@ def decide(setting: str | int, *, affinity: int, quota: float | None = None, omp
           f"{'unset' if omp is None else omp}, busy {'not measured' if busy is None else f'{busy:.2f}'}"
     fixed = parse_threads(setting)
     if fixed is not None:
-        return Decision(fixed, cores, 0, f"threads={fixed} as set ({how})")
+        return Decision(fixed, cores, 0, False, f"threads={fixed} as set ({how})")
     taken = 0 if busy is None else min(cores, max(0, math.floor(busy + 0.5)))
-    return Decision(max(1, cores - taken), cores, taken, f"threads=auto ({how})")
+    return Decision(max(1, cores - taken), cores, taken, True, f"threads=auto ({how})")
 
 
 # ---------------------------------------------------------------- the readings
@@ -189,7 +190,7 @@ def measure(setting: str | int, device: torch.device | str) -> Decision:
 def per_worker(decision: Decision, workers: int) -> int:
     """Threads each of ``workers`` processes started together gets: the decided threads split between
     them, at least 1 (a fixed ``threads = N`` is each worker's own)."""
-    if decision.how.startswith("threads=auto"):
+    if decision.auto:
         return max(1, decision.threads // max(1, workers))
     return decision.threads
 

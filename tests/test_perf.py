@@ -177,3 +177,15 @@ def test_bad_busy_or_threads_is_a_usage_error(capsys, argv, says):
     with pytest.raises(SystemExit) as info:
         perf.main(["--skip", "train,sample,eval"] + argv)
     assert info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_rows_memory_traces_the_metric_rows_and_leaves_the_modules_as_they_were(capsys):
+    from benchmark.devtools import rows_memory
+    from benchmark.eval import fidkid, metrics
+
+    before = (metrics.knn_slices, metrics.slice_rows, fidkid.mmd2_slices)
+    rows_memory.main(["--classes", "6", "--per-class", "40", "--dim", "16", "--kid-subsets", "3"])
+    out = capsys.readouterr().out
+    assert re.search(r"^inputs \d+ MiB; peak \d+ MiB, -?\d+ MiB above the inputs$", out, re.M), out
+    assert "compute_rows" in out
+    assert (metrics.knn_slices, metrics.slice_rows, fidkid.mmd2_slices) == before

@@ -72,12 +72,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--kid-subsets", type=int, default=100)
     args = p.parse_args(argv)
+    originals = [(m, name, getattr(m, name)) for m, names in TRACED.items() for name in names if hasattr(m, name)]
+    originals.append((metrics, "knn_slices", metrics.knn_slices))
     tracer = Tracer()
-    for module, names in TRACED.items():
-        for name in names:
-            if hasattr(module, name):
-                tracer.wrap(module, name)
-    metrics.knn_slices = lambda gen, ref, slices, **kw: [KnnMetrics(1.0, 1.0, 1.0, 1.0)] * len(slices)
+    try:
+        for module, name, _ in originals[:-1]:
+            tracer.wrap(module, name)
+        metrics.knn_slices = lambda gen, ref, slices, **kw: [KnnMetrics(1.0, 1.0, 1.0, 1.0)] * len(slices)
+        _trace(args, tracer)
+    finally:  # the modules as they were: a caller in the same process (a test) gets the real functions
+        for module, name, fn in originals:
+            setattr(module, name, fn)
+
+
+def _trace(args: argparse.Namespace, tracer: Tracer) -> None:
     c, n, d = args.classes, args.per_class, args.dim
     rng = np.random.default_rng(0)  # perf's features: the same draws
     labels = np.repeat(np.arange(c), n)

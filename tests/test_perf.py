@@ -153,8 +153,8 @@ def test_perf_busy_times_the_harness_quiet_and_beside_busy_processes(capsys):
                "--threads", "1"])
     out = capsys.readouterr().out
     assert "train beside 1 busy process" in out and "threads=1:" in out
-    row = re.search(r"^ddpm\s+fp32\s+(\d+\.\d+) \[.*\]\s+(\d+\.\d+) \[.*\]\s+(\d+\.\d+)x\s+threads quiet 1 \(busy 0\), "
-                    r"1 \(busy 0\); busy 1 \(busy 0\), 1 \(busy 0\)$", out, re.M)
+    row = re.search(r"^ddpm\s+fp32\s+(\d+\.\d+) \[.*\]\s+(\d+\.\d+) \[.*\]\s+(\d+\.\d+)x\s+threads quiet 1 \(as set\), "
+                    r"1 \(as set\); busy 1 \(as set\), 1 \(as set\)$", out, re.M)
     assert row, out
     assert float(row.group(1)) > 0 and float(row.group(2)) > 0 and float(row.group(3)) > 0
 

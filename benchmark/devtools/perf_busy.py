@@ -54,10 +54,12 @@ def busy_vs_quiet(cfg, data, name: str, *, busy: int, rounds: int, steps: int, w
                         sec = harness_seconds(acfg, data, name, steps=steps, warm=warm, device=device,
                                               tmp=Path(tmp), tag=f"{name}-{cond}-{r}")
                 ips[cond].append(steps * cfg.train.batch_size / sec)
-                used[cond].append(f"{decision.threads} (busy {decision.busy})")
+                load = f"busy {decision.busy}" if decision.auto else "as set"
+                used[cond].append(f"{decision.threads} ({load})")
                 # as each timing ends: a run stopped early (a time limit) still says what it measured
-                print(f"  round {r + 1} {cond}: {ips[cond][-1]:.1f} images/s; threads {decision.threads}, "
-                      f"{decision.busy} of {decision.cores} cores busy", flush=True)
+                seen = f"{decision.busy} of {decision.cores} cores busy" if decision.auto else "load not measured"
+                print(f"  round {r + 1} {cond}: {ips[cond][-1]:.1f} images/s; threads {decision.threads}, {seen}",
+                      flush=True)
     ratio = statistics.median(b / q for b, q in zip(ips["busy"], ips["quiet"]))
     return {"ips": ips, "threads": used, "ratio": ratio}
 

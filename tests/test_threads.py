@@ -114,3 +114,6 @@ def test_stage_threads_sets_torch_for_the_stage_logs_it_and_puts_it_back(monkeyp
     with T.stage_threads("auto", "cuda", "sample", say=lambda text, **k: said.append(text)) as d:
         assert d.threads == 2 and d.busy == 0  # a GPU run does not measure the load
     assert said == []
+    with T.stage_threads("1", "cpu", "evaluate", say=lambda text, **k: said.append(text)) as d:
+        assert d.threads == torch.get_num_threads() == 1
+    assert said == []  # set by hand: logged, not announced

@@ -221,7 +221,7 @@ def stage_threads(setting: str | int, device: torch.device | str, stage: str, *,
     decision = measure(setting, device)
     log.info("stage %s: %d CPU thread%s (%s)", stage, decision.threads, "s" if decision.threads > 1 else "",
              decision.how)
-    if decision.threads < decision.cores and say is not None:
+    if decision.auto and decision.threads < decision.cores and say is not None:  # a count set by hand is not news
         say(f"  {stage}: {decision.line()}", flush=True)
     with use_threads(decision.threads):
         yield decision

@@ -2,7 +2,7 @@
 
 torch (OpenMP) and numpy (OpenBLAS) start one thread per core of the machine.  When some of those
 cores are taken, by a cgroup quota, an affinity mask or other processes, the threads wait for time
-slices at every synchronisation: on a 2-core machine beside one busy process the demo's training ran
+slices at every synchronisation: on a 2-core AMD EPYC beside one busy process the demo's training ran
 at 0.26x its quiet rate with two threads, at 0.62x with one.
 
 ``threads = auto`` (the config key, default) takes, per stage:

@@ -6,4 +6,5 @@ import os
 import torch
 
 os.environ.setdefault("LTGEN_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # the cap of threads=auto in the cells tests run
 torch.set_num_threads(1)

@@ -103,6 +103,26 @@ def test_scatter_in_chunks_equals_numpys_covariance(monkeypatch):
     np.testing.assert_allclose(chunked.cov, np.cov(x, rowvar=False), rtol=1e-12, atol=1e-12)
 
 
+def test_statistics_of_gathered_rows_equal_those_of_a_copy_bit_for_bit(monkeypatch):
+    # a paper-scale group is gathered a chunk at a time instead of copied whole (270 MB a side)
+    monkeypatch.setattr(F, "_SCATTER_ROWS", 16)
+    x = cloud(300, 7, shift=1.5, scale=2.0, seed=9)
+    rng = np.random.default_rng(3)
+    for rows in (np.sort(rng.choice(300, 120, replace=False)), np.arange(40, 200), np.sort(rng.choice(300, 9, replace=False))):
+        got, want = F.Gaussian.of(x, rows), F.Gaussian.of(x[rows])
+        assert got.n == want.n == len(rows)
+        assert np.array_equal(got.mean, want.mean) and np.array_equal(got.scatter, want.scatter)
+
+
+def test_a_slice_of_consecutive_rows_is_a_view_and_others_a_copy():
+    x = np.arange(20.0).reshape(10, 2)
+    consecutive, scattered = np.zeros(10, bool), np.zeros(10, bool)
+    consecutive[3:7], scattered[[1, 4, 5]] = True, True
+    assert np.shares_memory(M._take(x, consecutive), x) and np.array_equal(M._take(x, consecutive), x[consecutive])
+    assert not np.shares_memory(M._take(x, scattered), x) and np.array_equal(M._take(x, scattered), x[scattered])
+    assert M._take(x, np.zeros(10, bool)).shape == (0, 2)
+
+
 def test_group_fid_from_class_statistics_equals_fid_on_the_pooled_features():
     d, per = 6, [40, 25, 30, 5, 50]  # groups above D, pooled from classes above D and the rows of class 3
     rng = np.random.default_rng(7)

@@ -145,3 +145,47 @@ def test_a_count_below_one_is_a_usage_error_naming_the_flag(capsys, flag):
     with pytest.raises(SystemExit) as info:
         perf.main(["--skip", "train,sample", flag, "0"])
     assert info.value.code == 2 and f"{flag} 0 must be at least 1" in capsys.readouterr().err
+
+
+def test_perf_busy_times_the_harness_quiet_and_beside_busy_processes(capsys):
+    perf.main(["--device", "cpu", "--preset", "smoke", "--methods", "ddpm", "--rounds", "2", "--steps", "2",
+               "--warmup-steps", "1", "--skip", "sample,eval", "--precision", "fp32", "--busy", "1",
+               "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "train beside 1 busy process" in out and "threads=1:" in out
+    row = re.search(r"^ddpm\s+fp32\s+(\d+\.\d+) \[.*\]\s+(\d+\.\d+) \[.*\]\s+(\d+\.\d+)x\s+threads quiet 1 \(as set\), "
+                    r"1 \(as set\); busy 1 \(as set\), 1 \(as set\)$", out, re.M)
+    assert row, out
+    assert float(row.group(1)) > 0 and float(row.group(2)) > 0 and float(row.group(3)) > 0
+
+
+def test_busy_processes_spin_inside_the_block_and_are_gone_after(monkeypatch):
+    from benchmark.devtools import perf_busy
+
+    monkeypatch.setattr(perf_busy, "SETTLE_S", 0.0)
+    started = []
+    real = perf_busy.subprocess.Popen
+    monkeypatch.setattr(perf_busy.subprocess, "Popen", lambda *a, **k: started.append(real(*a, **k)) or started[-1])
+    with perf_busy.busy_processes(2):
+        assert len(started) == 2 and all(p.poll() is None for p in started)
+    assert all(p.poll() is not None for p in started)
+
+
+@pytest.mark.parametrize("argv, says", [(["--busy", "-1"], "--busy -1 must be 0 or more"),
+                                        (["--threads", "0"], "--threads: threads='0' is neither")])
+def test_bad_busy_or_threads_is_a_usage_error(capsys, argv, says):
+    with pytest.raises(SystemExit) as info:
+        perf.main(["--skip", "train,sample,eval"] + argv)
+    assert info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_rows_memory_traces_the_metric_rows_and_leaves_the_modules_as_they_were(capsys):
+    from benchmark.devtools import rows_memory
+    from benchmark.eval import fidkid, metrics
+
+    before = (metrics.knn_slices, metrics.slice_rows, fidkid.mmd2_slices)
+    rows_memory.main(["--classes", "6", "--per-class", "40", "--dim", "16", "--kid-subsets", "3"])
+    out = capsys.readouterr().out
+    assert re.search(r"^inputs \d+ MiB; peak \d+ MiB, -?\d+ MiB above the inputs$", out, re.M), out
+    assert "compute_rows" in out
+    assert (metrics.knn_slices, metrics.slice_rows, fidkid.mmd2_slices) == before

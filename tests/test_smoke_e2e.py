@@ -69,6 +69,15 @@ def test_results_table_has_every_method_group_and_metric(smoke):
     assert config["train"]["precision"] == config["sample"]["precision"] == auto
 
 
+def test_each_stage_logs_the_cpu_threads_it_ran_on(smoke):
+    out, _ = smoke
+    log = (out / "runs/digits/exp-0.1/cbdm/seed0/cell.log").read_text()
+    for stage in ("train", "sample", "evaluate"):
+        assert f"stage {stage}: 1 CPU thread (threads=auto (affinity" in log  # capped by the tests' OMP_NUM_THREADS=1
+    record = json.loads((out / "runs/digits/exp-0.1/cbdm/seed0/config.json").read_text())
+    assert record["config"]["threads"] == "auto"
+
+
 def test_leaderboards_and_plots_exist(smoke):
     out, _ = smoke
     for name in ("leaderboard.md", "leaderboard.tex", "leaderboard.csv"):
@@ -153,6 +162,7 @@ def test_config_fields_added_later_do_not_orphan_finished_cells(tmp_path):
     (folder / "done.json").write_text("{}")  # a finished cell (a folder without work takes a new config)
     record = json.loads((folder / "config.json").read_text())
     del record["config"]["method"]["cbdm"]["tau"]  # as if written before the field existed
+    del record["config"]["threads"]
     (folder / "config.json").write_text(json.dumps(record))
     check_or_write_config(folder, cell_config(cfg, cell), cell)  # accepted
     record["config"]["train"]["steps"] = 999

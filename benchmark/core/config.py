@@ -388,6 +388,7 @@ class Config(_Checked):
     preset: str = "custom"
     protocol: str = "ddim"  # the named evaluation protocol; rows of different protocols never mix
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: str = "auto"  # CPU threads per stage: auto (the cores free at its start) | N (benchmark.core.threads)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -474,6 +475,7 @@ _SECTION_STAGE = {"data": TRAIN, "model": TRAIN, "diffusion": TRAIN, "train": TR
 _KEY_STAGE = {  # the exceptions to their section, and the top-level keys
     "preset": None,
     "device": None,
+    "threads": None,
     "protocol": EVALUATE,  # the name the rows carry
     "method_code": TRAIN,
     "train.ckpt_every": None,

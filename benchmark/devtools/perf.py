@@ -44,8 +44,10 @@ from benchmark.core.device import bf16_support, resolve_device, resolve_precisio
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.names import ALL, GROUPS
 from benchmark.core.presets import get_preset
+from benchmark.core.threads import Decision, measure, parse_threads, use_threads
 from benchmark.data import build_dataset
 from benchmark.devtools.machine import cpu_name
+from benchmark.devtools.perf_busy import busy_vs_quiet, header, report
 from benchmark.devtools.perf_loops import (
     METHODS,
     cpu_gemm_tflops,
@@ -167,6 +169,7 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
         out["train_n"] = len(train_labels)
     base = peak_start(device)
     out["inputs_mib"] = peak_mib(device, base)
+    print(f"  eval inputs ready ({len(labels)} vs {len(labels)} x {dim}): peak so far {out['inputs_mib']:.0f} MiB", flush=True)
     for r in range(rounds):
         sync(device)
         t0 = time.perf_counter()
@@ -174,6 +177,7 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
         sync(device)
         out["knn"].append(time.perf_counter() - t0)
         phases = {"inputs": out.pop("inputs_mib", None), "k-NN pass": peak_mib(device, base)} if r == 0 else None
+        _progress(r, "k-NN pass", out["knn"][-1], peak_mib(device, base))
         for name in (("overall", "full") if r % 2 == 0 else ("full", "overall")):
             clear_reference_cache()
             t0 = time.perf_counter()
@@ -181,12 +185,14 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
             out[name].append(time.perf_counter() - t0)
             if name == "full":
                 out["rows"] = len(rows)
+            _progress(r, "overall pass" if name == "overall" else "all metric rows", out[name][-1], peak_mib(device, base))
         if phases is not None:
             phases["metric rows"] = peak_mib(device, base)
         if diversity:
             seconds, out["diversity_rows"] = diversity_seconds(gen, labels, ref, labels, train, train_labels,
                                                                gen_pixels, train_pixels, groups=groups, device=device)
             out["diversity"].append(seconds)
+            _progress(r, "diversity rows", seconds, peak_mib(device, base))
             if phases is not None:
                 phases["diversity rows"] = peak_mib(device, base)
         if phases is not None:
@@ -194,6 +200,11 @@ def eval_seconds(*, num_classes: int, per_class: int, dim: int, kid_subsets: int
     clear_reference_cache()
     out["ratio"] = [f / o for f, o in zip(out["full"], out["overall"])]
     return dict(out, n=len(labels), peak_mib=peak_mib(device, base))
+
+
+def _progress(r: int, phase: str, seconds: float, peak: float) -> None:
+    """One line as each phase ends, so a run stopped early (a time limit) still says what it measured."""
+    print(f"  eval round {r + 1}: {phase} {seconds:.1f} s, peak so far {peak:.0f} MiB", flush=True)
 
 
 # ---------------------------------------------------------------- the report
@@ -233,7 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", default="auto",
+                   help="CPU threads: auto (the cores free now, as a grid cell's stage decides) or N")
+    p.add_argument("--busy", type=int, default=0,
+                   help="time the harness arm quiet and beside N busy processes, alternating, instead of the three "
+                        "arms; prints busy/quiet (threads decided before each timing)")
     p.add_argument("--methods", default="ddpm,cbdm", help=f"comma list from {', '.join(METHODS)}")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of (harness, reference, bare) and of the two eval passes, alternating order")
@@ -263,8 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak TFLOP/s to report a fraction of "
                    "(default on CUDA: the GPU's bf16 peak from a table; on the CPU: a measured fp32 GEMM rate)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        parse_threads(args.threads)
+    except BenchmarkError as e:
+        p.error(f"--threads: {e}")
+    if args.busy < 0:
+        p.error(f"--busy {args.busy} must be 0 or more (busy processes beside the measurement)")
     for flag in ("rounds", "eval_classes", "eval_per_class", "eval_dim"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1 (a figure needs one "
@@ -282,13 +301,15 @@ def main(argv: list[str] | None = None) -> None:
                     "for its shape: make it readable, or give --size/--resolution/--channels/--classes/--batch instead)")
     before = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = args.mkldnn == "on"
+    decision = measure(args.threads, resolve_device(args.device))
     try:
-        _run(args, methods, argv)
+        with use_threads(decision.threads):
+            _run(args, methods, argv, decision)
     finally:
         torch.backends.mkldnn.enabled = before
 
 
-def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -> None:
+def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None, threads: Decision) -> None:
     skip = {s for s in args.skip.split(",") if s}
 
     device = resolve_device(args.device)
@@ -310,7 +331,7 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
     data = fake_dataset(channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     model = build_unet(cfg.model, channels=args.channels, resolution=args.resolution, num_classes=args.classes)
     print("$ python -m benchmark.devtools.perf " + shlex.join(sys.argv[1:] if argv is None else argv))
-    print("# " + _environment(device))
+    print("# " + _environment(device) + f"; threads={args.threads}: {threads.threads} ({threads.how})")
     print(f"# bf16 on this device: {support.report}; precision auto resolves to {auto}; arms at "
           f"{', '.join(precisions)}")
     print(f"# model {args.size}: {count_parameters(model) / 1e6:.2f}M params, {args.channels}x{args.resolution}x"
@@ -319,7 +340,13 @@ def _run(args: argparse.Namespace, methods: list[str], argv: list[str] | None) -
           + ("" if device.type == "cuda" else f"; cpu convolutions: "
           f"{'oneDNN' if torch.backends.mkldnn.enabled else 'native (oneDNN off)'}"))
 
-    if "train" not in skip:
+    if "train" not in skip and args.busy:
+        header(busy=args.busy, rounds=args.rounds, steps=args.steps, warm=args.warmup_steps, threads=args.threads)
+        for name in methods:
+            m = busy_vs_quiet(cfg, data, name, busy=args.busy, rounds=args.rounds, steps=args.steps,
+                              warm=args.warmup_steps, device=device, precision=precisions[-1], threads=args.threads)
+            report(name, precisions[-1], m, busy=args.busy, threads=args.threads)
+    elif "train" not in skip:
         flops = train_flops_per_image(cfg, data, device=device)
         peak = args.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items()
                                          if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)

@@ -77,16 +77,33 @@ class Gaussian:
     _factor: tuple[np.ndarray, float] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, x: np.ndarray) -> Gaussian:
+    def of(cls, x: np.ndarray, rows: np.ndarray | None = None) -> Gaussian:
+        """The statistics of ``x``, or of ``x[rows]`` (row indices) gathered a chunk at a time: a group
+        of a paper-scale cell is 17k x 2048 float64 features (270 MB), which a whole copy would hold."""
+        if rows is not None:
+            if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+                return cls.of(x[rows[0] : rows[-1] + 1])  # consecutive rows: a view
+            if len(rows) <= _SCATTER_ROWS:
+                return cls.of(x[rows])
+            chunks = [rows[lo : lo + _SCATTER_ROWS] for lo in range(0, len(rows), _SCATTER_ROWS)]
+            total = np.zeros(x.shape[1])
+            for idx in chunks:  # numpy sums axis 0 row after row: carried on, the sum x[rows].mean(0) takes
+                total = np.add.reduce(np.vstack([total[None], x[idx]]), axis=0)
+            return cls._scatter(len(rows), total / len(rows), (x[idx] for idx in chunks))
         mean = x.mean(0)
         if len(x) <= _SCATTER_ROWS:
             a = x - mean
             return cls(len(x), mean, a.T @ a)  # numpy's a.T @ a is one symmetric rank-k update
-        scatter = np.zeros((x.shape[1], x.shape[1]))
-        for lo in range(0, len(x), _SCATTER_ROWS):  # no centred copy of 50k x 2048 features (800 MB)
-            a = x[lo : lo + _SCATTER_ROWS] - mean
+        # no centred copy of 50k x 2048 features (800 MB)
+        return cls._scatter(len(x), mean, (x[lo : lo + _SCATTER_ROWS] for lo in range(0, len(x), _SCATTER_ROWS)))
+
+    @classmethod
+    def _scatter(cls, n: int, mean: np.ndarray, chunks) -> Gaussian:
+        scatter = np.zeros((len(mean), len(mean)))
+        for chunk in chunks:
+            a = chunk - mean
             scatter += a.T @ a
-        return cls(len(x), mean, scatter)
+        return cls(n, mean, scatter)
 
     @classmethod
     def pooled(cls, parts: list[Gaussian]) -> Gaussian:
@@ -174,11 +191,11 @@ def slice_statistics(x: np.ndarray, parts: list[tuple[frozenset | None, np.ndarr
                 taken |= inner
                 covered = inner_mask if covered is None else covered | inner_mask
         if covered is None:
-            pieces.append(Gaussian.of(x if mask is None else x[mask]))
+            pieces.append(Gaussian.of(x) if mask is None else Gaussian.of(x, np.flatnonzero(mask)))
         else:
             rest = ~covered if mask is None else mask & ~covered
             if rest.any():
-                pieces.append(Gaussian.of(x[rest]))
+                pieces.append(Gaussian.of(x, np.flatnonzero(rest)))
         out[i] = Gaussian.pooled(pieces)
     result = [out[i] for i in range(len(parts))]
     if cache_key is not None:

@@ -237,6 +237,7 @@ def compute_rows(gen_feats, gen_labels, ref_feats, ref_labels, *, groups: list[s
             for row in part:
                 row["note"] = _join(row["note"], "pooled")
         rows += part
+        del gen, ref, probs  # before the next slice's copies: a group's are 270 MB a side at paper scale
     if per_class:
         rows += class_mean_rows(rows, groups)
     return rows
@@ -291,7 +292,14 @@ def _contiguous(labels: np.ndarray, groups: list[str], slices: list[frozenset | 
 
 
 def _take(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    return x if mask is None else x[mask]
+    """The slice's rows: a view when they are consecutive (the generated set is in class order, so its
+    groups and classes are), else a copy."""
+    if mask is None:
+        return x
+    rows = np.flatnonzero(mask)
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1:  # sorted and unique: consecutive exactly then
+        return x[rows[0] : rows[-1] + 1]
+    return x[rows]
 
 
 def _count(mask: np.ndarray | None, n: int) -> int:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from threadpoolctl import threadpool_limits
 
 from benchmark.core.config import Config
 from benchmark.core.device import resolve_device
@@ -29,6 +28,7 @@ from benchmark.core.errors import ConfigError
 from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL
 from benchmark.core.registry import Registry
+from benchmark.core.threads import cap_workers, measure, per_worker
 from benchmark.harness.cells import (
     Cell,
     cell_config,
@@ -102,11 +102,10 @@ def _init_worker(slots, threads: int) -> None:
     slot = slots.get()
     if slot is not None:  # before this process touches CUDA (torch initialises it lazily): its one GPU is cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = slot
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # for what the worker starts later
-    torch.set_num_threads(threads)
-    # numpy's BLAS read OMP_NUM_THREADS when the worker imported it, before this ran: limit it now,
-    # or each of the --jobs workers runs as many BLAS threads as the machine has cores
-    threadpool_limits(limits=threads)
+    # numpy's BLAS read OMP_NUM_THREADS when the worker imported it, before this ran: limited now as well,
+    # or each of the --jobs workers runs as many BLAS threads as the machine has cores; the variable then
+    # caps what the worker's stages decide for themselves (threads=auto)
+    cap_workers(threads)
 
 
 def _worker_cell(cfg: Config, cell: Cell, out: Path, force: bool) -> CellOutcome:
@@ -128,7 +127,9 @@ def run_parallel(cfg: Config, out: Path, *, jobs: int, force: bool = False) -> l
         gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
         if jobs > len(gpus):
             print(f"note: {jobs} jobs share {len(gpus)} GPUs", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    decision = measure(cfg.threads, device)  # the cores free now, split between the workers
+    threads = per_worker(decision, jobs)
+    print(f"note: {jobs} jobs, {threads} CPU thread{'s' if threads > 1 else ''} each ({decision.line()})", flush=True)
     cells = expand_grid(cfg)
     ctx = mp.get_context("spawn")  # fresh workers: CUDA_VISIBLE_DEVICES and threads apply
     slots = ctx.Queue()
@@ -165,7 +166,7 @@ def _cell_job(cfg: Config, cell: Cell, out: Path, force: bool, threads: int | No
         )  # fmt: skip
         init_from_env(cfg.device)
     if threads:
-        torch.set_num_threads(threads)
+        cap_workers(threads)
     outcome = run_cell(cfg, cell, out, device=resolve_device(cfg.device), force=force, progress=False)
     shutdown()  # after a finished cell only: a rank that failed inside it exits with the group up (see cli.main)
     return outcome
@@ -241,7 +242,10 @@ def submit(
     out.mkdir(parents=True, exist_ok=True)
     cells = expand_grid(cfg)
     wait = opts.wait or kind == "submitit-local"
-    threads = opts.cpus or (max(1, (os.cpu_count() or 1) // max(1, len(cells))) if kind == "submitit-local" else None)
+    # a Slurm task's affinity is its --cpus-per-task, which threads=auto reads in the job itself; the
+    # local executor runs every cell on this machine at once, so they split the cores free now
+    threads = opts.cpus or (per_worker(measure(cfg.threads, resolve_device(cfg.device)), len(cells))
+                            if kind == "submitit-local" else None)
     outcomes: dict[Cell, CellOutcome] = {}
     job_of: dict[Cell, str] = {}
     for wave in waves(cells):

@@ -24,6 +24,7 @@ from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.core.names import REAL
+from benchmark.core.threads import stage_threads
 from benchmark.data import build_dataset
 from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
@@ -73,10 +74,11 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / "config.json",
                           json.dumps({"external_samples": str(samples), "config": to_dict(cfg)}, indent=2))  # fmt: skip
-    rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache", device=device,
-                        seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True,
-                        neighbours_path=folder / "neighbours.npz",
-                        floor_n=per_class if cfg.eval.real_floor else None)  # fmt: skip
+    with stage_threads(cfg.threads, device, "evaluate", say=print if main else None):  # the cores free now
+        rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache",
+                            device=device, seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True,
+                            neighbours_path=folder / "neighbours.npz",
+                            floor_n=per_class if cfg.eval.real_floor else None)  # fmt: skip
     if not main:
         return None
     ident = {

@@ -24,6 +24,7 @@ from benchmark.core.distributed import main_first
 from benchmark.core.errors import BenchmarkError, ConfigError
 from benchmark.core.names import REAL
 from benchmark.core.registry import UnknownNameError
+from benchmark.core.threads import parse_threads
 from benchmark.data import DATASETS, RESIZE_METHODS, build_dataset
 from benchmark.data.sources import parse_spec
 from benchmark.engine.sampling import SAMPLERS, images_per_class
@@ -86,6 +87,7 @@ REGISTRIES: dict[str, Callable[[str], object]] = {
 def check_config(cfg: Config) -> None:
     """Names against their registries and the ranges every cell needs; a ConfigError names the fix."""
     check_names(cfg, REGISTRIES)
+    parse_threads(cfg.threads)
     for imbalance in cfg.grid.imbalances:
         if not 0 < imbalance <= 1:
             raise ConfigError(f"imbalance {imbalance} is outside (0, 1]; it is n_min/n_max, e.g. 0.01 for IR 100")
@@ -176,6 +178,7 @@ def preflight(cfg: Config, out: Path, *, grid: bool = True, force: bool = False)
         check_config(cfg)
     else:
         check_names(cfg, REGISTRIES)
+    parse_threads(cfg.threads)
     data, init_from, unkept_points = [cfg.data], [], []
     if grid:
         data = []

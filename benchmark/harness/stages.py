@@ -21,6 +21,7 @@ from benchmark.core.distributed import barrier, broadcast, current, main_first
 from benchmark.core.errors import TrainingError
 from benchmark.core.files import write_csv_atomic, write_text_atomic
 from benchmark.core.names import CLASS, NO_FEATURES, REAL, TRAIN_COUNT
+from benchmark.core.threads import stage_threads
 from benchmark.data import build_dataset
 from benchmark.engine.diffusion import GaussianDiffusion
 from benchmark.engine.sampling import generate_eval_set, images_per_class
@@ -121,19 +122,24 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     with main_first(together=cell.method != REAL):
         dataset = build_dataset(cfg.data)
     log.info("data %s: %d images, fingerprint %s", cell.dataset, int(dataset.counts.sum()), dataset.fingerprint)
+    # each stage runs on the CPU threads free at its start (cfg.threads; benchmark.core.threads)
+    def threads(stage: str):
+        return stage_threads(cfg.threads, device, stage, say=print if current().main else None)
+
     if cell.method == REAL:
         ident = identity_columns(cfg, cell, dataset, guidance=None)
         parts = []
-        if cfg.eval.real_floor:
-            parts.append(real_floor_rows(
-                dataset, cfg=cfg.eval, n_per_class=images_per_class(cfg.sample, dataset.num_classes),
-                cache_dir=cache_dir, device=device, seed=cell.seed, progress=progress,
-            ))  # fmt: skip
-        if cfg.eval.downstream:
-            real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
-                                          device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
-            real.insert(0, "feature_space", NO_FEATURES)
-            parts.append(real)
+        with threads("evaluate"):
+            if cfg.eval.real_floor:
+                parts.append(real_floor_rows(
+                    dataset, cfg=cfg.eval, n_per_class=images_per_class(cfg.sample, dataset.num_classes),
+                    cache_dir=cache_dir, device=device, seed=cell.seed, progress=progress,
+                ))  # fmt: skip
+            if cfg.eval.downstream:
+                real = pd.DataFrame(real_rows(dataset=dataset, epochs=cfg.eval.downstream_epochs, seed=cell.seed,
+                                              device=device, cache_dir=cache_dir, progress=progress))  # fmt: skip
+                real.insert(0, "feature_space", NO_FEATURES)
+                parts.append(real)
         return finish_rows(pd.concat(parts, ignore_index=True), ident, dataset)
 
     method = cell.spec.build(class_counts=dataset.counts, options=cfg.method)
@@ -146,7 +152,8 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
     else:
         log.info("stage train (%d steps%s)", cfg.train.steps,
                  f", from {cfg.train.init_from}" if cfg.train.init_from else "")  # fmt: skip
-    train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device, progress=progress)
+    with threads("train"):
+        train(cfg=cfg, dataset=dataset, method=method, run_dir=folder, seed=cell.seed, device=device, progress=progress)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     n_final = images_per_class(cfg.sample, dataset.num_classes)
     parts = []
@@ -159,7 +166,8 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
                 parts.append(read_point_rows(point.folder(folder)))
             continue
         rows = run_point(point, cfg=cfg, cell=cell, folder=folder, dataset=dataset, diffusion=diffusion,
-                         guidance=guidance, n_final=n_final, device=device, cache_dir=cache_dir, progress=progress)
+                         guidance=guidance, n_final=n_final, device=device, cache_dir=cache_dir, progress=progress,
+                         threads=threads)
         if rows is not None:
             rows = with_run_note(finish_rows(rows, ident, dataset), cfg)
             write_point(point.folder(folder), rows)
@@ -170,8 +178,9 @@ def run_stages(cfg: Config, cell, folder: Path, *, device, cache_dir: Path, prog
 
 
 def run_point(point, *, cfg: Config, cell, folder: Path, dataset, diffusion, guidance: float, n_final: int, device,
-              cache_dir: Path, progress: bool) -> pd.DataFrame | None:
-    """Sample and score one point (harness/points.py); its evaluation rows on rank 0, None on the others."""
+              cache_dir: Path, progress: bool, threads) -> pd.DataFrame | None:
+    """Sample and score one point (harness/points.py); its evaluation rows on rank 0, None on the others.
+    ``threads(stage)``: the context a stage runs in, on the CPU threads free at its start."""
     weights = point.weights(folder)
     if not weights.exists():
         raise missing_weights(point, folder, cell.method)
@@ -182,21 +191,23 @@ def run_point(point, *, cfg: Config, cell, folder: Path, dataset, diffusion, gui
     log.info("stage sample, step %d (%d per class, %s %d steps, guidance %s)", point.step, n_per_class,
              cfg.sample.sampler, cfg.sample.steps, guidance)  # fmt: skip
     # every method and every point of a cell seed draws from the same initial noise: a paired comparison
-    images, labels = generate_eval_set(
-        model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class, cfg=cfg.sample,
-        guidance=guidance, seed=cell.seed, out_path=where / "samples.npz", device=device, progress=progress,
-        paired_with=n_final,
-    )  # fmt: skip
+    with threads("sample"):
+        images, labels = generate_eval_set(
+            model, diffusion, num_classes=dataset.num_classes, n_per_class=n_per_class, cfg=cfg.sample,
+            guidance=guidance, seed=cell.seed, out_path=where / "samples.npz", device=device, progress=progress,
+            paired_with=n_final,
+        )  # fmt: skip
     del model
     log.info("stage evaluate, step %d guidance %s", point.step, guidance)
     # under torchrun the ranks split the feature extraction; rank 0 alone computes the rows.  The reference
     # and training images' features come from the cache after the first point: extracted once per cell.
-    return evaluate_set(
-        images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
-        downstream=cfg.eval.downstream and point.main, progress=progress, together=True,
-        neighbours_path=where / "neighbours.npz", floor_n=n_final if cfg.eval.real_floor else None,
-        halves=len(scales(cfg)) > 1,  # a guidance sweep: each method's scale is chosen on one half
-    )  # fmt: skip
+    with threads("evaluate"):
+        return evaluate_set(
+            images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=cache_dir, device=device, seed=cell.seed,
+            downstream=cfg.eval.downstream and point.main, progress=progress, together=True,
+            neighbours_path=where / "neighbours.npz", floor_n=n_final if cfg.eval.real_floor else None,
+            halves=len(scales(cfg)) > 1,  # a guidance sweep: each method's scale is chosen on one half
+        )  # fmt: skip
 
 
 def write_point(folder: Path, rows: pd.DataFrame) -> None:

@@ -20,8 +20,9 @@ METRICS = [("fid", "all"), ("fid", "many"), ("fid", "medium"), ("fid", "few"), (
 
 def cell(method, seed, level, *, steps=10):
     base = dict(dataset="digits", profile="exp", imbalance=0.1, split_fingerprint="abc", method=method, seed=seed,
-                train_steps=steps, point="main", protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0, train_precision="fp32",
-                sample_precision="fp32", reference="test", feature_space="classifier", n_gen=10, n_ref=20, note="")  # fmt: skip
+                train_steps=steps, point="main", protocol="p", sampler="ddim", sampler_steps=10, guidance=1.0,
+                train_precision="fp32", sample_precision="fp32", reference="test", feature_space="classifier",
+                n_gen=10, n_ref=20, note="")  # fmt: skip
     rows = [{**base, "metric": m, "group": g, "class": np.nan, "value": level + 0.01 * i + 0.1 * seed}
             for i, (m, g) in enumerate(METRICS)]  # no IS rows: the classifier space has none
     rows += [{**base, "metric": "train_count", "group": "class", "class": k, "value": float(n)}

@@ -42,10 +42,11 @@ def test_bad_lists_are_refused(pair, message):
 
 
 def test_a_fraction_must_be_a_whole_step():
-    cfg = apply_overrides(get_preset("smoke"), ["eval.checkpoints=0.25,1"])  # 30 steps: 7.5
+    cfg = apply_overrides(get_preset("smoke"), ["eval.checkpoints=0.25,1", "train.steps=30"])  # 30 steps: 7.5
     with pytest.raises(ConfigError, match=r"step 7.5 of train.steps=30.*0.2 = step 6.*train.steps=60"):
         checkpoint_steps(cfg)
     assert checkpoint_steps(apply_overrides(cfg, ["train.steps=40"])) == (10, 40)
+    assert checkpoint_steps(apply_overrides(get_preset("smoke"), ["eval.checkpoints=0.25,0.5,1"])) == (10, 20, 40)
 
 
 def test_points_main_first_and_kept_steps():

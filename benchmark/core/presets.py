@@ -186,7 +186,8 @@ def _smoke() -> Config:
         data=DataConfig(dataset="digits", profile="exp", imbalance=0.1),
         model=replace(MODEL_SIZES["tiny"], attn_resolutions=(4,)),
         train=TrainConfig(
-            steps=30, batch_size=32, lr=1e-3, warmup=5, ema_decay=0.9, ckpt_every=10, log_every=5
+            # 40 steps: the quarters of the budget are whole steps, so budget points 0.25 / 0.5 / 0.75 can be scored
+            steps=40, batch_size=32, lr=1e-3, warmup=5, ema_decay=0.9, ckpt_every=10, log_every=5
         ),
         sample=SampleConfig(sampler="ddim", steps=10, guidance=(1.0,), n_per_class=12, batch_size=64),
         eval=EvalConfig(

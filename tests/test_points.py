@@ -148,7 +148,8 @@ def test_points_resume_add_only_their_work_and_extract_the_reference_once(tmp_pa
 
 
 def test_a_fraction_off_the_steps_exits_2_naming_the_fix(tmp_path, capsys):
-    code = main(["run", "--preset", "smoke", "--out", str(tmp_path), "--set", "eval.checkpoints=0.25,1"])
+    code = main(["run", "--preset", "smoke", "--out", str(tmp_path), "--set", "eval.checkpoints=0.25,1",
+                 "--set", "train.steps=30"])
     assert code == 2
     err = capsys.readouterr().err
     assert "not a whole step" in err and "train.steps=60" in err and not (tmp_path / "runs").exists()

@@ -251,7 +251,7 @@ def put_cell(path: Path, rows: pd.DataFrame) -> int:
             return 0
         table = read_results(path)
         stale = _same_cell(table, key, FOLDER_KEY) & table["feature_space"].astype(str).map(
-            lambda old: bool(old in spaces or _renamed_space(old, spaces)))
+            lambda old: bool(old in spaces or _renamed_space(old, spaces))).astype(bool)
         if stale.any():
             write_csv_atomic(path, pd.concat([table[~stale], rows], ignore_index=True))
         else:

@@ -278,9 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--imbalance has no effect under data.profile={cfg.data.profile}: the data is used with "
                           "its own class counts; drop --imbalance, or make a long tail with --set data.profile=exp")
     unread = unread_method_options(cfg, keys)
-    if unread:
-        raise ConfigError(f"{', '.join(unread)} set, but no method of the grid ({', '.join(cfg.grid.methods)}) reads "
-                          "it: add its method to --methods, or drop the --set")
+    if unread:  # a note, not an error: one list of --set options may serve several runs of a study
+        print(f"note: {', '.join(unread)} set, but no method of this grid ({', '.join(cfg.grid.methods)}) reads it; "
+              "it changes nothing here", flush=True)  # fmt: skip
     for name, values in (("--seeds", cfg.grid.seeds), ("--imbalance", cfg.grid.imbalances)):
         if len(set(values)) < len(values):
             print(f"note: {name} lists a value more than once; each runs once: "

@@ -344,7 +344,8 @@ class _Window:
         if not self.tracker.wants_images:
             return
         sc = run.cfg.sample
-        guidance = sc.guidance if sc.guidance is not None else float(run.method.official_guidance)
+        # the grid's main scale (the first of sample.guidance), else the method's official strength
+        guidance = float(sc.guidance[0]) if sc.guidance is not None else float(run.method.official_guidance)
         model = run.method.export_model(run.ema)
         self.tracker.images(run.step, sample_grids(model, run.diffusion, groups=run.groups, sample_cfg=sc,
                                                    guidance=guidance, device=run.device))  # fmt: skip

@@ -273,7 +273,7 @@ def test_grid_orders_and_adds_the_ddpm_dependency():
     assert (ccfg.train.steps, ccfg.train.warmup) == (7, 0)
     assert ccfg.train.init_from == str(parent / "model.pt")  # start 1: the parent's final model
     assert cell_config(cfg, cells[0]).train.init_from is None
-    assert cell_config(cfg, cells[0]).train.keep_ema_at == (667,)  # the parent keeps what its child needs
+    assert cell_config(cfg, cells[0]).train.keep_ema_at == (250, 500, 667, 750)  # its child's start, and the quarters
     m = get_method("cbdm-ft", class_counts=COUNTS)  # uniform y' even under the default prior option
     assert torch.allclose(m.prior, torch.full((3,), 1 / 3)) and m.official_guidance == 2.0
 
@@ -292,7 +292,8 @@ def test_cbdm_ft_resolved_config_is_the_official_protocol():
     assert not hasattr(ccfg.method.cbdm_ft, "prior")  # y' is always uniform in the fine-tune protocol
     assert get_method("cbdm-ft", class_counts=COUNTS).official_guidance == 2.0
     pcfg = cell_config(cfg, ddpm, "/tmp/res")
-    assert pcfg.train.keep_ema_at == (200_000,) and pcfg.train.batch_size == 64 and pcfg.train.steps == 300_000
+    assert pcfg.train.keep_ema_at == (75_000, 150_000, 200_000, 225_000)
+    assert pcfg.train.batch_size == 64 and pcfg.train.steps == 300_000
     # the per-method batch rule follows the objective: cbdm=48 covers every method that trains CBDM's
     assert [method_batch(cfg, m) for m in ("cbdm", "cbdm-ft", "cbdm+resample", "cbdm+reweight")] == [48] * 4
     assert [method_batch(cfg, m) for m in ("ddpm", "t2h", "coral", "resample", "reweight+resample", "real")] == [64] * 6
@@ -316,7 +317,8 @@ def test_cbdm_ft_without_the_parent_checkpoint_names_the_fix(tmp_path, capsys):
 
     out = tmp_path / "ft"
     base = ["run", "--preset", "smoke", "--out", str(out), "--no-progress", "--no-report", "--set", "train.steps=3",
-            "--set", "method.cbdm_ft.steps=2", "--set", "eval.downstream=false", "--set", "eval.real_floor=false"]
+            "--set", "method.cbdm_ft.steps=2", "--set", "eval.downstream=false", "--set", "eval.real_floor=false",
+            "--set", "train.keep_ema_fractions="]  # no quarters kept either (else step 2 of 3 would be)
     assert main(base + ["--methods", "ddpm"]) == 0  # the parent, trained alone: no EMA kept at step 2
     capsys.readouterr()
     assert main(base + ["--methods", "cbdm-ft"]) == 1

@@ -196,32 +196,39 @@ def _smoke() -> Config:
     )
 
 
+# the demo's budget: 2 seeds of ddpm and cbdm (the seed paper's baseline and method) fit 15 minutes on 2 cores only
+# at this many steps; resample and reweight are left to --methods (docs/demo.md: the measurements behind it)
+DEMO_STEPS = 2000
+DEMO_METHODS = ("ddpm", "cbdm")
+
+
 def _demo_config() -> Config:
     return Config(
         preset="demo",
         protocol="cpu-ddim20-g1",
         device="auto",
         data=DataConfig(dataset="fashion-mnist", resolution=16, profile="exp", imbalance=0.01),
-        # 0.63M parameters; a high learning rate and a short EMA because the budget is 1000 steps
         model=ModelConfig(ch=24, ch_mult=(1, 2, 2), attn_resolutions=(8,), num_res_blocks=1, dropout=0.0),
         train=TrainConfig(
+            # a high learning rate decayed to 0 (cosine) and a long EMA with warm-up: at 2000 steps ddpm's many-group
+            # precision was 0.883 against 0.800 for the earlier recipe (constant 2e-3, EMA 0.995) at the same steps
             # contiguous: on an AMD EPYC with native bf16 (avx512_bf16), channels_last made this model's training
             # 1.07-1.16x slower in fp32 and 1.7x slower in bf16 (perf --preset demo --channels-last on/off, README);
             # a speed-only key
-            steps=1000, batch_size=64, lr=2e-3, warmup=50, ema_decay=0.995, ckpt_every=100, log_every=25,
-            channels_last=False,
+            steps=DEMO_STEPS, batch_size=64, lr=2e-3, warmup=50, lr_schedule="cosine", ema_decay=0.999,
+            ema_warmup=True, ckpt_every=250, log_every=25, channels_last=False,
         ),
         sample=SampleConfig(sampler="ddim", steps=20, guidance=(1.0,), n_per_class=100, batch_size=500),
         eval=EvalConfig(
             feature_space="classifier", reference="test", kid_subsets=50, classifier_epochs=3, downstream_epochs=5
         ),
-        grid=GridConfig(methods=PAPER_METHODS, imbalances=(0.01,), seeds=(0,)),
+        grid=GridConfig(methods=DEMO_METHODS, imbalances=(0.01,), seeds=(0, 1)),
     )
 
 
 @PRESETS.register("demo")
 def _demo() -> Config:
-    """Fashion-MNIST-LT (IR 100) at 16x16 on a CPU budget: the default benchmark."""
+    """Fashion-MNIST-LT (IR 100) at 16x16 on a CPU budget, ddpm and cbdm, 2 seeds: the default benchmark."""
     return _demo_config()
 
 
@@ -323,6 +330,7 @@ def _imagefolder() -> Config:
         preset="imagefolder",
         data=replace(cfg.data, dataset="imagefolder:REPLACE/WITH/PATH", resolution=32, profile="none"),
         model=MODEL_SIZES["small"],
+        grid=replace(cfg.grid, methods=PAPER_METHODS, seeds=(0,)),  # a template: every CPU method, one seed
         # a folder is usually small: up to 30 class-balanced epochs of >= 4096 draws, stopped on a held-out plateau
         eval=replace(cfg.eval, feature_space="auto", classifier_epochs=30),
     )

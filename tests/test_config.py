@@ -178,7 +178,10 @@ def test_method_batch_size_entries_are_checked():
 def test_grid_default_methods_are_the_cpu_presets_four():
     from benchmark.core.presets import GPU_METHODS
 
-    assert Config().grid.methods == PAPER_METHODS == get_preset("smoke").grid.methods == get_preset("demo").grid.methods
+    assert Config().grid.methods == PAPER_METHODS == get_preset("smoke").grid.methods
+    assert get_preset("imagefolder").grid.methods == PAPER_METHODS
+    # the demo's 15-minute budget holds 2 seeds of the baseline and the seed paper's method
+    assert get_preset("demo").grid.methods == ("ddpm", "cbdm") and get_preset("demo").grid.seeds == (0, 1)
     assert GPU_METHODS[: len(PAPER_METHODS)] == PAPER_METHODS
 
 

@@ -124,7 +124,7 @@ def test_each_protocol_brings_its_sampler_labels_and_budget(protocol, last, labe
     assert (cfg.sample.ddim_last, cfg.sample.labels) == (last, labels)
     assert (cfg.train.steps, cfg.train.batch_size, cfg.train.method_batch_size) == budget
     demo = get_preset("demo", protocol)  # a CPU preset keeps its own budget
-    assert (demo.train.steps, demo.train.batch_size) == (1000, 64) and demo.sample.labels == labels
+    assert (demo.train.steps, demo.train.batch_size) == (1500, 64) and demo.sample.labels == labels
 
 
 def test_cpu_presets_keep_the_ddim_papers_last_step():

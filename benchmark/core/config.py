@@ -193,6 +193,14 @@ class TrainConfig(_Checked):
     warmup: int = bounded(5000, ge=0)  # 0: no warm-up
     grad_clip: float = bounded(1.0, ge=0.0)  # 0: no clipping
     ema_decay: float = bounded(0.9999, ge=0.0, lt=1.0)
+    # after the warmup: "constant" (the papers' recipe) or a cosine decay to 0 at train.steps (short CPU budgets)
+    lr_schedule: str = choice("constant", {
+        "constant": "lr after the linear warmup, to the end",
+        "cosine": "cosine decay from lr (end of warmup) to 0 at train.steps",
+    })  # fmt: skip
+    # EMA warm-up: decay min(ema_decay, (1 + step) / (10 + step)), so a long EMA horizon forgets the random
+    # initial weights within a short budget (0.999 ** 2000 still weighs them 0.14 without it)
+    ema_warmup: bool = False
     label_drop: float = bounded(0.1, ge=0.0, lt=1.0)  # probability of an unconditional (null-label) draw
     label_drop_mode: str = choice("batch", {
         "batch": "one coin per step drops the labels of the whole batch, as the official code does",

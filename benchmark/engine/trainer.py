@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmark.core.config import Config, to_json
+from benchmark.core.config import Config, TrainConfig, to_json
 from benchmark.core.device import autocast, resolve_precision, train_numerics
 from benchmark.core.distributed import (
     Dist,
@@ -273,6 +274,21 @@ def _objective(run: _Run, batch: Batch) -> list[torch.Tensor]:
     return [(v * w).mean() if w is not None else v.mean() for v in terms.values()]
 
 
+def learning_rate(tc: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): linear warmup, then train.lr_schedule."""
+    if tc.warmup > 0 and step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    if tc.lr_schedule == "cosine":
+        span = max(1, tc.steps - tc.warmup)
+        return tc.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - tc.warmup) / span)))
+    return tc.lr
+
+
+def ema_decay(tc: TrainConfig, step: int) -> float:
+    """The EMA decay of step ``step``: train.ema_decay, capped early on when train.ema_warmup is set."""
+    return min(tc.ema_decay, (1 + step) / (10 + step)) if tc.ema_warmup else tc.ema_decay
+
+
 def _step(run: _Run, batch: Batch) -> torch.Tensor:
     """One optimiser step on ``batch``; returns the logged figures (each term's mean, grad norm)."""
     tc = run.cfg.train
@@ -284,9 +300,9 @@ def _step(run: _Run, batch: Batch) -> torch.Tensor:
         average_grads(run.extra)
     clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
     gnorm = torch.nn.utils.clip_grad_norm_(run.params, clip, foreach=True)
-    run.opt.param_groups[0]["lr"] = tc.lr * min(1.0, (run.step + 1) / tc.warmup) if tc.warmup > 0 else tc.lr
+    run.opt.param_groups[0]["lr"] = learning_rate(tc, run.step)
     run.opt.step()
-    torch._foreach_lerp_(run.ema_params, run.model_params, 1.0 - tc.ema_decay)
+    torch._foreach_lerp_(run.ema_params, run.model_params, 1.0 - ema_decay(tc, run.step))
     run.step += 1
     return torch.stack([*[m.detach().float() for m in means], gnorm.detach().float()])
 

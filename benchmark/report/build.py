@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmark.core.files import write_csv_atomic
 from benchmark.harness.results import read_results
+from benchmark.report.claims import claim_frame, claim_lines, verdict_lines
 from benchmark.report.curves import write_curves
 from benchmark.report.html import write_html
 from benchmark.report.leaderboard import no_ranking_lines, one_seed_lines, write_leaderboards
@@ -28,7 +30,19 @@ def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
     paths, stale = write_stale(table, Path(out))
     for line in stale:
         say(f"WARNING: {line}")
-    paths += write_leaderboards(table, out, under=lambda key: robustness_lines(every, key))
+    keys: list[dict] = []
+
+    def under(key: dict) -> list[str]:
+        keys.append(key)
+        return robustness_lines(every, key) + claim_lines(every, key)
+
+    paths += write_leaderboards(table, out, under=under)
+    for line in verdict_lines(every, keys):
+        say(line)
+    claims = claim_frame(every, keys)
+    if len(claims):  # the published claims a table can test (report/claims.py), every budget and metric
+        paths.append(Path(out) / "claims.csv")
+        write_csv_atomic(paths[-1], claims)
     if plots:
         paths += write_plots(table, Path(out))
         paths += write_curves(every, Path(out))

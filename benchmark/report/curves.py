@@ -1,8 +1,9 @@
 """Budget curves and guidance fronts from the results table (every point of every cell).
 
-``plots/budget_<table>.png``: overall, many and few FID, coverage, in-manifold Vendi (generated / real)
-and memorisation against the training step, at each method's main scale: one line per method (mean
-over seeds, the band spans the seeds), the real-data floor as a dashed line.
+``plots/budget_<table>.png``: overall, many and few FID, and the few-shot group's coverage, in-manifold
+Vendi (generated / real) and memorised fraction (the tail metrics of report/claims.py) against the
+training step, at each method's main scale: one line per method (mean over seeds, the band spans the
+seeds), the real-data floor as a dashed line.
 ``plots/front_<table>.png``: the fidelity-diversity front of the final models, FID against coverage
 and against recall, overall and for the few-shot classes: one line per method through its guidance
 scales, each point labelled with its scale, the real-data floor marked.  A table with one budget (or
@@ -36,7 +37,7 @@ from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows  # noqa:
 
 BUDGET_PANELS = [  # (metric, group, title)
     (FID, ALL, "FID, all classes"), (FID, MANY, "FID, many-shot"), (FID, FEW, "FID, few-shot"),
-    (COVERAGE, ALL, "coverage, all classes"), (VENDI_INLIER_RATIO, ALL, "in-manifold Vendi / real"),
+    (COVERAGE, FEW, "coverage, few-shot"), (VENDI_INLIER_RATIO, FEW, "in-manifold Vendi / real, few-shot"),
     (MEMORIZATION, FEW, "memorised fraction, few-shot"),
 ]  # fmt: skip
 FRONT_PANELS = [(COVERAGE, ALL), (COVERAGE, FEW), (RECALL, ALL), (RECALL, FEW)]  # x axes, FID of the same group on y

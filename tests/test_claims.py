@@ -1,0 +1,140 @@
+"""The claim test under a leaderboard (report/claims.py) on planted per-seed values with a known truth."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from benchmark.harness.results import RESULT_COLUMNS
+from benchmark.report.build import make_report
+from benchmark.report.claims import (
+    CBDM_TAIL,
+    CONTRADICTED,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    UNTESTED,
+    claim_lines,
+    claim_tests,
+    holm,
+)
+
+KEY = dict(dataset="digits", profile="exp", imbalance=0.02, protocol="p", feature_space="classifier", reference="test")
+BASE = {"memorization": 0.15, "vendi_inlier_ratio": 1.0, "coverage": 0.80, "fid": 5.0, "memorization_pixel": 0.40}
+
+
+def _row(method, seed, step, metric, group, value, point, space="classifier"):
+    return dict(KEY, feature_space=space, split_fingerprint="abc", method=method, seed=seed, train_steps=step,
+                sampler="ddim", sampler_steps=20, guidance=1.0, train_precision="fp32", sample_precision="fp32",
+                metric=metric, group=group, **{"class": np.nan}, n_gen=100, n_ref=30, value=value, note="",
+                point=point)  # fmt: skip
+
+
+def planted(shift, seeds=(0, 1, 2), steps=(750, 6000), noise=None, methods=("ddpm", "cbdm")):
+    """cbdm = ddpm + ``shift[metric]`` on every seed (plus ``noise[metric][seed]`` when given); a seed term
+    shared by both methods moves every value, as a lucky seed does."""
+    rows = []
+    for step in steps:
+        point = "main" if step == max(steps) else "extra"
+        for seed in seeds:
+            shared = 0.02 * (seed - 1)
+            for metric, base in BASE.items():
+                group = "many" if metric == "fid" else "few"
+                space = "pixel" if metric == "memorization_pixel" else "classifier"
+                for method in methods:
+                    v = base + shared
+                    if method == "cbdm":
+                        v += shift.get(metric, 0.0) * (step / max(steps)) + (noise or {}).get(metric, {}).get(seed, 0.0)
+                    rows.append(_row(method, seed, step, metric, group, v, point, space))
+    rows.append(_row("real", 0, 0, "coverage", "few", 0.97, "main"))
+    return pd.DataFrame(rows)[RESULT_COLUMNS]
+
+
+def _final(table):
+    tests = claim_tests(table, KEY)
+    assert tests and tests[0].claim is CBDM_TAIL
+    return tests[0]
+
+
+def test_a_planted_gain_in_the_papers_direction_is_reproduced_and_costs_are_not_in_the_verdict():
+    # cbdm covers the tail better on every seed (spread so the test is not degenerate) and costs the head
+    table = planted({"coverage": 0.10, "fid": 2.0}, noise={"coverage": {0: 0.004, 1: -0.003, 2: 0.001}})
+    final = _final(table)
+    assert final.train_steps == 6000 and final.n_seeds == 3
+    assert final.verdict == REPRODUCED
+    cov = final.on("Cov few")
+    assert cov.test.mean_diff == pytest.approx(0.10 + (0.004 - 0.003 + 0.001) / 3)
+    assert cov.baseline_mean == pytest.approx(0.80) and cov.treatment_mean > 0.89
+    # a worse head (FID many up by 2) is a negative advantage, reported but not in the verdict
+    fid = final.on("FID many")
+    assert fid.test.mean_diff == pytest.approx(-2.0) and math.isnan(fid.p_holm)
+
+
+def test_the_opposite_direction_is_contradicted():
+    # cbdm copies more (memorised fraction up) on every seed
+    table = planted({"memorization": 0.10}, noise={"memorization": {0: 0.01, 1: -0.01, 2: 0.0}})
+    assert _final(table).verdict == CONTRADICTED
+
+
+def test_differences_within_the_seed_noise_are_not_reproduced():
+    noise = {"coverage": {0: 0.05, 1: -0.06, 2: 0.02}, "memorization": {0: -0.03, 1: 0.04, 2: -0.02},
+             "vendi_inlier_ratio": {0: 0.05, 1: -0.04, 2: 0.0}}  # fmt: skip
+    final = _final(planted({}, noise=noise))
+    assert final.verdict == NOT_REPRODUCED
+    assert all(t.p_holm >= 0.05 for t in final.tests if t.metric.tail)
+
+
+def test_one_seed_is_untested_and_says_why():
+    final = _final(planted({"coverage": 0.1}, seeds=(0,)))
+    assert final.verdict == UNTESTED
+    assert "at least 2" in final.on("Cov few").test.note
+
+
+def test_holm_matches_its_definition_and_the_verdict_uses_it():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, math.nan, 0.01]) == pytest.approx([0.5, math.nan, 0.02], nan_ok=True)
+    # one tail metric with raw p just under 0.05: Holm over three metrics (x3) keeps it from "reproduced"
+    d = np.array([0.010, 0.012, 0.018])  # advantages on three seeds
+    p_raw = stats.ttest_1samp(d, 0).pvalue
+    assert 0.05 / 3 < p_raw < 0.05
+    final = _final(planted({"coverage": 0.0}, noise={"coverage": dict(enumerate(d))}))
+    cov = final.on("Cov few")
+    assert cov.test.p == pytest.approx(p_raw)
+    assert cov.p_holm == pytest.approx(min(1.0, 3 * p_raw))
+    assert final.verdict == NOT_REPRODUCED
+
+
+def test_each_budget_gets_its_verdict_and_pixel_memorisation_joins_the_table():
+    # the gain grows with the budget (planted shift x step / final): tested at both budgets
+    table = planted({"coverage": 0.10}, noise={"coverage": {0: 0.004, 1: -0.003, 2: 0.001}})
+    tests = claim_tests(table, KEY)
+    assert [t.train_steps for t in tests] == [6000, 750]
+    px = tests[0].on("Mem px few")  # recorded under feature space 'pixel', read into the classifier table
+    assert px.baseline_mean == pytest.approx(0.40)
+    lines = claim_lines(table, KEY)
+    assert "**reproduced**" in lines[0] and "Holm" in lines[0]
+    assert lines[-1].startswith("Claim verdict at each budget (steps): 750: ") and "6000: reproduced (Cov few)" in lines[-1]
+
+
+def test_a_table_without_both_methods_has_no_claim_section(tmp_path):
+    table = planted({"coverage": 0.1}, methods=("ddpm",))
+    assert claim_tests(table, KEY) == [] and claim_lines(table, KEY) == []
+    table.to_csv(tmp_path / "results.csv", index=False)
+    paths = make_report(tmp_path, plots=False, say=lambda *a: None)
+    assert "Claim test" not in (tmp_path / "leaderboard.md").read_text()
+    assert "claims.csv" not in {p.name for p in paths}
+
+
+def test_report_writes_the_claim_under_the_table_into_claims_csv_and_on_the_console(tmp_path):
+    table = planted({"coverage": 0.10}, noise={"coverage": {0: 0.004, 1: -0.003, 2: 0.001}})
+    table.to_csv(tmp_path / "results.csv", index=False)
+    said = []
+    make_report(tmp_path, plots=False, say=said.append)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "**Claim test, CBDM (Qin et al., CVPR 2023)**" in md and "| Cov few: higher |" in md
+    frame = pd.read_csv(tmp_path / "claims.csv")
+    assert set(frame["train_steps"]) == {750, 6000}
+    assert set(frame["column"]) == {m.label for m in CBDM_TAIL.metrics}
+    assert frame.loc[frame["train_steps"] == 6000, "verdict"].eq(REPRODUCED).all()
+    assert any(line.startswith("claim test cbdm-tail on digits exp 0.02 (p): reproduced") for line in said)

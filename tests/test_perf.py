@@ -113,6 +113,14 @@ def test_harness_window_must_divide_the_timed_steps(tmp_path):
         harness_seconds(None, None, "ddpm", steps=3, warm=2, device=torch.device("cpu"), tmp=tmp_path, tag="x")
 
 
+def test_steps_that_the_warm_up_window_does_not_divide_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        perf.main(["--steps", "7", "--warmup-steps", "2"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--steps 7 must be a positive multiple of --warmup-steps 2" in err
+    assert "e.g. --steps 8" in err and "Traceback" not in err
+
+
 def test_perf_preset_measures_the_presets_model_and_data_shape(capsys):
     from benchmark.core.presets import get_preset
 

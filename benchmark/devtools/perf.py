@@ -288,6 +288,11 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1 (a figure needs one "
                     "measured round of at least one image)")
+    if "train" not in args.skip.split(",") and (args.steps < 1 or args.warmup_steps < 1
+                                                 or args.steps % args.warmup_steps):
+        fit = max(args.warmup_steps, 1) * max(1, round(args.steps / max(args.warmup_steps, 1)))
+        p.error(f"--steps {args.steps} must be a positive multiple of --warmup-steps {args.warmup_steps} (the loops log "
+                f"one row per warm-up window): e.g. --steps {fit}")
     methods = [m for m in args.methods.split(",") if m]
     if unknown := [m for m in methods if m not in METHODS]:
         p.error(f"no reference loop for {unknown}; choose from {', '.join(METHODS)}")

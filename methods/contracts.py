@@ -68,6 +68,7 @@ class TinyData:
     resolution: int
     source: SimpleNamespace
     fingerprint: str = "tiny"
+    groups: tuple[str, ...] = ()  # empty: one group, "all" (the trackers' sample grids)
 
 
 def tiny_data(counts=(12, 6, 2), *, channels=1, resolution=8, hflip=True, seed=0) -> TinyData:

@@ -87,7 +87,10 @@ def test_perf_script_prints_every_figure(capsys):
     bound = re.search(r"k-NN lower bound: 3 distance passes = (\S+) FLOP = (\d+\.\d+) s at the fp32 GEMM", out)
     assert bound and float(bound.group(1)) == pytest.approx(2 * 8 * 3 * 18**2, rel=1e-2)  # 2 d (3 n^2)
     assert re.search(r"k-NN pass alone .* \d+\.\d+ s = \d+\.\d+x the bound", out)
-    assert re.search(r"one overall pass \(\+ FID, KID\) +\d+\.\d+ s = \d+\.\d+x the bound", out)
+    assert re.search(r"overall pass lower bound: the k-NN bound \+ FID's and KID's float64 products \(\S+ FLOP = "
+                     r"\d+\.\d+ s at numpy's float64 GEMM rate measured now, \d+\.\d+ TFLOP/s\) = \d+\.\d+ s", out)
+    assert re.search(r"one overall pass \(k-NN \+ FID, KID\) +\d+\.\d+ s = \d+\.\d+x its bound \(\d+\.\d+x the k-NN "
+                     r"bound alone\)", out)
     div = re.search(r"diversity rows .*; (\d+) rows; (\d+) long-tailed training images, IR 100\) +(\d+\.\d+) s", out)
     # 3 classes: (overall + 3 groups + 3 classes) x (3 Vendi + 3 in-manifold + memorisation in 2 spaces)
     assert div and int(div.group(1)) == 7 * 8 and int(div.group(2)) == 6 + 1 + 1, out

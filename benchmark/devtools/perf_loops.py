@@ -279,6 +279,27 @@ def gemm_tflops(device: torch.device | str = "cpu", n: int = 2048, reps: int = 5
     return 2 * n**3 / best / 1e12
 
 
+def numpy_gemm_tflops(n: int = 2048, reps: int = 3) -> float:
+    """TFLOP/s of one float64 n x n product through numpy's BLAS, best of ``reps`` after a warm-up: the
+    rate of FID's covariances and KID's kernels, which run in float64 on the CPU."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(n, n)), rng.normal(size=(n, n))
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
+
+
+def fid_kid_flops(n_gen: int, n_ref: int, dim: int, kid_subsets: int, kid_subset_size: int) -> float:
+    """The float64 FLOP one overall FID and KID cannot avoid: both covariances (a symmetric product,
+    n d^2 each) and, per KID subset, the two symmetric kernels (m^2 d each) and the cross one (2 m^2 d)."""
+    m = min(kid_subset_size, n_gen, n_ref)
+    return float(dim) * dim * (n_gen + n_ref) + kid_subsets * 4.0 * m * m * dim
+
+
 def cpu_gemm_tflops(n: int = 2048, reps: int = 5) -> float:
     """``gemm_tflops`` on the CPU."""
     return gemm_tflops("cpu", n, reps)

@@ -32,7 +32,7 @@ import pandas as pd
 from benchmark.core.names import COVERAGE, FEW, FID, MANY, MEMORIZATION, MEMORIZATION_PIXEL, VENDI_INLIER_RATIO
 from benchmark.report.robustness import MAIN
 from benchmark.report.seeds import ALPHA, MIN_PAIRED, PairedTest, compare
-from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows
+from benchmark.report.tables import attach_feature_free_rows, rows_of
 
 
 @dataclass(frozen=True)
@@ -146,15 +146,7 @@ def run_claim(claim: Claim, rows: pd.DataFrame, train_steps: int) -> ClaimTest:
 
 
 def _table_rows(table: pd.DataFrame, key: dict) -> pd.DataFrame:
-    table = attach_feature_free_rows(table)  # pixel-space memorisation joins the table of its data
-    mask = np.ones(len(table), dtype=bool)
-    for col in TABLE_KEY:
-        value = key[col]
-        if isinstance(value, float):
-            mask &= np.isclose(table[col].astype(float), value)
-        else:
-            mask &= (table[col].astype(str) == str(value)).to_numpy()
-    return table[mask]
+    return rows_of(attach_feature_free_rows(table), key)  # pixel-space memorisation joins the table of its data
 
 
 def _at_main_scale(rows: pd.DataFrame, methods: tuple[str, ...]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import pandas as pd
 
 from benchmark.core.names import ALL, FID, FID_HALF_A, FID_HALF_B, REAL
 from benchmark.core.presets import PROTOCOL_SETTINGS
-from benchmark.report.tables import TABLE_KEY
+from benchmark.report.tables import rows_of
 
 MAIN = "main"  # the ``point`` column's value of a cell's main point (harness/points.py writes it)
 SELECTION_RULE = ("each method's scale is the one with the lowest overall FID on half a of its images (even "
@@ -170,14 +170,7 @@ def _same(a, b) -> bool:
 def robustness_lines(table: pd.DataFrame, key: dict) -> list[str]:
     """The lines under the leaderboard of ``key`` (a TABLE_KEY dict): nothing when the table holds one
     budget and one scale."""
-    mask = np.ones(len(table), dtype=bool)
-    for col in TABLE_KEY:
-        value = key[col]
-        if isinstance(value, float):
-            mask &= np.isclose(table[col].astype(float), value)
-        else:
-            mask &= (table[col].astype(str) == str(value)).to_numpy()
-    rows = table[mask]
+    rows = rows_of(table, key)
     return budget_lines(rows) + scale_lines(rows) + protocol_lines(rows, key)
 
 

@@ -3,11 +3,24 @@ placement of feature-free rows (downstream accuracies) into the tables of their 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from benchmark.core.names import CLASS, FEATURE_FREE, NO_FEATURES, TRAIN_COUNT
 
 TABLE_KEY = ["dataset", "profile", "imbalance", "protocol", "feature_space", "reference"]
+
+
+def rows_of(table: pd.DataFrame, key: dict) -> pd.DataFrame:
+    """The rows of one leaderboard table: those whose TABLE_KEY columns equal ``key`` (floats up to rounding)."""
+    mask = np.ones(len(table), dtype=bool)
+    for col in TABLE_KEY:
+        value = key[col]
+        if isinstance(value, float):
+            mask &= np.isclose(table[col].astype(float), value)
+        else:
+            mask &= (table[col].astype(str) == str(value)).to_numpy()
+    return table[mask]
 
 
 def attach_feature_free_rows(table: pd.DataFrame) -> pd.DataFrame:

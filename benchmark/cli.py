@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -324,6 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"rescore: {len(lines)} finished cell(s)" + (":" if lines else " (nothing to rescore yet)"), flush=True)
             for line in lines:
                 print(line, flush=True)
+        started = time.monotonic()
         outcomes = launch(cfg, out, force=args.force, progress=not args.no_progress, jobs=args.jobs, opts=opts)
     if outcomes is None:
         print(f"\njobs submitted; cell folders hold slurm.json and submitit/ logs. `ltgen-bench report {out}` "
@@ -335,7 +337,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from benchmark.report.build import make_report
 
         make_report(out)
-    print(summarize(outcomes, out))
+    print(summarize(outcomes, out, wall=time.monotonic() - started))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 

@@ -107,3 +107,13 @@ def test_put_cell_replaces_an_older_tables_classifier_rows_named_without_the_wei
     assert put_cell(path, _rows("ddpm", "classifier:abc:w0123456789ab", 4.0)) == 4
     table = read_results(path)
     assert sorted(set(table.feature_space)) == ["classifier:abc:w0123456789ab", "classifier:abd", "none"]
+
+
+def test_the_closing_line_says_the_wall_time_and_the_cells_sum_apart(tmp_path):
+    from benchmark.harness.grid import CellOutcome, summarize
+
+    cells = [Cell("digits", "exp", 0.1, m, 0) for m in ("ddpm", "cbdm")]
+    outcomes = [CellOutcome(c, tmp_path, "done", 600.0) for c in cells]  # two cells side by side, 10 min each
+    text = summarize(outcomes, tmp_path, wall=630.0)
+    assert "2 cells: 2 run, 0 already finished (skipped), 0 failed in 10.5 min (the cells' own times sum to 20.0)" in text
+    assert "failed in 20.0 min" in summarize(outcomes, tmp_path)  # without a wall time: the sum, as before

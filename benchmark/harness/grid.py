@@ -260,15 +260,19 @@ def _attach_log(path: Path) -> logging.Handler:
     return handler
 
 
-def summarize(outcomes: list[CellOutcome], out: Path) -> str:
+def summarize(outcomes: list[CellOutcome], out: Path, *, wall: float | None = None) -> str:
+    """The closing lines of a run; ``wall``: the command's own seconds (cells that ran side by side,
+    ``--jobs``, sum to more than the time the run took, so the sum is said as such)."""
     done = sum(o.status == "done" for o in outcomes)
     skipped = sum(o.status == "skipped" for o in outcomes)
     failed = [o for o in outcomes if o.status == "failed"]
     total = sum(o.seconds for o in outcomes)
+    took = f"in {total / 60:.1f} min"
+    if wall is not None:
+        took = f"in {wall / 60:.1f} min (the cells' own times sum to {total / 60:.1f})"
     lines = [
         "",
-        f"{len(outcomes)} cells: {done} run, {skipped} already finished (skipped), {len(failed)} failed "
-        f"in {total / 60:.1f} min",
+        f"{len(outcomes)} cells: {done} run, {skipped} already finished (skipped), {len(failed)} failed {took}",
         f"results table : {Path(out) / 'results.csv'}",
         f"leaderboards  : {Path(out) / 'leaderboard.md'} (.tex; every column: leaderboard_full.md, .csv)",
         f"plots         : {Path(out) / 'plots'}/",

@@ -78,7 +78,10 @@ def test_too_few_samples_skip_only_the_pair_that_needs_them():
 
 
 def test_flop_count_of_the_three_passes():
-    assert knn_flops(50_000, 50_000, 2048) == pytest.approx(3.07e13, rel=1e-3)  # the issue's bound
+    # each distance once: the self passes' pairs are symmetric (2.05e13 at 50k vs 50k, d 2048)
+    assert knn_flops(50_000, 50_000, 2048) == pytest.approx(2.048e13, rel=1e-3)
+    assert knn_flops(50_000, 50_000, 2048, ordered=True) == pytest.approx(3.07e13, rel=1e-3)  # every ordered pair
+    assert knn_flops(10, 20, 4) == 4 * (100 + 400) + 2 * 4 * 200
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -145,3 +148,50 @@ def test_rows_in_an_order_give_the_pass_of_the_ordered_array_bit_for_bit():
                           block_elems=block)
         got = knn_slices(Rows(gen, go), Rows(ref, ro), slices, k=3, dc_k=5, block_elems=block)
         assert got == want
+
+
+def _plain_pass(gen, ref, k, dc_k):
+    """The pass written plainly on whole matrices, with the arithmetic of one block: distances
+    sqrt(max(|y|^2 - 2 x.y + |x|^2, 0)) in fp32, radii the (k+1)-th smallest, then the comparisons."""
+
+    def dist(x, y):
+        d = torch.addmm(y.pow(2).sum(1).unsqueeze(0), x, y.T, alpha=-2)
+        return d.add_(x.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
+
+    g, r = torch.from_numpy(gen), torch.from_numpy(ref)
+    rr, gg, d = dist(r, r), dist(g, g), dist(g, r)
+    r_k, r_dc = rr.kthvalue(k + 1, dim=1).values, rr.kthvalue(dc_k + 1, dim=1).values
+    g_k = gg.kthvalue(k + 1, dim=1).values
+    return dict(precision=(d <= r_k).any(1).sum().item() / len(g),
+                recall=(d <= g_k.unsqueeze(1)).any(0).sum().item() / len(r),
+                density=(d < r_dc).sum().item() / (dc_k * len(g)),
+                coverage=(d < r_dc).any(0).sum().item() / len(r))  # fmt: skip
+
+
+@pytest.mark.parametrize("block_elems", [1 << 12, 1 << 20])
+def test_pass_equals_the_plain_formula_exactly_where_distances_tie(block_elems):
+    # features on a small integer grid: many distances and radii are exactly equal, so a test that
+    # rounded a comparison the other way (the unfinished radius blocks, min(d - r) <= 0 for "some d <= r",
+    # a count for a sum) would move a count
+    rng = np.random.default_rng(7)
+    gen = rng.integers(0, 4, size=(300, 6)).astype(np.float32)
+    ref = rng.integers(0, 3, size=(260, 6)).astype(np.float32)
+    got = knn_metrics(gen, ref, k=3, dc_k=5, block_elems=block_elems)
+    want = _plain_pass(gen, ref, 3, 5)
+    assert all(0 < v < 1 for v in (want["precision"], want["recall"], want["coverage"]))
+    # the per-sample test of the diversity rows' inlier gate, on the same ties
+    from benchmark.eval.knn import inside_balls
+
+    g, r = torch.from_numpy(gen), torch.from_numpy(ref)
+    d = torch.addmm(r.pow(2).sum(1).unsqueeze(0), g, r.T, alpha=-2).add_(g.pow(2).sum(1, keepdim=True))
+    rr = torch.addmm(r.pow(2).sum(1).unsqueeze(0), r, r.T, alpha=-2).add_(r.pow(2).sum(1, keepdim=True))
+    radius = rr.clamp_min_(0).sqrt_().kthvalue(4, dim=1).values
+    hit = (d.clamp_min_(0).sqrt_() <= radius).any(1).numpy()
+    assert (inside_balls(gen, ref, k=3, block_elems=block_elems) == hit).all()
+    for name, value in want.items():
+        assert getattr(got, name) == value, name
+    # and on continuous features, through the slices
+    gen, ref = cloud(200, 16, 0.3, seed=4), cloud(180, 16, seed=5)
+    got = knn_slices(gen, ref, [((0, 200), (0, 180))], k=3, dc_k=5, block_elems=block_elems)[0]
+    want = _plain_pass(gen, ref, 3, 5)
+    assert dataclasses.asdict(got) == {**want, "pr_skip": "", "dc_skip": ""}

@@ -84,9 +84,10 @@ def test_perf_script_prints_every_figure(capsys):
         assert re.search(rf"ddim-2\s+{prec}\s+\d+\.\d+ images/s .*measured", out)
     assert bool(re.search(r"ddim-2\s+bf16/fp32 in the same rounds: \d+\.\d+x", out)) == (len(precisions) == 2)
     assert re.search(r"overall \+ 3 groups \+ 3 classes \(\d+ rows\)", out)
-    bound = re.search(r"k-NN lower bound: 3 distance passes = (\S+) FLOP = (\d+\.\d+) s at the fp32 GEMM", out)
-    assert bound and float(bound.group(1)) == pytest.approx(2 * 8 * 3 * 18**2, rel=1e-2)  # 2 d (3 n^2)
-    assert re.search(r"k-NN pass alone .* \d+\.\d+ s = \d+\.\d+x the bound", out)
+    bound = re.search(r"k-NN lower bound: 3 distance passes, each distance once = (\S+) FLOP = (\d+\.\d+) s at the fp32 "
+                      r"GEMM rate measured now \(\S+ TFLOP/s\); every ordered pair: \d+\.\d+ s", out)
+    assert bound and float(bound.group(1)) == pytest.approx(8 * 4 * 18**2, rel=1e-2)  # d (2 n^2) + 2 d n^2
+    assert re.search(r"k-NN pass alone .* \d+\.\d+ s = \d+\.\d+x the bound \(\d+\.\d+x the ordered-pairs bound\)", out)
     assert re.search(r"overall pass lower bound: the k-NN bound \+ FID's and KID's float64 products \(\S+ FLOP = "
                      r"\d+\.\d+ s at numpy's float64 GEMM rate measured now, \d+\.\d+ TFLOP/s\) = \d+\.\d+ s", out)
     assert re.search(r"one overall pass \(k-NN \+ FID, KID\) +\d+\.\d+ s = \d+\.\d+x its bound \(\d+\.\d+x the k-NN "

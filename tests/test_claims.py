@@ -112,8 +112,11 @@ def test_each_budget_gets_its_verdict_and_pixel_memorisation_joins_the_table():
     assert [t.train_steps for t in tests] == [6000, 750]
     px = tests[0].on("Mem px few")  # recorded under feature space 'pixel', read into the classifier table
     assert px.baseline_mean == pytest.approx(0.40)
+    assert tests[0].on("Cov few").floor == pytest.approx(0.97)  # the real rows' value; a metric they lack: NaN
+    assert math.isnan(tests[0].on("Mem few").floor)
     lines = claim_lines(table, KEY)
     assert "**reproduced**" in lines[0] and "Holm" in lines[0]
+    assert "| Cov few: higher | 0.800 | 0.901 | 0.970 | 0.101 [" in lines[1]
     assert lines[-1].startswith("Claim verdict at each budget (steps): 750: ") and "6000: reproduced (Cov few)" in lines[-1]
 
 
@@ -134,7 +137,7 @@ def test_report_writes_the_claim_under_the_table_into_claims_csv_and_on_the_cons
     md = (tmp_path / "leaderboard.md").read_text()
     assert "**Claim test, CBDM (Qin et al., CVPR 2023)**" in md and "| Cov few: higher |" in md
     frame = pd.read_csv(tmp_path / "claims.csv")
-    assert set(frame["train_steps"]) == {750, 6000}
+    assert set(frame["train_steps"]) == {750, 6000} and "floor" in frame.columns
     assert set(frame["column"]) == {m.label for m in CBDM_TAIL.metrics}
     assert frame.loc[frame["train_steps"] == 6000, "verdict"].eq(REPRODUCED).all()
     assert any(line.startswith("claim test cbdm-tail on digits exp 0.02 (p): reproduced") for line in said)

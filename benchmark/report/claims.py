@@ -24,12 +24,12 @@ Reads the results table alone, like the rest of the report.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from benchmark.core.names import COVERAGE, FEW, FID, MANY, MEMORIZATION, MEMORIZATION_PIXEL, VENDI_INLIER_RATIO
+from benchmark.core.names import COVERAGE, FEW, FID, MANY, MEMORIZATION, MEMORIZATION_PIXEL, REAL, VENDI_INLIER_RATIO
 from benchmark.report.robustness import MAIN
 from benchmark.report.seeds import ALPHA, MIN_PAIRED, PairedTest, compare
 from benchmark.report.tables import attach_feature_free_rows, rows_of
@@ -43,6 +43,7 @@ class Metric:
     lower_is_better: bool  # in the claim's direction
     tail: bool  # part of the verdict (True) or what the treatment costs / a supplementary figure (False)
     digits: int = 3
+    floor: bool = True  # the real-data floor's value is comparable (FID is not: the floor's n differs)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ CBDM_TAIL = Claim(
         Metric("Mem few", MEMORIZATION, FEW, True, True),
         Metric("Vendi-in/real few", VENDI_INLIER_RATIO, FEW, False, True),
         Metric("Cov few", COVERAGE, FEW, False, True),
-        Metric("FID many", FID, MANY, True, False, 2),
+        Metric("FID many", FID, MANY, True, False, 2, floor=False),
         Metric("Mem px few", MEMORIZATION_PIXEL, FEW, True, False),
     ),
 )
@@ -83,6 +84,7 @@ class MetricTest:
     treatment_mean: float
     test: PairedTest  # the treatment's advantage in the claim's direction (positive: as the paper says)
     p_holm: float = math.nan  # tail metrics only
+    floor: float = math.nan  # the real-data floor's value (mean over its seeds): what "no loss" looks like
 
 
 @dataclass(frozen=True)
@@ -119,19 +121,22 @@ def _mean(values: dict, seeds: set) -> float:
     return float(np.mean([values[s] for s in seeds])) if seeds else math.nan
 
 
-def run_claim(claim: Claim, rows: pd.DataFrame, train_steps: int) -> ClaimTest:
-    """``rows``: one table's rows at one budget, both methods at their main scale."""
+def run_claim(claim: Claim, rows: pd.DataFrame, train_steps: int, floor_rows: pd.DataFrame | None = None) -> ClaimTest:
+    """``rows``: one table's rows at one budget, both methods at their main scale; ``floor_rows``: the
+    table's real-data rows (the floor column)."""
     tests = []
     for m in claim.metrics:
         base, treat = _per_seed(rows, claim.baseline, m), _per_seed(rows, claim.treatment, m)
         test = compare(treat, base, lower_is_better=m.lower_is_better)
         shared = set(base) & set(treat)  # the means shown are over the seeds the test pairs
-        tests.append(MetricTest(m, _mean(base, shared), _mean(treat, shared), test))
+        floor = _per_seed(floor_rows, REAL, m) if floor_rows is not None and m.floor else {}
+        tests.append(MetricTest(m, _mean(base, shared), _mean(treat, shared), test,
+                                floor=_mean(floor, set(floor))))
     tail = [i for i, t in enumerate(tests) if t.metric.tail]
     adjusted = holm([tests[i].test.p for i in tail])
     for i, p in zip(tail, adjusted):
         t = tests[i]
-        tests[i] = MetricTest(t.metric, t.baseline_mean, t.treatment_mean, t.test, p)
+        tests[i] = replace(t, p_holm=p)
     n = max((tests[i].test.n_seeds for i in tail), default=0)
     tail_tests = [tests[i] for i in tail]
     if n < MIN_PAIRED or all(math.isnan(t.p_holm) for t in tail_tests):
@@ -174,8 +179,9 @@ def claim_tests(table: pd.DataFrame, key: dict) -> list[ClaimTest]:
         if not steps:
             continue
         final = steps[-1]
-        out.append(run_claim(claim, scaled[scaled["train_steps"].astype(int) == final], final))
-        out += [run_claim(claim, scaled[scaled["train_steps"].astype(int) == s], s) for s in steps[:-1]]
+        floor = rows[rows["method"] == REAL]
+        out.append(run_claim(claim, scaled[scaled["train_steps"].astype(int) == final], final, floor))
+        out += [run_claim(claim, scaled[scaled["train_steps"].astype(int) == s], s, floor) for s in steps[:-1]]
     return out
 
 
@@ -206,20 +212,21 @@ def claim_lines(table: pd.DataFrame, key: dict) -> list[str]:
                      f"{claim.baseline} at {final.train_steps} steps, paired t test over {final.n_seeds} seed"
                      f"{'s' if final.n_seeds != 1 else ''}; verdict on the tail metrics ({tail}) with Holm's "
                      f"correction over them: **{final.verdict}**.")
-        rows = [f"| metric (claim: {claim.treatment} ...) | {claim.baseline} | {claim.treatment} | "
-                f"advantage [95% CI] | p | p (Holm) |", "|---|---|---|---|---|---|"]
+        rows = [f"| metric (claim: {claim.treatment} ...) | {claim.baseline} | {claim.treatment} | real data (floor) | "
+                f"advantage [95% CI] | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
         for t in final.tests:
             m, d = t.metric, t.metric.digits
             role = "" if m.tail else " (not in the verdict)"
             ci = (f"[{_fmt(t.test.ci_low, d)}, {_fmt(t.test.ci_high, d)}]"
                   if not math.isnan(t.test.ci_low) else "")
             rows.append(f"| {m.label}: {_direction(m)}{role} | {_fmt(t.baseline_mean, d)} | {_fmt(t.treatment_mean, d)} "
-                        f"| {_fmt(t.test.mean_diff, d)} {ci} | {_p(t.test.p)} | {_p(t.p_holm)} |")
+                        f"| {_fmt(t.floor, d)} | {_fmt(t.test.mean_diff, d)} {ci} | {_p(t.test.p)} | {_p(t.p_holm)} |")
         lines.append("\n".join(rows))
         seeds_notes = dict.fromkeys(part for t in final.tests for part in t.test.note.split("; ")
                                     if part.startswith("not tested") or part.endswith("dropped"))
         lines.append("Advantage: the per-seed difference in the claim's direction (positive: as the paper says), "
-                     "mean over the paired seeds (the methods' columns too)"
+                     "mean over the paired seeds (the methods' columns too); the floor column: held-out real images scored "
+                     "like generated ones, what a method that lost nothing would reach"
                      + "".join(f"; {n}" for n in seeds_notes) + ".")
         if earlier:
             parts = []
@@ -256,7 +263,7 @@ def claim_frame(table: pd.DataFrame, keys: list[dict]) -> pd.DataFrame:
                                 "treatment": t.claim.treatment, "train_steps": t.train_steps,
                                 "column": x.metric.label, "metric": x.metric.metric, "group": x.metric.group,
                                 "direction": _direction(x.metric), "in_verdict": x.metric.tail,
-                                "baseline_mean": x.baseline_mean, "treatment_mean": x.treatment_mean,
+                                "baseline_mean": x.baseline_mean, "treatment_mean": x.treatment_mean, "floor": x.floor,
                                 "advantage": x.test.mean_diff, "ci_low": x.test.ci_low, "ci_high": x.test.ci_high,
                                 "p": x.test.p, "p_holm": x.p_holm, "n_seeds": x.test.n_seeds, "verdict": t.verdict,
                                 "note": x.test.note})

@@ -85,10 +85,26 @@ def test_differences_within_the_seed_noise_are_not_reproduced():
     assert all(t.p_holm >= 0.05 for t in final.tests if t.metric.tail)
 
 
-def test_one_seed_is_untested_and_says_why():
-    final = _final(planted({"coverage": 0.1}, seeds=(0,)))
+def test_one_seed_is_untested_and_says_why(tmp_path):
+    table = planted({"coverage": 0.1}, seeds=(0,))
+    final = _final(table)
     assert final.verdict == UNTESTED
     assert "at least 2" in final.on("Cov few").test.note
+    # under the table one plain line (no table, no bold); on the console nothing beyond the one-seed note
+    assert claim_lines(table, KEY) == ["Claim test, CBDM (Qin et al., CVPR 2023) (cbdm against ddpm): untested, 1 "
+                                       "paired seed; a t test needs at least 2."]
+    table.to_csv(tmp_path / "results.csv", index=False)
+    said = []
+    make_report(tmp_path, plots=False, say=said.append)
+    assert not [line for line in said if line.startswith("claim test")]
+
+
+def test_a_table_from_an_untrusted_evaluator_tests_no_claim():
+    table = planted({"coverage": 0.10}, noise={"coverage": {0: 0.004, 1: -0.003, 2: 0.001}})
+    table.loc[table["method"] == "cbdm", "note"] = "untrusted-evaluator"
+    assert claim_tests(table, KEY) == []
+    assert claim_lines(table, KEY) == ["Claim test, CBDM (Qin et al., CVPR 2023): not run, this table's evaluator "
+                                       "failed the trust gate."]
 
 
 def test_holm_matches_its_definition_and_the_verdict_uses_it():

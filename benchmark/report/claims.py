@@ -29,7 +29,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from benchmark.core.names import COVERAGE, FEW, FID, MANY, MEMORIZATION, MEMORIZATION_PIXEL, REAL, VENDI_INLIER_RATIO
+from benchmark.core.names import (
+    COVERAGE,
+    FEW,
+    FID,
+    MANY,
+    MEMORIZATION,
+    MEMORIZATION_PIXEL,
+    REAL,
+    UNTRUSTED_NOTE,
+    VENDI_INLIER_RATIO,
+)
 from benchmark.report.robustness import MAIN
 from benchmark.report.seeds import ALPHA, MIN_PAIRED, PairedTest, compare
 from benchmark.report.tables import attach_feature_free_rows, rows_of
@@ -154,6 +164,10 @@ def _table_rows(table: pd.DataFrame, key: dict) -> pd.DataFrame:
     return rows_of(attach_feature_free_rows(table), key)  # pixel-space memorisation joins the table of its data
 
 
+def _untrusted(rows: pd.DataFrame) -> bool:
+    return bool(rows["note"].astype(str).str.contains(UNTRUSTED_NOTE, regex=False).any())
+
+
 def _at_main_scale(rows: pd.DataFrame, methods: tuple[str, ...]) -> pd.DataFrame:
     rows = rows[rows["method"].isin(methods)]
     point = rows["point"].fillna(MAIN).astype(str) if "point" in rows.columns else pd.Series(MAIN, index=rows.index)
@@ -168,6 +182,8 @@ def claim_tests(table: pd.DataFrame, key: dict) -> list[ClaimTest]:
     """Each registered claim whose two methods the table of ``key`` holds, at its final budget first, then at
     each earlier budget both methods were scored at (ascending)."""
     rows = _table_rows(table, key)
+    if _untrusted(rows):
+        return []  # its features cannot separate the methods: the leaderboard ranks nothing, nor is a claim tested
     out = []
     for claim in CLAIMS:
         pair = (claim.baseline, claim.treatment)
@@ -202,11 +218,19 @@ def claim_lines(table: pd.DataFrame, key: dict) -> list[str]:
     final budget's tests (means over the paired seeds) and one line of verdicts per budget."""
     tests = claim_tests(table, key)
     lines: list[str] = []
+    rows = _table_rows(table, key)
     for claim in CLAIMS:
         mine = [t for t in tests if t.claim is claim]
         if not mine:
+            if _untrusted(rows) and {claim.baseline, claim.treatment} <= set(rows["method"]):
+                lines.append(f"Claim test, {claim.source}: not run, this table's evaluator failed the trust gate.")
             continue
         final, earlier = mine[0], mine[1:]
+        if final.verdict == UNTESTED:  # nothing to show but why
+            n = final.n_seeds
+            lines.append(f"Claim test, {claim.source} ({claim.treatment} against {claim.baseline}): untested, {n} "
+                         f"paired seed{'s' if n != 1 else ''}; a t test needs at least {MIN_PAIRED}.")
+            continue
         tail = ", ".join(m.label for m in claim.metrics if m.tail)
         lines.append(f"**Claim test, {claim.source}**: {claim.statement}. {claim.treatment} against "
                      f"{claim.baseline} at {final.train_steps} steps, paired t test over {final.n_seeds} seed"
@@ -243,7 +267,8 @@ def verdict_lines(table: pd.DataFrame, keys: list[dict]) -> list[str]:
     for key in keys:
         seen = set()
         for t in claim_tests(table, key):  # each claim's final budget comes first
-            if t.claim.name in seen:
+            if t.claim.name in seen or t.verdict == UNTESTED:  # untested: the one-seed note says why
+                seen.add(t.claim.name)
                 continue
             seen.add(t.claim.name)
             where = f"{key['dataset']} {key['profile']} {key['imbalance']:g} ({key['protocol']})"

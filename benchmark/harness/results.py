@@ -152,13 +152,25 @@ def repair_results(out: Path) -> list[str]:
                 write_bytes_atomic(path, _csv_bytes(keep))
                 said.append(f"dropped {len(bad)} damaged line(s) ({', '.join(map(str, bad[:10]))}"
                             f"{', ...' if len(bad) > 10 else ''}); the damaged table is {path}.damaged")  # fmt: skip
-    cells = sorted((out / "runs").glob("**/metrics.csv"))
-    for metrics in cells:
+    cells: dict[Path, list[pd.DataFrame]] = {}
+    for metrics in sorted((out / "runs").glob("**/metrics.csv")):
         rows = with_later_columns(pd.read_csv(metrics, dtype={"split_fingerprint": str, "note": str, "method": str}))
+        cells.setdefault(_cell_of(metrics), []).append(rows)
+    for parts in cells.values():  # a cell's points together: put_cell replaces the folder's rows whole
+        rows = pd.concat(parts, ignore_index=True)
         if not rows.empty:
             put_cell(path, rows)
     said.append(f"put back the rows of {len(cells)} cell(s) from their metrics.csv")
     return said
+
+
+def _cell_of(metrics: Path) -> Path:
+    """The cell folder a metrics.csv belongs to: its own, or for a point's (``<cell>/points/<point>/``) the
+    cell's (harness/points.py; a cell folder is ``seed<K>``)."""
+    point_root = metrics.parent.parent
+    if point_root.name == "points" and point_root.parent.name.startswith("seed"):
+        return point_root.parent
+    return metrics.parent
 
 
 def _csv_bytes(records: list[list[str]]) -> bytes:

@@ -186,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--name", required=True, help="method name for the rows (e.g. my-model)")
     ev.add_argument("--imbalance", type=float, default=None, help="the imbalance the model was trained at")
     ev.add_argument("--seed", type=int, default=0, help="seed of the evaluation (downstream classifiers, KID subsets)")
-    ev.add_argument("--force", action="store_true", help="replace rows already written under this name and seed")
-    ev.add_argument("--train-steps", type=int, default=None, help="training steps of the model, recorded in the rows")
+    ev.add_argument("--force", action="store_true",
+                    help="replace the rows already written at this point (name, seed, --train-steps, --guidance)")
+    ev.add_argument("--train-steps", type=int, default=None,
+                    help="training steps of the model, recorded in the rows; each (steps, guidance) of a name is a "
+                         "point of its curves, the largest step its main point")  # fmt: skip
     ev.add_argument("--guidance", type=float, default=None, help="guidance scale of the samples, recorded in the rows")
     ev.add_argument("--out", default=None, help="results folder (default results/<preset>)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")

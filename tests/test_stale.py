@@ -74,7 +74,9 @@ def test_no_floor_n_only_where_the_table_has_a_floor():
 def test_outside_samples_get_the_evaluate_command():
     table = frame(current_rows("real") + [_row("mine", "fid_ci_low", note="bootstrap", seed=3, sampler="external")])
     (line,) = stale_lines(stale_rows(table), out="OUT")
-    assert "evaluate --samples <the samples of mine> --name mine --seed 3 --out OUT --force" in line
+    # the point's own step and scale: without them --force would score another point of the name
+    assert "evaluate --samples <the samples of mine> --name mine --seed 3 --out OUT --force --train-steps 10 " \
+           "--guidance 1.0" in line
     assert "--rescore" not in line
 
 

@@ -4,8 +4,9 @@ The samples (an ``.npz`` with ``images`` and ``labels``, or one folder per class
 exactly like a grid cell's samples and their rows enter the same results table under the
 name the user gives, so an outside model sits on the leaderboard next to the built-in ones.  That
 name is a plain one (it names a folder under ``OUT/runs``) and never one of a method's: the rows and
-the folder of a trained cell are never touched.  Scoring the same name again keeps the earlier rows
-unless ``--force`` replaces them, and says which.
+the folder of a trained cell are never touched.  One name and seed can be scored at several points
+(``--train-steps``, ``--guidance``; harness/outside_points.py): a new point adds its rows, the same point
+again keeps them unless ``--force`` replaces that point's rows alone, and says which.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from benchmark.core.config import Config, to_dict
 from benchmark.core.device import resolve_device
 from benchmark.core.distributed import current, main_first
 from benchmark.core.errors import ConfigError, DataError
-from benchmark.core.files import write_csv_atomic, write_text_atomic
+from benchmark.core.files import write_text_atomic
 from benchmark.core.names import REAL
 from benchmark.core.threads import stage_threads
 from benchmark.data import build_dataset
 from benchmark.engine.sampling import images_per_class
 from benchmark.eval.evaluate import evaluate_set, load_samples, reference_label
 from benchmark.harness.cells import Cell, dataset_slug
-from benchmark.harness.points import MAIN
+from benchmark.harness.outside_points import NEIGHBOURS, OutsidePoint, check_told_apart, plan_point, settle
+from benchmark.harness.points import EXTRA, MAIN
 from benchmark.harness.preflight import preflight
-from benchmark.harness.results import CELL_KEY, RESULT_COLUMNS, append_cell, rows_of_cell
+from benchmark.harness.results import CELL_KEY, RESULT_COLUMNS, put_point
 from benchmark.harness.stages import finish_rows
 from methods import METHODS, get_method_class
 
@@ -50,18 +52,22 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         raise ConfigError(f"--guidance {guidance} must be a scale of at least 0 (the samples' guidance strength)")
     cell = Cell(cfg.data.dataset, cfg.data.profile, cfg.data.imbalance, name, seed)
     folder = cell.folder(out)
-    earlier = check_outside_name(cfg, name, folder)  # before anything is read or written
+    check_outside_name(cfg, name, folder)  # before anything is read or written
     device = resolve_device(cfg.device)
     preflight(cfg, out, grid=False)  # data, weights and the results folder, before the samples are read
     main = current().main
     with main_first():  # rank 0 fetches / caches the data before the others read it
         dataset = build_dataset(cfg.data)
-    present = _present_rows(Path(out) / "results.csv", cfg, name, seed, dataset)
-    if present and not force:  # the same cell scored before: nothing to compute
+    results = Path(out) / "results.csv"
+    key = {"dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
+           "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "protocol": cfg.protocol}  # fmt: skip
+    plan = plan_point(results, {c: key[c] for c in CELL_KEY}, OutsidePoint(train_steps, guidance), folder)
+    check_told_apart(plan, samples, name=name, seed=seed, force=force)
+    which = f"{name!r} (seed {seed}{plan.point.says()})"
+    if plan.present and not force:  # the same point scored before: nothing to compute
         if main:
-            was = earlier or "samples not recorded"
-            print(f"rows for {name!r} (seed {seed}) were already in {Path(out) / 'results.csv'} ({present} rows, scored "
-                  f"from {was}); kept the existing ones: pass --force to replace them")
+            print(f"rows for {which} were already in {results} ({plan.present} rows, scored from "
+                  f"{plan.earlier or 'samples not recorded'}); kept the existing ones: pass --force to replace them")
         return None if not main else pd.DataFrame(columns=RESULT_COLUMNS)
     images, labels = load_samples(samples, class_names=list(dataset.class_names))  # folders by index or class name
     _check_samples(images, labels, dataset)
@@ -70,34 +76,39 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
     if main and (len(set(counts.tolist())) > 1 or counts[0] != per_class):
         print(f"note: the samples hold {counts.min()}..{counts.max()} images per class, the preset uses "
               f"{per_class}; FID depends on n, so compare with runs of the same n (n_gen is recorded)")  # fmt: skip
+    made = plan.staging(folder)
+    record = {"external_samples": str(samples), "train_steps": train_steps, "guidance": guidance, "config": to_dict(cfg)}
     if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / "config.json",
-                          json.dumps({"external_samples": str(samples), "config": to_dict(cfg)}, indent=2))  # fmt: skip
+        made.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(made / "config.json", json.dumps(record, indent=2))
     with stage_threads(cfg.threads, device, "evaluate", say=print if main else None):  # the cores free now
         rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache",
                             device=device, seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True,
-                            neighbours_path=folder / "neighbours.npz",
+                            neighbours_path=made / NEIGHBOURS,
                             floor_n=per_class if cfg.eval.real_floor else None)  # fmt: skip
     if not main:
         return None
     ident = {
-        "dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
-        "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed,
-        "train_steps": math.nan if train_steps is None else train_steps,
-        "protocol": cfg.protocol, "sampler": "external", "sampler_steps": 0,
+        **key, "train_steps": math.nan if train_steps is None else train_steps,
+        "sampler": "external", "sampler_steps": 0,
         "guidance": math.nan if guidance is None else float(guidance),
         "train_precision": "external", "sample_precision": "external",
         "reference": reference_label(cfg.eval.reference, dataset), "feature_space_default": cfg.eval.feature_space,
-        "point": MAIN,
+        "point": MAIN if plan.main else EXTRA,
     }  # fmt: skip
     table = finish_rows(rows, ident, dataset)
     table = table[RESULT_COLUMNS]
-    write_csv_atomic(folder / "metrics.csv", table)
-    append_cell(Path(out) / "results.csv", table, replace=force)
-    if present:
-        was = earlier or "samples not recorded"
-        print(f"replaced the {present} earlier rows of {name!r} (seed {seed}), scored from {was}, with these from {samples}")
+    settle(plan, folder, table, record)
+    put_point(results, table, main=plan.main)
+    if plan.present:
+        print(f"replaced the {plan.present} earlier rows of {which}, scored from "
+              f"{plan.earlier or 'samples not recorded'}, with these from {samples}")
+    if plan.takes_over:
+        print(f"the main point of {name!r} (seed {seed}), the one leaderboards rank, is now {plan.point.label} (the "
+              f"largest step scored); {plan.main_before.label} is an extra point of its curves")  # fmt: skip
+    elif not plan.main and plan.main_before is not None:
+        print(f"{plan.point.label} is an extra point of {name!r} (seed {seed}); the main point, the one leaderboards "
+              f"rank, stays {plan.main_before.label} (the largest step scored, at equal steps the first)")  # fmt: skip
     return table
 
 
@@ -131,12 +142,6 @@ def check_outside_name(cfg: Config, name: str, folder: Path) -> str | None:
         raise ConfigError(f"--name {name!r}: {folder} holds a cell that `run` made, not outside samples; pick another "
                           "name (its files are left as they are)")  # fmt: skip
     return str(earlier)
-
-
-def _present_rows(path: Path, cfg: Config, name: str, seed: int, dataset) -> int:
-    key = {"dataset": dataset_slug(cfg.data.dataset), "profile": cfg.data.profile, "imbalance": cfg.data.imbalance,
-           "split_fingerprint": dataset.fingerprint, "method": name, "seed": seed, "protocol": cfg.protocol}  # fmt: skip
-    return rows_of_cell(path, {c: key[c] for c in CELL_KEY})
 
 
 def _check_samples(images, labels, dataset) -> None:

@@ -38,9 +38,12 @@ RESULT_COLUMNS = [  # the columns of results.csv, in order
     "point",  # main: the cell's main point (final model, first scale); extra: a budget point or another scale
 ]  # fmt: skip
 
+# the ``point`` column's values (harness/points.py's MAIN and EXTRA, not imported here: that module loads torch)
+MAIN_POINT, EXTRA_POINT = "main", "extra"
+
 # columns added after the first tables were written: older tables and metrics.csv files get this
 # value on reading, and a table is rewritten with the full header when a new cell joins it
-LATER_COLUMNS = {"train_precision": "unrecorded", "sample_precision": "unrecorded", "point": "main"}
+LATER_COLUMNS = {"train_precision": "unrecorded", "sample_precision": "unrecorded", "point": MAIN_POINT}
 
 # columns that hold numbers (empty: NaN); anything else in them is damage
 NUMERIC_COLUMNS = ["imbalance", "seed", "train_steps", "sampler_steps", "guidance", "n_gen", "n_ref", "value"]
@@ -49,6 +52,8 @@ NUMERIC_COLUMNS = ["imbalance", "seed", "train_steps", "sampler_steps", "guidanc
 CELL_KEY = ["dataset", "profile", "imbalance", "split_fingerprint", "method", "seed", "protocol"]
 # the rows one cell folder wrote, whatever the protocol or split it held at the time
 FOLDER_KEY = ["dataset", "profile", "imbalance", "method", "seed"]
+# the columns that tell the points of one cell apart (a budget point's step, a guidance scale)
+POINT_KEY = ["train_steps", "guidance"]
 
 
 @contextlib.contextmanager
@@ -147,13 +152,25 @@ def repair_results(out: Path) -> list[str]:
                 write_bytes_atomic(path, _csv_bytes(keep))
                 said.append(f"dropped {len(bad)} damaged line(s) ({', '.join(map(str, bad[:10]))}"
                             f"{', ...' if len(bad) > 10 else ''}); the damaged table is {path}.damaged")  # fmt: skip
-    cells = sorted((out / "runs").glob("**/metrics.csv"))
-    for metrics in cells:
+    cells: dict[Path, list[pd.DataFrame]] = {}
+    for metrics in sorted((out / "runs").glob("**/metrics.csv")):
         rows = with_later_columns(pd.read_csv(metrics, dtype={"split_fingerprint": str, "note": str, "method": str}))
+        cells.setdefault(_cell_of(metrics), []).append(rows)
+    for parts in cells.values():  # a cell's points together: put_cell replaces the folder's rows whole
+        rows = pd.concat(parts, ignore_index=True)
         if not rows.empty:
             put_cell(path, rows)
     said.append(f"put back the rows of {len(cells)} cell(s) from their metrics.csv")
     return said
+
+
+def _cell_of(metrics: Path) -> Path:
+    """The cell folder a metrics.csv belongs to: its own, or for a point's (``<cell>/points/<point>/``) the
+    cell's (harness/points.py; a cell folder is ``seed<K>``)."""
+    point_root = metrics.parent.parent
+    if point_root.name == "points" and point_root.parent.name.startswith("seed"):
+        return point_root.parent
+    return metrics.parent
 
 
 def _csv_bytes(records: list[list[str]]) -> bytes:
@@ -222,6 +239,61 @@ def append_cell(path: Path, rows: pd.DataFrame, *, replace: bool = False) -> boo
         else:
             write_csv_atomic(path, rows)
     return True
+
+
+def _same_number(column: pd.Series, value) -> pd.Series:
+    """Where ``column`` holds ``value``; an unknown value (NaN, e.g. outside samples' step) matches NaN only."""
+    numbers = column.astype(float)
+    if pd.isna(value):
+        return numbers.isna()
+    return (numbers - float(value)).abs() < 1e-12
+
+
+def points_of_cell(path: Path, key: dict) -> pd.DataFrame:
+    """The points the table holds of the cell ``key`` (its :data:`CELL_KEY` values): one row per
+    (train_steps, guidance) with its ``point`` value and ``rows`` (how many), in the order they first
+    appear; empty without a table."""
+    path = Path(path)
+    empty = pd.DataFrame(columns=[*POINT_KEY, "point", "rows"])
+    if not path.exists():
+        return empty
+    table = read_results(path)
+    mine = table[_same_cell(table, key)]
+    if mine.empty:
+        return empty
+    mine = mine.assign(point=mine["point"].fillna(MAIN_POINT).astype(str))
+    grouped = mine.groupby(POINT_KEY, dropna=False, sort=False)
+    return grouped.agg(point=("point", "first"), rows=("point", "size")).reset_index()
+
+
+def put_point(path: Path, rows: pd.DataFrame, *, main: bool) -> int:
+    """Write one point of a cell (rows sharing train_steps and guidance; outside samples, one evaluation
+    at a time).  They replace the rows the table holds of the same cell (:data:`CELL_KEY`) at the same
+    point, a step or scale not given (NaN) matching only one not given; the cell's other points stay.
+    With ``main`` (these rows are the cell's main point) every other point's main rows become extra, in
+    the same rewrite: a reader sees one main point before and one after.  Returns the rows replaced."""
+    if rows.empty:
+        raise BenchmarkError("a finished evaluation produced no result rows")
+    rows = with_later_columns(rows)[RESULT_COLUMNS]
+    first = rows.iloc[0]
+    key = {c: first[c] for c in CELL_KEY}
+    path = Path(path)
+    with locked(path):
+        if not path.exists():
+            write_csv_atomic(path, rows)
+            return 0
+        table = read_results(path)
+        cell = _same_cell(table, key)
+        here = cell & _same_number(table["train_steps"], first["train_steps"]) & _same_number(
+            table["guidance"], first["guidance"])
+        demote = cell & ~here & (table["point"].fillna(MAIN_POINT).astype(str) == MAIN_POINT)
+        if main and demote.any():
+            table.loc[demote, "point"] = EXTRA_POINT
+        elif not here.any() and list(pd.read_csv(path, nrows=0).columns) == RESULT_COLUMNS:
+            _append_atomic(path, rows)  # nothing else changes: the old rows stay byte for byte
+            return 0
+        write_csv_atomic(path, pd.concat([table[~here][RESULT_COLUMNS], rows], ignore_index=True))
+        return int(here.sum())
 
 
 def _renamed_space(old: str, spaces: set[str]) -> bool:

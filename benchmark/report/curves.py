@@ -54,10 +54,12 @@ def _floor(block: pd.DataFrame, metric: str, group: str) -> float | None:
 
 
 def _at_main_scale(block: pd.DataFrame) -> pd.DataFrame:
-    """Each method's rows at the scale of its main point (its budget curve's scale)."""
+    """Each method's rows at the scale of its main point (its budget curve's scale); an outside model
+    scored without --guidance has an unknown scale (NaN), which matches the points that lack one too."""
     main = main_points(block)
     scale = main[main["method"] != REAL].groupby("method")["guidance"].first()
-    keep = [m in scale.index and abs(float(g) - float(scale[m])) < 1e-9 for m, g in zip(block["method"], block["guidance"])]
+    keep = [m in scale.index and (abs(float(g) - float(scale[m])) < 1e-9 or pd.isna(g) and pd.isna(scale[m]))
+            for m, g in zip(block["method"], block["guidance"])]  # fmt: skip
     return block[keep]
 
 

@@ -79,13 +79,9 @@ def budget_lines(rows: pd.DataFrame) -> list[str]:
     scale = _main_scale(rows)
     at_main = np.array([_same(g, scale.get(m)) for m, g in zip(fid["method"], fid["guidance"])], dtype=bool)
     fid = fid[at_main & fid["train_steps"].notna().to_numpy()]
-    per_method = fid.groupby("method")["train_steps"].nunique()
-    methods = sorted(per_method[per_method >= 2].index)  # an outside model scored once has no curve
+    methods, steps, apart = _shared({m: set(g["train_steps"]) for m, g in fid.groupby("method")})
     fid = fid[fid["method"].isin(methods)]
-    if len(methods) < 2:
-        return []
-    steps = sorted(set.intersection(*(set(fid.loc[fid["method"] == m, "train_steps"]) for m in methods)))
-    if len(steps) < 2:
+    if len(methods) < 2 or len(steps) < 2:
         return []
     orders = [_order(fid[fid["train_steps"] == s].set_index("method")["value"]) for s in steps]
     line = f"Budgets (overall FID at each method's main scale, steps {', '.join(str(int(s)) for s in steps)}): "
@@ -93,8 +89,8 @@ def budget_lines(rows: pd.DataFrame) -> list[str]:
     tau = kendall_tau(orders[-2], orders[-1])
     agree = "agree" if tau == 1 else "differ"
     line += (f"; the orderings at the last two budgets ({int(steps[-2])}, {int(steps[-1])}) {agree}, "
-             f"Kendall tau {tau:.2f}.")
-    return [line]
+             f"Kendall tau {tau:.2f}")
+    return [line + (f"; not compared: {', '.join(apart)} (scored at other steps)." if apart else ".")]
 
 
 def scale_lines(rows: pd.DataFrame) -> list[str]:
@@ -105,17 +101,14 @@ def scale_lines(rows: pd.DataFrame) -> list[str]:
         return []
     fid = fid[fid["train_steps"].notna() & fid["guidance"].notna()]
     fid = fid[fid["train_steps"] == fid.groupby("method")["train_steps"].transform("max")]
-    per_method = fid.groupby("method")["guidance"].nunique()
-    methods = sorted(per_method[per_method >= 2].index)
+    methods, common, apart = _shared({m: set(g["guidance"]) for m, g in fid.groupby("method")})
     fid = fid[fid["method"].isin(methods)]
-    if len(methods) < 2:
-        return []
-    common = sorted(set.intersection(*(set(fid.loc[fid["method"] == m, "guidance"].dropna()) for m in methods)))
-    if len(common) < 2:
+    if len(methods) < 2 or len(common) < 2:
         return []
     orders = {w: _order(fid[fid["guidance"] == w].set_index("method")["value"]) for w in common}
     lines = [f"Scales (overall FID of the final models, guidance {', '.join(_fmt_scale(w) for w in common)}): "
-             + _best_counts([o[0] for o in orders.values()], "scales") + "."]
+             + _best_counts([o[0] for o in orders.values()], "scales")
+             + (f"; not compared: {', '.join(apart)} (scored at other scales)." if apart else ".")]
     main = _main_scale(rows)
     at = next((w for w in dict.fromkeys(main.values()) if w in orders), common[0])
     lines.append(f"At the common scale {_fmt_scale(at)}: " + " < ".join(orders[at]) + ".")
@@ -150,6 +143,23 @@ def tuned_ranking(rows: pd.DataFrame) -> dict[str, tuple[float, float]] | None:
             return None
         out[method] = (float(pick["guidance"]), float(hit["value"].iloc[0]))
     return dict(sorted(out.items(), key=lambda kv: kv[1][1]))
+
+
+def _shared(held: dict[str, set]) -> tuple[list[str], list, list[str]]:
+    """(methods, the values they all hold, the methods left out) among the methods holding two values or
+    more (steps, or scales): every such method when they share two; else the most methods that share
+    some two (larger values first at a tie), so an outside model scored at its own steps leaves the
+    grid's statement as it was and is named as not compared."""
+    held = {m: v for m, v in held.items() if len(v) >= 2}  # a model scored at one point has no curve
+    if len(held) < 2:
+        return [], [], []
+    pairs = itertools.combinations(sorted(set().union(*held.values()), reverse=True), 2)
+    best = max(pairs, key=lambda pair: sum(set(pair) <= v for v in held.values()), default=None)
+    methods = sorted(m for m, v in held.items() if best is not None and set(best) <= v)
+    if len(methods) < 2:
+        return [], [], []
+    values = sorted(set.intersection(*(held[m] for m in methods)))
+    return methods, values, sorted(set(held) - set(methods))
 
 
 def _best_counts(winners: list[str], what: str) -> str:

@@ -176,9 +176,14 @@ def stale_lines(stale: pd.DataFrame, out: Path) -> list[str]:
             fixes.append(f"python run_benchmark.py run --out {out} --rescore (re-evaluates the finished cells from "
                          "their stored samples; nothing is retrained or resampled; add the preset and --methods / "
                          "--seeds of the run)")
-        for _, row in block[_external(block)][["method", "seed"]].drop_duplicates().iterrows():
+        points = block[_external(block)][["method", "seed", "train_steps", "guidance"]].drop_duplicates()
+        for _, row in points.iterrows():
+            # the point's own step and scale: without them --force would score another point of the name
+            steps, scale = row["train_steps"], row["guidance"]
+            point = (f" --train-steps {int(steps)}" if pd.notna(steps) else "") + (
+                f" --guidance {float(scale)!r}" if pd.notna(scale) else "")
             fixes.append(f"python run_benchmark.py evaluate --samples <the samples of {row['method']}> --name "
-                         f"{row['method']} --seed {int(row['seed'])} --out {out} --force")
+                         f"{row['method']} --seed {int(row['seed'])} --out {out} --force{point}")
         lines.append(line + " Recompute: " + "; ".join(fixes))
     return lines
 

@@ -15,7 +15,7 @@ from benchmark.data import build_dataset
 from benchmark.harness.outside_points import OutsidePoint, Plan, plan_point, settle
 from benchmark.harness.results import RESULT_COLUMNS, points_of_cell, put_point, read_results, repair_results
 from benchmark.report import curves
-from benchmark.report.robustness import budget_lines, main_points, scale_lines
+from benchmark.report.robustness import budget_lines, main_points, scale_lines, tuned_ranking
 
 EVAL = ["evaluate", "--preset", "smoke", "--no-progress", "--set", "eval.downstream=false", "--set", "eval.diversity=false",
         "--set", "eval.real_floor=false", "--set", "eval.classifier_epochs=1", "--name", "mine"]  # fmt: skip
@@ -97,6 +97,10 @@ def test_one_name_at_two_steps_and_two_scales(two_sets, tmp_path, capsys, monkey
     curves.write_curves(read_results(out), out)
     labels = {stem.split("_")[0]: fig.axes[0].get_legend_handles_labels()[1] for stem, fig in drawn}
     assert "mine" in labels["budget"] and "mine" in labels["front"]
+    # its scale is chosen on half a of its images and read on half b, as a grid method's is
+    assert {"fid_half_a", "fid_half_b"} <= set(read_results(out).metric)
+    tuned = tuned_ranking(read_results(out))
+    assert tuned is not None and set(tuned) == {"mine"} and tuned["mine"][0] in (1.0, 2.0)
     ranked = main_points(read_results(out))  # what the leaderboards rank
     assert set(zip(ranked.train_steps, ranked.guidance)) == {(20, 1.0)} and "mine" in (out / "leaderboard.md").read_text()
 

@@ -85,7 +85,10 @@ def evaluate_external(cfg: Config, *, samples: Path, name: str, seed: int, out: 
         rows = evaluate_set(images, labels, dataset=dataset, cfg=cfg.eval, cache_dir=Path(out) / "cache",
                             device=device, seed=seed, downstream=cfg.eval.downstream, progress=progress, together=True,
                             neighbours_path=made / NEIGHBOURS,
-                            floor_n=per_class if cfg.eval.real_floor else None)  # fmt: skip
+                            floor_n=per_class if cfg.eval.real_floor else None,
+                            # a scale given: this may be one of the model's scales, whose best is chosen on one half
+                            # of the images and read on the other, as in a grid's guidance sweep
+                            halves=guidance is not None)  # fmt: skip
     if not main:
         return None
     ident = {

@@ -129,3 +129,17 @@ def test_docs_cli_reference_is_in_step_with_help():
 
     page = (ROOT / "docs" / "cli.md").read_text()
     assert current_block(page) == render(), "docs/cli.md is stale: run `python -m benchmark.devtools.clidoc`"
+
+
+def test_clidoc_names_a_page_without_its_block_and_takes_help(tmp_path, capsys):
+    from benchmark.devtools.clidoc import main as clidoc
+
+    page = tmp_path / "notes.md"
+    page.write_text("no generated block here\n")
+    with pytest.raises(SystemExit) as info:
+        clidoc([str(page)])
+    assert info.value.code == 2 and "is not a page with the generated block" in capsys.readouterr().err
+    assert page.read_text() == "no generated block here\n"  # left as it was
+    with pytest.raises(SystemExit) as info:
+        clidoc(["--help"])
+    assert info.value.code == 0 and "usage:" in capsys.readouterr().out

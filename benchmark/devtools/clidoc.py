@@ -53,6 +53,19 @@ def update(path: Path) -> bool:
     return changed
 
 
-if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/cli.md")
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmark.devtools.clidoc",
+                                description="Rewrite the generated block of the CLI reference from --help.")
+    p.add_argument("page", nargs="?", default="docs/cli.md", help="the page holding the block (default: docs/cli.md)")
+    target = Path(p.parse_args(argv).page)
+    if not target.is_file() or START not in target.read_text() or END not in target.read_text():
+        p.error(f"{target} is not a page with the generated block ({START.strip()} ... {END.strip()}): "
+                "run from the repository root, or name the page")
     print(f"{target}: {'updated' if update(target) else 'already in step'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

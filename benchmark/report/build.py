@@ -6,7 +6,7 @@ from pathlib import Path
 
 from benchmark.core.files import write_csv_atomic
 from benchmark.harness.results import read_results
-from benchmark.report.claims import claim_frame, claim_lines, verdict_lines
+from benchmark.report.claims import claim_frame, claim_lines, claim_tests, verdict_lines
 from benchmark.report.curves import write_curves
 from benchmark.report.html import write_html
 from benchmark.report.leaderboard import no_ranking_lines, one_seed_lines, write_leaderboards
@@ -30,16 +30,16 @@ def make_report(out: Path, *, plots: bool = True, say=print) -> list[Path]:
     paths, stale = write_stale(table, Path(out))
     for line in stale:
         say(f"WARNING: {line}")
-    keys: list[dict] = []
+    tested: list = []  # (table key, its claim tests): computed once, for the lines, the console and the CSV
 
     def under(key: dict) -> list[str]:
-        keys.append(key)
-        return robustness_lines(every, key) + claim_lines(every, key)
+        tested.append((key, claim_tests(every, key)))
+        return robustness_lines(every, key) + claim_lines(every, key, tested[-1][1])
 
     paths += write_leaderboards(table, out, under=under)
-    for line in verdict_lines(every, keys):
+    for line in verdict_lines(tested):
         say(line)
-    claims = claim_frame(every, keys)
+    claims = claim_frame(tested)
     if len(claims):  # the published claims a table can test (report/claims.py), every budget and metric
         paths.append(Path(out) / "claims.csv")
         write_csv_atomic(paths[-1], claims)

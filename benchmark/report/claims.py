@@ -213,15 +213,15 @@ def _direction(m: Metric) -> str:
     return "lower" if m.lower_is_better else "higher"
 
 
-def claim_lines(table: pd.DataFrame, key: dict) -> list[str]:
+def claim_lines(table: pd.DataFrame, key: dict, tests: list[ClaimTest] | None = None) -> list[str]:
     """The Markdown written under the leaderboard of ``key``: per claim, a header line, a table of the
     final budget's tests (means over the paired seeds) and one line of verdicts per budget."""
-    tests = claim_tests(table, key)
+    tests = claim_tests(table, key) if tests is None else tests  # ``tests``: claim_tests of the same key
     lines: list[str] = []
-    rows = _table_rows(table, key)
     for claim in CLAIMS:
         mine = [t for t in tests if t.claim is claim]
         if not mine:
+            rows = _table_rows(table, key)
             if _untrusted(rows) and {claim.baseline, claim.treatment} <= set(rows["method"]):
                 lines.append(f"Claim test, {claim.source}: not run, this table's evaluator failed the trust gate.")
             continue
@@ -261,12 +261,13 @@ def claim_lines(table: pd.DataFrame, key: dict) -> list[str]:
     return lines
 
 
-def verdict_lines(table: pd.DataFrame, keys: list[dict]) -> list[str]:
-    """One console line per claim a table tests: its verdict at the final budget."""
+def verdict_lines(tested: list[tuple[dict, list[ClaimTest]]]) -> list[str]:
+    """One console line per claim a table tests (``tested``: each table key with its claim_tests): its
+    verdict at the final budget."""
     out = []
-    for key in keys:
+    for key, tests in tested:
         seen = set()
-        for t in claim_tests(table, key):  # each claim's final budget comes first
+        for t in tests:  # each claim's final budget comes first
             if t.claim.name in seen or t.verdict == UNTESTED:  # untested: the one-seed note says why
                 seen.add(t.claim.name)
                 continue
@@ -278,11 +279,12 @@ def verdict_lines(table: pd.DataFrame, keys: list[dict]) -> list[str]:
     return out
 
 
-def claim_frame(table: pd.DataFrame, keys: list[dict]) -> pd.DataFrame:
-    """Every claim test of every table key, one row per (table, claim, budget, metric): ``claims.csv``."""
+def claim_frame(tested: list[tuple[dict, list[ClaimTest]]]) -> pd.DataFrame:
+    """Every claim test of every table (``tested``: each key with its claim_tests), one row per (table,
+    claim, budget, metric): ``claims.csv``."""
     records = []
-    for key in keys:
-        for t in claim_tests(table, key):
+    for key, tests in tested:
+        for t in tests:
             for x in t.tests:
                 records.append({**key, "claim": t.claim.name, "baseline": t.claim.baseline,
                                 "treatment": t.claim.treatment, "train_steps": t.train_steps,

@@ -33,7 +33,7 @@ from benchmark.core.names import (  # noqa: E402
 )
 from benchmark.report.plots import _save, _slug  # noqa: E402
 from benchmark.report.robustness import main_points  # noqa: E402
-from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows  # noqa: E402
+from benchmark.report.tables import each_table  # noqa: E402
 
 BUDGET_PANELS = [  # (metric, group, title)
     (FID, ALL, "FID, all classes"), (FID, MANY, "FID, many-shot"), (FID, FEW, "FID, few-shot"),
@@ -133,10 +133,8 @@ def fronts(block: pd.DataFrame, key: dict, folder: Path) -> list[Path]:
 
 def write_curves(table: pd.DataFrame, out: Path) -> list[Path]:
     folder = Path(out) / "plots"
-    table = attach_feature_free_rows(table)
     paths = []
-    for key_values, block in table.groupby(TABLE_KEY, dropna=False):
-        key = dict(zip(TABLE_KEY, key_values))
+    for key, block in each_table(table):
         paths += budget_curves(block, key, folder)
         paths += fronts(block, key, folder)
     return paths

@@ -38,7 +38,7 @@ from benchmark.core.names import (  # noqa: E402
     VENDI_RATIO,
     cell_folder,
 )
-from benchmark.report.tables import TABLE_KEY, attach_feature_free_rows, class_info, class_label  # noqa: E402
+from benchmark.report.tables import attach_feature_free_rows, class_info, class_label, each_table  # noqa: E402
 
 
 def _save(fig, path_stem: Path) -> list[Path]:
@@ -292,8 +292,7 @@ def write_plots(table: pd.DataFrame, out: Path) -> list[Path]:
     folder = Path(out) / "plots"
     table = attach_feature_free_rows(table)
     paths = []
-    for key_values, block in table.groupby(TABLE_KEY, dropna=False):
-        key = dict(zip(TABLE_KEY, key_values))
+    for key, block in each_table(table):
         # the class-size axis comes from the real cell / any cell of the same split
         counts = table[(table["metric"] == TRAIN_COUNT) & (table["dataset"] == key["dataset"])
                        & (table["imbalance"] == key["imbalance"])]  # fmt: skip

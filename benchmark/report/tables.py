@@ -11,6 +11,13 @@ from benchmark.core.names import CLASS, FEATURE_FREE, NO_FEATURES, TRAIN_COUNT
 TABLE_KEY = ["dataset", "profile", "imbalance", "protocol", "feature_space", "reference"]
 
 
+def each_table(table: pd.DataFrame):
+    """(key dict, its rows) of every leaderboard table in ``table``, feature-free rows placed in theirs."""
+    table = attach_feature_free_rows(table)
+    for key_values, block in table.groupby(TABLE_KEY, dropna=False):
+        yield dict(zip(TABLE_KEY, key_values)), block
+
+
 def rows_of(table: pd.DataFrame, key: dict) -> pd.DataFrame:
     """The rows of one leaderboard table: those whose TABLE_KEY columns equal ``key`` (floats up to rounding)."""
     mask = np.ones(len(table), dtype=bool)

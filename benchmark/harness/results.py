@@ -266,21 +266,33 @@ def points_of_cell(path: Path, key: dict) -> pd.DataFrame:
     return grouped.agg(point=("point", "first"), rows=("point", "size")).reset_index()
 
 
+def _prepared(rows: pd.DataFrame, empty: str) -> pd.DataFrame:
+    """New rows in the table's columns (later columns filled); ``empty``: the error when there are none."""
+    if rows.empty:
+        raise BenchmarkError(empty)
+    return with_later_columns(rows)[RESULT_COLUMNS]
+
+
+def _first_rows(path: Path, rows: pd.DataFrame) -> bool:
+    """Write ``rows`` as the whole table when there is none yet (under the caller's lock); True if it did."""
+    if path.exists():
+        return False
+    write_csv_atomic(path, rows)
+    return True
+
+
 def put_point(path: Path, rows: pd.DataFrame, *, main: bool) -> int:
     """Write one point of a cell (rows sharing train_steps and guidance; outside samples, one evaluation
     at a time).  They replace the rows the table holds of the same cell (:data:`CELL_KEY`) at the same
     point, a step or scale not given (NaN) matching only one not given; the cell's other points stay.
     With ``main`` (these rows are the cell's main point) every other point's main rows become extra, in
     the same rewrite: a reader sees one main point before and one after.  Returns the rows replaced."""
-    if rows.empty:
-        raise BenchmarkError("a finished evaluation produced no result rows")
-    rows = with_later_columns(rows)[RESULT_COLUMNS]
+    rows = _prepared(rows, "a finished evaluation produced no result rows")
     first = rows.iloc[0]
     key = {c: first[c] for c in CELL_KEY}
     path = Path(path)
     with locked(path):
-        if not path.exists():
-            write_csv_atomic(path, rows)
+        if _first_rows(path, rows):
             return 0
         table = read_results(path)
         cell = _same_cell(table, key)
@@ -311,15 +323,12 @@ def put_cell(path: Path, rows: pd.DataFrame) -> int:
     them, so the table holds one block per cell and feature space; a classifier space of an older
     table, named without its weights digest, counts as the same space.  Returns the rows replaced.
     """
-    if rows.empty:
-        raise BenchmarkError("a finished cell produced no result rows; see the cell's log")
-    rows = with_later_columns(rows)[RESULT_COLUMNS]
+    rows = _prepared(rows, "a finished cell produced no result rows; see the cell's log")
     key = {c: rows.iloc[0][c] for c in FOLDER_KEY}
     spaces = {*rows["feature_space"].astype(str), NO_FEATURES}
     path = Path(path)
     with locked(path):
-        if not path.exists():
-            write_csv_atomic(path, rows)
+        if _first_rows(path, rows):
             return 0
         table = read_results(path)
         stale = _same_cell(table, key, FOLDER_KEY) & table["feature_space"].astype(str).map(

@@ -9,11 +9,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from digits_samples import digits_samples
 from torch.multiprocessing import ProcessExitedException
 
 from benchmark.cli import main
-from benchmark.core.config import DataConfig
-from benchmark.data import build_dataset
 from benchmark.eval.features import shard_bounds
 from benchmark.harness.results import read_results
 
@@ -63,11 +62,7 @@ def _features(out):
 
 
 def test_evaluate_on_two_processes_equals_one(tmp_path, capfd):
-    ds = build_dataset(DataConfig(dataset="digits", imbalance=0.1))
-    test = ds.source.test
-    keep = np.concatenate([np.flatnonzero(test.labels.numpy() == c)[:12] for c in range(ds.num_classes)])
-    samples = tmp_path / "samples.npz"
-    np.savez(samples, images=test.images[keep].numpy(), labels=test.labels[keep].numpy())
+    samples = digits_samples(tmp_path / "samples.npz")
     one, two = tmp_path / "one", tmp_path / "two"
     argv = EVAL + ["--samples", str(samples)]
     assert main(argv + ["--out", str(one)]) == 0

@@ -4,13 +4,11 @@ the earlier rows unless --force replaces them, and says which."""
 import hashlib
 import json
 
-import numpy as np
 import pytest
+from digits_samples import digits_samples
 
 from benchmark.cli import main
-from benchmark.core.config import DataConfig
 from benchmark.core.presets import get_preset
-from benchmark.data import build_dataset
 from benchmark.harness.outside import check_outside_name
 from benchmark.harness.results import read_results
 
@@ -55,11 +53,7 @@ def test_evaluate_name_ddpm_into_a_finished_grid_exits_2_and_touches_nothing(tmp
 
 
 def test_scoring_a_name_again_keeps_or_says_what_it_replaced(tmp_path, capsys):
-    ds = build_dataset(DataConfig(dataset="digits", imbalance=0.1))
-    test = ds.source.test
-    keep = np.concatenate([np.flatnonzero(test.labels.numpy() == c)[:12] for c in range(ds.num_classes)])
-    samples = tmp_path / "samples.npz"
-    np.savez(samples, images=test.images[keep].numpy(), labels=test.labels[keep].numpy())
+    samples = digits_samples(tmp_path / "samples.npz")
     argv = [*EVAL, "--samples", str(samples), "--name", "outside", "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     first = capsys.readouterr().out

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from digits_samples import digits_samples
 
 from benchmark.cli import main
-from benchmark.core.config import DataConfig
-from benchmark.data import build_dataset
 from benchmark.harness.outside_points import OutsidePoint, Plan, plan_point, settle
 from benchmark.harness.results import RESULT_COLUMNS, points_of_cell, put_point, read_results, repair_results
 from benchmark.report import curves
@@ -25,13 +24,7 @@ EVAL = ["evaluate", "--preset", "smoke", "--no-progress", "--set", "eval.downstr
 def two_sets(tmp_path_factory):
     """Two sets of digits test images (12 per class each, no image in both)."""
     folder = tmp_path_factory.mktemp("samples")
-    test = build_dataset(DataConfig(dataset="digits", imbalance=0.1)).source.test
-    paths = []
-    for i in range(2):
-        keep = np.concatenate([np.flatnonzero(test.labels.numpy() == c)[12 * i : 12 * (i + 1)] for c in range(10)])
-        paths.append(folder / f"set{i}.npz")
-        np.savez(paths[-1], images=test.images[keep].numpy(), labels=test.labels[keep].numpy())
-    return paths
+    return [digits_samples(folder / f"set{i}.npz", skip=12 * i) for i in range(2)]
 
 
 def _points(out):

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from benchmark.cli import main
@@ -161,13 +160,9 @@ def test_config_record_round_trips_a_list():
 
 
 def test_outside_samples_record_a_step_and_scale(tmp_path, capsys):
-    from benchmark.core.config import DataConfig
-    from benchmark.data import build_dataset
+    from digits_samples import digits_samples
 
-    test = build_dataset(DataConfig(dataset="digits", imbalance=0.1)).source.test
-    keep = np.concatenate([np.flatnonzero(test.labels.numpy() == c)[:6] for c in range(10)])
-    samples = tmp_path / "samples.npz"
-    np.savez(samples, images=test.images[keep].numpy(), labels=test.labels[keep].numpy())
+    samples = digits_samples(tmp_path / "samples.npz", per_class=6)
     argv = ["evaluate", "--preset", "smoke", "--name", "mine", "--no-progress", "--samples", str(samples),
             "--set", "eval.downstream=false", "--set", "eval.real_floor=false", "--out", str(tmp_path / "out")]
     assert main([*argv, "--guidance", "-1"]) == 2
